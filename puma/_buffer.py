@@ -1,0 +1,269 @@
+"""Typed, bounded FIFO buffers between runnables: the common face.
+
+A buffer has many publishers and one subscriber.  Each publisher is obtained
+inside a running runnable (``self.publisher(buffer)``); the subscriber end
+comes from :meth:`Buffer.subscribe`.  The stream ends once every publisher
+has completed; an error given to :meth:`Publisher.complete` is raised to the
+subscriber (with its original traceback) when it reaches it.
+
+Two implementations share this face: :class:`~puma._thread_buffer.ThreadBuffer`
+(a deque under a lock) and :class:`~puma._process_buffer.ProcessBuffer` (a pipe
+bounded by a semaphore).  Environments make the right one.
+"""
+
+from __future__ import annotations
+
+import abc
+import types
+import typing
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from puma._errors import BufferClosedError, BufferCompleted
+
+__all__ = ["Buffer", "BufferStatistics", "Publisher", "Subscription"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BufferStatistics:
+    """A snapshot of a buffer, for monitoring.
+
+    Attributes:
+        name: the buffer's name.
+        capacity: most values it holds before publishers block.
+        size: values waiting now (approximate across processes).
+        publishers: publishers registered so far.
+        completed: publishers that have completed (as seen by the subscriber).
+    """
+
+    name: str
+    capacity: int
+    size: int
+    publishers: int
+    completed: int
+
+
+def _checker(item_type: Any) -> type | tuple[type, ...] | None:
+    """The class (or classes) ``isinstance`` checks published values against."""
+    if item_type is None or item_type is object or item_type is typing.Any:
+        return None
+    if isinstance(item_type, tuple):
+        members: tuple[Any, ...] = item_type
+    elif typing.get_origin(item_type) in (typing.Union, types.UnionType):
+        members = typing.get_args(item_type)
+    else:
+        members = (item_type,)
+    classes: list[type] = []
+    for member in members:
+        cls = typing.get_origin(member) or member
+        if not isinstance(cls, type):
+            raise TypeError(f"a buffer's item type must be a class (or a union or tuple of classes), not {item_type!r}")
+        classes.append(cls)
+    return classes[0] if len(classes) == 1 else tuple(classes)
+
+
+class Buffer(abc.ABC, Generic[T]):
+    """A typed, bounded FIFO buffer with many publishers and one subscriber.
+
+    Make one with an environment: ``env.buffer(int, 10, "raw")``.  Give it to
+    the producing runnable as an output (``Runnable(name, outputs=[buffer])``)
+    and to the consuming runnable, which calls :meth:`subscribe` in its
+    ``execute``.
+    """
+
+    def __init__(self, item_type: type[T] | Any, size: int, name: str) -> None:
+        if isinstance(size, bool) or not isinstance(size, int):
+            raise TypeError(f"buffer {name!r}: size must be an int, not {type(size).__name__}")
+        if size <= 0:
+            raise ValueError(f"buffer {name!r}: size must be at least 1, got {size}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a buffer's name must be a non-empty str, got {name!r}")
+        self._name = name
+        self._capacity = size
+        self._item_type = item_type
+        self._check = _checker(item_type)
+
+    @property
+    def name(self) -> str:
+        """The buffer's name (used in messages and statistics)."""
+        return self._name
+
+    @property
+    def capacity(self) -> int:
+        """Most values the buffer holds before publishers block."""
+        return self._capacity
+
+    @property
+    def item_type(self) -> Any:
+        """The type every published value must be an instance of."""
+        return self._item_type
+
+    def __repr__(self) -> str:
+        kind = getattr(self._item_type, "__name__", repr(self._item_type))
+        return f"<{type(self).__name__} {self._name!r} of {kind}, capacity {self._capacity}>"
+
+    def _type_error(self, value: object) -> TypeError:
+        expected = getattr(self._item_type, "__name__", repr(self._item_type))
+        text = repr(value)
+        if len(text) > 60:
+            text = text[:57] + "..."
+        return TypeError(f"buffer {self._name!r} carries {expected}, got {type(value).__name__}: {text}")
+
+    @abc.abstractmethod
+    def subscribe(self) -> Subscription[T]:
+        """Become the buffer's one subscriber; returns the receiving end."""
+
+    @abc.abstractmethod
+    def statistics(self) -> BufferStatistics:
+        """A snapshot of the buffer's state."""
+
+    # --- used by puma itself -------------------------------------------------
+    @abc.abstractmethod
+    def _register_publisher(self, delta: int = 1) -> None:
+        """Count one more publisher (in the parent, when a runnable starts); -1 undoes it."""
+
+    @abc.abstractmethod
+    def _open_publisher(self, owner: str) -> Publisher[T]:
+        """The publishing end for the runnable ``owner`` (in the child)."""
+
+    @abc.abstractmethod
+    def _subscriber_token(self) -> int:
+        """Which runnable subscribed (its Runner token); 0 for none or the main program."""
+
+    @abc.abstractmethod
+    def _interrupt_publishers(self) -> None:
+        """Wake publishers blocked on a full buffer so they can see a stop request."""
+
+    @abc.abstractmethod
+    def _close(self) -> None:
+        """The subscriber is gone: refuse new values, discard the queued ones, wake publishers."""
+
+    def _crossable(self) -> bool:
+        """True if the buffer can be sent to a child process."""
+        return False
+
+
+class Publisher(abc.ABC, Generic[T]):
+    """The publishing end of a buffer, owned by one running runnable.
+
+    Use it as a context manager to complete it on exit (with the error, if the
+    block raised); the runnable also completes any publisher left open when
+    its ``execute`` ends.
+    """
+
+    def __init__(self, buffer: Buffer[T], owner: str) -> None:
+        self._buffer = buffer
+        self._owner = owner
+        self._completed = False
+
+    @property
+    def buffer(self) -> Buffer[T]:
+        """The buffer this publisher writes to."""
+        return self._buffer
+
+    @property
+    def completed(self) -> bool:
+        """True once :meth:`complete` has run."""
+        return self._completed
+
+    def _closed_error(self) -> BufferClosedError:
+        if self._completed:
+            return BufferClosedError(f"buffer {self._buffer.name!r}: publisher {self._owner!r} has already completed")
+        return BufferClosedError(f"buffer {self._buffer.name!r}: its subscriber has ended; nothing reads it any more")
+
+    @abc.abstractmethod
+    def publish(self, value: T, timeout: float | None = None) -> None:
+        """Append ``value``, blocking while the buffer is full.
+
+        Raises:
+            TypeError: ``value`` is not of the buffer's type.
+            BufferFull: still full after ``timeout`` seconds.
+            BufferClosedError: the publisher completed, or the subscriber ended.
+            StopRequested: the runnable was asked to stop while it waited.
+        """
+
+    @abc.abstractmethod
+    def try_publish(self, value: T) -> bool:
+        """Append ``value`` if there is room now; False if the buffer is full."""
+
+    @abc.abstractmethod
+    def publish_many(self, values: Iterable[T], timeout: float | None = None) -> None:
+        """Append every value, in order, in as few hand-overs as room allows."""
+
+    @abc.abstractmethod
+    def complete(self, error: BaseException | None = None) -> None:
+        """End this publisher's stream, optionally with an error for the subscriber.
+
+        Completing twice is a no-op (the first completion wins).
+        """
+
+    def __enter__(self) -> Publisher[T]:
+        return self
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        from puma._errors import StopRequested
+
+        if isinstance(exc, StopRequested | GeneratorExit | KeyboardInterrupt):
+            exc = None
+        self.complete(exc)
+
+
+class Subscription(abc.ABC, Generic[T]):
+    """The receiving end of a buffer. Iterate it to receive until the stream ends.
+
+    Inside a running runnable every wait also listens to the runnable's
+    commands, and raises :class:`~puma.StopRequested` when it is asked to stop.
+    """
+
+    def __init__(self, buffer: Buffer[T]) -> None:
+        self._buffer = buffer
+        self._ended: BaseException | None = None  # BufferCompleted or the error
+
+    @property
+    def buffer(self) -> Buffer[T]:
+        """The buffer this subscription reads."""
+        return self._buffer
+
+    @property
+    def ended(self) -> bool:
+        """True once the stream has ended (completed, or with an error)."""
+        return self._ended is not None
+
+    @abc.abstractmethod
+    def receive(self, timeout: float | None = None) -> T:
+        """The next value, waiting at most ``timeout`` seconds (``None``: no limit).
+
+        Raises:
+            BufferCompleted: every publisher completed without error.
+            BufferEmpty: nothing arrived within ``timeout``.
+            Exception: the error a publisher completed with, as raised in it.
+            StopRequested: the runnable was asked to stop while it waited.
+        """
+
+    @abc.abstractmethod
+    def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        """Wait for at least one value, then return up to ``max_items`` already there."""
+
+    @abc.abstractmethod
+    def ready(self) -> bool:
+        """True if :meth:`receive` would return (or raise) without waiting."""
+
+    @abc.abstractmethod
+    def _fds(self) -> tuple[int, ...]:
+        """File descriptors that become readable when data arrives (empty for threads)."""
+
+    def _end(self, error: BaseException | None) -> BaseException:
+        if self._ended is None:
+            self._ended = error if error is not None else BufferCompleted(f"buffer {self._buffer.name!r} has completed")
+        return self._ended
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            try:
+                value = self.receive()
+            except BufferCompleted:
+                return
+            yield value

@@ -1,0 +1,111 @@
+"""The child side of a running runnable: its link to the parent and its one wait.
+
+While a runnable executes, its thread holds a :class:`ChildContext` (a
+thread-local).  Buffers and publishers look it up to learn whether they run
+inside a runnable, to wait on the runnable's command channel together with
+their own data, and to raise :class:`~puma.StopRequested` when asked to stop.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from puma import _messages as msg
+from puma._errors import StopRequested, serialize_error
+from puma._wait import Waker
+
+if TYPE_CHECKING:
+    from puma._buffer import Buffer, Publisher
+    from puma._channels import ChildLink
+    from puma._runnable import Runnable
+
+__all__ = ["ChildContext", "current"]
+
+_local = threading.local()
+
+
+def current() -> ChildContext | None:
+    """The context of the runnable executing in this thread, if any."""
+    ctx: ChildContext | None = getattr(_local, "ctx", None)
+    return ctx
+
+
+def where() -> str:
+    """'process 123, thread MainThread' for messages and notes."""
+    return f"process {os.getpid()}, thread {threading.current_thread().name}"
+
+
+class ChildContext:
+    """Everything a running runnable needs from puma, on the child side."""
+
+    def __init__(self, runnable: Runnable, link: ChildLink, token: int) -> None:
+        self.runnable = runnable
+        self.name = runnable.name
+        self.link = link
+        self.token = token
+        self.waker: Waker = link.waker
+        self.fds: tuple[int, ...] = link.fds
+        self.stop_requested = False
+        self.publishers: dict[int, Publisher[Any]] = {}
+        self.subscribed: list[Buffer[Any]] = []
+        self.note = ""
+
+    def __enter__(self) -> ChildContext:
+        self.note = f"raised in runnable {self.name!r} ({where()})"
+        _local.ctx = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _local.ctx = None
+
+    def service(self) -> bool:
+        """Handle every pending message from the parent; return the stop flag."""
+        link = self.link
+        while link.has_message():
+            message = link.receive()
+            kind = message[0]
+            if kind == msg.STOP:
+                self.stop_requested = True
+            elif kind == msg.CALL:
+                self._run_command(message[1], message[2], message[3], message[4])
+        return self.stop_requested
+
+    def check_stop(self) -> None:
+        """Raise :class:`StopRequested` if a stop has arrived (servicing commands meanwhile)."""
+        if self.service():
+            raise StopRequested
+
+    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
+        """Wait until ``ready()`` is true, servicing commands; False on timeout.
+
+        Raises :class:`StopRequested` when a stop arrives first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        all_fds = self.fds + fds
+        waker = self.waker
+        while True:
+            waker.clear()
+            self.check_stop()
+            if ready():
+                return True
+            remaining = None
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+            waker.wait(all_fds, remaining)
+
+    def _run_command(self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        from puma._commands import command_function
+
+        try:
+            function = command_function(type(self.runnable), name)
+            result = function(self.runnable, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the caller gets it back, the runnable goes on
+            self.link.send((msg.RESULT, call_id, False, serialize_error(exc, self.note)))
+            return
+        self.link.send_result(call_id, result, self.note)

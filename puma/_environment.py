@@ -1,0 +1,179 @@
+"""Execution environments: where runnables run, and the buffers that fit.
+
+Switching a whole program between threads and processes is one line: make a
+:class:`ThreadEnvironment` or a :class:`ProcessEnvironment` and make every
+buffer through it.  The environment is the only place that knows the
+difference; the Runner and the runnables do not branch on it.
+"""
+
+from __future__ import annotations
+
+import abc
+import faulthandler
+import multiprocessing
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from puma import _logging
+from puma._buffer import Buffer
+from puma._channels import ProcessChildLink, ProcessLink, ThreadLink
+from puma._context import ChildContext
+from puma._pickling import check_picklable
+from puma._process_buffer import ProcessBuffer
+from puma._runnable import Runnable, run_child
+from puma._thread_buffer import ThreadBuffer
+
+if TYPE_CHECKING:
+    from puma._runner import ChildRecord
+
+__all__ = ["Environment", "ProcessEnvironment", "ThreadEnvironment"]
+
+T = TypeVar("T")
+
+
+class Environment(abc.ABC):
+    """Where runnables run (threads or processes) and how buffers are made."""
+
+    @abc.abstractmethod
+    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+        """A bounded FIFO buffer of ``size`` values of ``item_type`` named ``name``.
+
+        ``item_type`` is checked with ``isinstance`` on every publish (a class,
+        a tuple or union of classes, or ``object`` for anything).
+        """
+
+    @property
+    @abc.abstractmethod
+    def is_process(self) -> bool:
+        """True if runnables run in child processes."""
+
+    @abc.abstractmethod
+    def _prepare(self, runnable: Runnable) -> None:
+        """Check, in the caller's thread, that ``runnable`` can run here."""
+
+    @abc.abstractmethod
+    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        """Start the runnable of ``record``; set its link and thread or process."""
+
+
+class ThreadEnvironment(Environment):
+    """Run runnables in threads of this process. Buffers are thread buffers."""
+
+    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+        return ThreadBuffer(item_type, size, name)
+
+    @property
+    def is_process(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return "ThreadEnvironment()"
+
+    def _prepare(self, runnable: Runnable) -> None:
+        pass
+
+    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        link = ThreadLink(to_parent)
+        ctx = ChildContext(record.runnable, link, record.token)
+        thread = threading.Thread(
+            target=run_child, args=(record.runnable, ctx), name=f"puma:{record.runnable.name}", daemon=True
+        )
+        record.link = link
+        record.thread = thread
+        thread.start()
+
+
+def default_start_method() -> str:
+    """forkserver where the platform has it (safe with threads, fast), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
+
+
+class ProcessEnvironment(Environment):
+    """Run runnables in child processes. Buffers are process buffers.
+
+    Args:
+        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``.  The default
+            is forkserver on Linux (fork is unsafe once puma's own threads run)
+            and spawn elsewhere.  puma never changes the global start method:
+            it uses its own ``multiprocessing`` context.
+    """
+
+    def __init__(self, start_method: str | None = None) -> None:
+        method = start_method or default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start method {method!r} is not available here; choose from {multiprocessing.get_all_start_methods()}"
+            )
+        self._start_method = method
+        self._context = multiprocessing.get_context(method)
+
+    @property
+    def start_method(self) -> str:
+        """The multiprocessing start method in use."""
+        return self._start_method
+
+    @property
+    def context(self) -> Any:
+        """The ``multiprocessing`` context processes and buffers are made with."""
+        return self._context
+
+    @property
+    def is_process(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"ProcessEnvironment(start_method={self._start_method!r})"
+
+    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+        return ProcessBuffer(item_type, size, name, self._context)
+
+    def _prepare(self, runnable: Runnable) -> None:
+        check_picklable(runnable, runnable.name)
+
+    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        link = ProcessLink(self._context)
+        process = self._context.Process(
+            target=_process_main,
+            args=(record.runnable, link.child, record.token, _logging.child_settings()),
+            name=f"puma:{record.runnable.name}",
+        )
+        record.link = link
+        record.process = process
+        try:
+            process.start()
+        finally:
+            link.close_child_end()
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this process if the thread that started it dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+
+
+def _process_main(runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any) -> None:
+    """Entry point of a child process."""
+    _die_with_parent()
+    threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
+    # Ctrl-C reaches the whole process group; the parent decides how children stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    faulthandler.enable()
+    _logging.setup_child(log_settings, link, runnable.name)
+    ctx = ChildContext(runnable, link, token)
+    try:
+        run_child(runnable, ctx)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

@@ -1,0 +1,250 @@
+"""puma's exceptions, and how a child's exception crosses back to the parent.
+
+An exception raised in a child (thread or process) reaches the parent as the
+original exception type, with the child's traceback attached (through
+``tblib.Traceback``, never by patching pickling globally) and a note naming the
+runnable and where it ran.  Exceptions that will not pickle, or will not
+unpickle (a constructor that cannot be re-run from ``args``), arrive as a
+:class:`RemoteError` carrying the type name, message and formatted traceback.
+"""
+
+from __future__ import annotations
+
+import pickle
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import tblib
+
+__all__ = [
+    "BufferClosedError",
+    "BufferCompleted",
+    "BufferEmpty",
+    "BufferFull",
+    "ChildDiedError",
+    "CommandError",
+    "NotPicklableError",
+    "PumaError",
+    "RemoteError",
+    "RunnableNotRunningError",
+    "StopRequested",
+    "StuckRunnableError",
+]
+
+
+class PumaError(Exception):
+    """Base class of every error puma raises itself."""
+
+
+class StopRequested(BaseException):  # noqa: N818 - reads as an event, like KeyboardInterrupt
+    """Raised inside a runnable that was asked to stop while it waited.
+
+    It derives from :class:`BaseException` (like ``KeyboardInterrupt``) so that a
+    user's ``except Exception`` does not swallow it.  The runnable machinery
+    treats it as a clean stop, not as an error.
+    """
+
+
+class BufferCompleted(PumaError):
+    """The buffer's stream has ended: every publisher completed without error."""
+
+
+class BufferEmpty(PumaError, TimeoutError):
+    """No value arrived within the timeout."""
+
+
+class BufferFull(PumaError, TimeoutError):
+    """The buffer stayed full for the whole timeout."""
+
+
+class BufferClosedError(PumaError):
+    """The buffer cannot take this operation any more (completed, or its subscriber is gone)."""
+
+
+class RunnableNotRunningError(PumaError):
+    """A command was sent to a runnable that is not running (not started, or ended)."""
+
+
+class CommandError(PumaError):
+    """A command could not be delivered or did not answer in time."""
+
+
+class NotPicklableError(PumaError, TypeError):
+    """A runnable (or a buffer) cannot be sent to a child process.
+
+    The message names the offending attribute path, e.g. ``camera._device._lock``.
+    """
+
+
+class ChildDiedError(PumaError):
+    """A child process ended without reporting how: killed, crashed or ``os._exit``.
+
+    Attributes:
+        runnable: the runnable's name.
+        pid: the child's process id.
+        exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
+    """
+
+    def __init__(self, runnable: str, pid: int | None, exitcode: int | None) -> None:
+        self.runnable = runnable
+        self.pid = pid
+        self.exitcode = exitcode
+        super().__init__(describe_exit(runnable, pid, exitcode))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.runnable, self.pid, self.exitcode))
+
+
+class StuckRunnableError(PumaError):
+    """A runnable did not end within its stop timeout and was terminated."""
+
+
+class RemoteError(PumaError):
+    """An exception from a child that could not be rebuilt in the parent.
+
+    Attributes:
+        type_name: qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+        remote_traceback: the child's formatted traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        super().__init__(type_name, message, remote_traceback)
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.remote_traceback}"
+
+
+_CAUSES = {
+    signal.SIGKILL: "killed (kill -9, or the kernel's out-of-memory killer)",
+    signal.SIGSEGV: "segmentation fault (a crash in native code)",
+    signal.SIGABRT: "aborted (a failed assertion in native code)",
+    signal.SIGTERM: "terminated",
+    signal.SIGBUS: "bus error (a crash in native code, or shared memory gone)",
+}
+
+
+def describe_exit(runnable: str, pid: int | None, exitcode: int | None) -> str:
+    """A one-line account of how a child process ended, naming signal and likely cause."""
+    where = f"runnable {runnable!r} (pid {pid})"
+    if exitcode is None:
+        return f"{where} ended without reporting"
+    if exitcode < 0:
+        try:
+            sig = signal.Signals(-exitcode)
+        except ValueError:
+            return f"{where} died from signal {-exitcode}"
+        cause = _CAUSES.get(sig, "killed by a signal")
+        return f"{where} died with {sig.name}({exitcode}): {cause}"
+    return (
+        f"{where} exited with code {exitcode} without reporting "
+        "(os._exit() or sys.exit() called from a thread, or the interpreter aborted)"
+    )
+
+
+@dataclass(frozen=True)
+class _Frozen:
+    """One exception of a chain, made safe to pickle."""
+
+    exc: bytes | None  # the pickled exception, or None when it would not round-trip
+    notes: tuple[str, ...]
+    type_name: str
+    message: str
+    formatted: str
+    tb: dict[str, Any] | None
+    link: str  # "cause", "context" or "" for the head
+
+
+@dataclass(frozen=True)
+class SerializedError:
+    """An exception with its chain, ready to cross a process boundary."""
+
+    chain: tuple[_Frozen, ...]
+    note: str
+    origin: str | None = None
+
+
+def _freeze_one(exc: BaseException, link: str) -> _Frozen:
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the error
+        message = f"<unprintable {type_name}>"
+    pickled: bytes | None
+    try:
+        pickled = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickled)  # a constructor that cannot be re-run from args fails here
+    except Exception:  # noqa: BLE001 - any failure means: send it as a RemoteError
+        pickled = None
+    tb_dict: dict[str, Any] | None = None
+    if exc.__traceback__ is not None:
+        try:
+            tb_dict = tblib.Traceback(exc.__traceback__).as_dict()
+        except Exception:  # noqa: BLE001
+            tb_dict = None
+    notes = tuple(str(n) for n in getattr(exc, "__notes__", ()))
+    return _Frozen(pickled, notes, type_name, message, formatted, tb_dict, link)
+
+
+def serialize_error(exc: BaseException, note: str = "") -> SerializedError:
+    """Freeze ``exc`` and its ``__cause__``/``__context__`` chain for the trip to the parent."""
+    chain: list[_Frozen] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    link = ""
+    while current is not None and id(current) not in seen and len(chain) < 16:
+        seen.add(id(current))
+        chain.append(_freeze_one(current, link))
+        if current.__cause__ is not None:
+            current, link = current.__cause__, "cause"
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, link = current.__context__, "context"
+        else:
+            current = None
+    return SerializedError(tuple(chain), note, getattr(exc, "_puma_origin", None))
+
+
+def _thaw_one(frozen: _Frozen) -> BaseException:
+    exc: BaseException | None = None
+    if frozen.exc is not None:
+        try:
+            loaded = pickle.loads(frozen.exc)
+            if isinstance(loaded, BaseException):
+                exc = loaded
+        except Exception:  # noqa: BLE001 - e.g. the type is not importable here
+            exc = None
+    if exc is None:
+        exc = RemoteError(frozen.type_name, frozen.message, frozen.formatted)
+        for note in frozen.notes:
+            exc.add_note(note)
+    if frozen.tb is not None:
+        try:
+            exc = exc.with_traceback(tblib.Traceback.from_dict(frozen.tb).as_traceback())
+        except Exception:  # noqa: BLE001 - the formatted text is still in the note
+            pass
+    return exc
+
+
+def deserialize_error(data: SerializedError) -> BaseException:
+    """Rebuild the exception chain made by :func:`serialize_error`, with the note added."""
+    thawed = [_thaw_one(f) for f in data.chain]
+    for outer, (inner, frozen) in zip(thawed, zip(thawed[1:], data.chain[1:], strict=True), strict=False):
+        if frozen.link == "cause":
+            outer.__cause__ = inner
+        else:
+            outer.__context__ = inner
+    head = thawed[0]
+    if data.note and data.note not in getattr(head, "__notes__", ()):
+        head.add_note(data.note)
+    if data.origin is not None:
+        try:
+            head._puma_origin = data.origin  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - an exception without a __dict__
+            pass
+    return head

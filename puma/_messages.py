@@ -1,0 +1,26 @@
+"""The message kinds that travel between a runnable and its Runner.
+
+Messages are plain tuples whose first item is one of these kinds: cheap to
+build, cheap to pickle.
+
+Parent to child (command channel):
+    (STOP,)
+    (CALL, call_id, method_name, args, kwargs)
+
+Child to parent, control channel (never crowded by user traffic):
+    (STARTED, pid, thread_name)
+    (RESULT, call_id, ok, value_or_SerializedError)
+    (FINISHED, SerializedError | None, stopped)
+
+Child to parent, status channel (user statuses and log records):
+    (STATUS, key, value)
+    (LOG, record)
+"""
+
+STOP = 0
+CALL = 1
+STARTED = 2
+RESULT = 3
+FINISHED = 4
+STATUS = 5
+LOG = 6

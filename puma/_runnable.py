@@ -1,0 +1,231 @@
+"""The Runnable: the unit of work that runs in a thread or a process.
+
+Subclass it, declare the buffers it publishes to, and put the work in
+:meth:`Runnable.execute`.  The same class runs in a thread or in a process; the
+Runner decides which, through the execution environment it is given.
+
+In the parent the runnable object is the user's handle on the running work:
+its :func:`~puma.run_in_child_scope` methods send commands, and
+:meth:`Runnable.status` / :meth:`Runnable.wait_status` read what the child
+reported.  In the child it is the object whose ``execute`` runs.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from puma import _context, _logging
+from puma import _messages as msg
+from puma._buffer import Buffer, Publisher
+from puma._errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested
+
+if TYPE_CHECKING:
+    from puma._runner import ChildRecord
+
+__all__ = ["Runnable"]
+
+T = TypeVar("T")
+
+_MISSING: Any = object()
+
+
+class Runnable(abc.ABC):
+    """Base class of everything a :class:`~puma.Runner` runs.
+
+    Args:
+        name: shown in logs, errors and statistics.
+        outputs: the buffers this runnable publishes to.  Each is completed when
+            :meth:`execute` ends (with the error, if it raised), so downstream
+            runnables always end.
+
+    Example::
+
+        class Producer(puma.Runnable):
+            def __init__(self, out: puma.Buffer[int], count: int) -> None:
+                super().__init__("producer", outputs=[out])
+                self._out, self._count = out, count
+
+            def execute(self) -> None:
+                with self.publisher(self._out) as pub:
+                    for i in range(self._count):
+                        pub.publish(i)
+    """
+
+    def __init__(self, name: str, outputs: Iterable[Buffer[Any]] = ()) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a runnable's name must be a non-empty str, got {name!r}")
+        outs = tuple(outputs)
+        for out in outs:
+            if not isinstance(out, Buffer):
+                raise TypeError(f"runnable {name!r}: outputs must be puma buffers, got {type(out).__name__}")
+        self._puma_name = name
+        self._puma_outputs = outs
+        self._puma_record: ChildRecord | None = None
+
+    # --- what the user implements ----------------------------------------------
+    @abc.abstractmethod
+    def execute(self) -> None:
+        """The work, run in the child (thread or process). Return to end normally."""
+
+    # --- both sides -------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The runnable's name."""
+        return self._puma_name
+
+    @property
+    def outputs(self) -> tuple[Buffer[Any], ...]:
+        """The buffers this runnable publishes to."""
+        return self._puma_outputs
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._puma_name!r}>"
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_puma_record"] = None  # the parent's bookkeeping stays in the parent
+        return state
+
+    # --- child side -------------------------------------------------------------
+    def _puma_context(self, what: str) -> _context.ChildContext:
+        ctx = _context.current()
+        if ctx is None or ctx.runnable is not self:
+            raise PumaError(
+                f"runnable {self._puma_name!r}: {what} can only be used inside its own execute() while it runs"
+            )
+        return ctx
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the runnable has been asked to stop. Also runs pending commands.
+
+        Check it between values in a loop that does not wait on a buffer.  Only
+        meaningful inside :meth:`execute`; in the parent it is always False.
+        """
+        ctx = _context.current()
+        if ctx is None or ctx.runnable is not self:
+            return False
+        return ctx.service()
+
+    def wait_for_stop(self, timeout: float | None = None) -> bool:
+        """Block until asked to stop (True) or ``timeout`` passes (False), running commands meanwhile.
+
+        For runnables that react to commands only, or pace themselves: one
+        wait, no polling.
+        """
+        ctx = self._puma_context("wait_for_stop()")
+        try:
+            ctx.wait((), timeout, lambda: False)
+        except StopRequested:
+            return True
+        return False
+
+    def service_commands(self) -> None:
+        """Run pending commands now; raise :class:`~puma.StopRequested` if asked to stop."""
+        self._puma_context("service_commands()").check_stop()
+
+    def publisher(self, buffer: Buffer[T]) -> Publisher[T]:
+        """The publishing end of one of this runnable's ``outputs``.
+
+        Call it inside :meth:`execute`.  The same publisher is returned each
+        time; it is completed when ``execute`` ends if the code did not.
+        """
+        ctx = self._puma_context("publisher()")
+        if not any(buffer is out for out in self._puma_outputs):
+            raise BufferClosedError(
+                f"runnable {self._puma_name!r} cannot publish to buffer {buffer.name!r}: "
+                "it is not one of its outputs (pass it in outputs=[...])"
+            )
+        existing = ctx.publishers.get(id(buffer))
+        if existing is None:
+            existing = buffer._open_publisher(self._puma_name)
+            ctx.publishers[id(buffer)] = existing
+        return existing
+
+    def send_status(self, key: str, value: Any) -> None:
+        """Report a status to the parent (e.g. progress), readable there by ``key``.
+
+        The parent keeps the latest value of each key (:meth:`status`) and can
+        wait for one (:meth:`wait_status`).  Statuses never crowd out errors.
+        """
+        if not isinstance(key, str):
+            raise TypeError(f"a status key must be a str, got {type(key).__name__}")
+        ctx = self._puma_context("send_status()")
+        ctx.link.send_status((msg.STATUS, key, value))
+
+    # --- parent side ------------------------------------------------------------
+    def status(self, key: str, default: Any = None) -> Any:
+        """The latest value the child reported under ``key`` (``default`` if none yet)."""
+        record = self._puma_record
+        if record is None:
+            return default
+        return record.statuses.get(key, default)
+
+    def wait_status(
+        self,
+        key: str,
+        predicate: Callable[[Any], bool] | None = None,
+        timeout: float | None = 10.0,
+    ) -> Any:
+        """Wait until the child reports ``key`` (with a value satisfying ``predicate``).
+
+        Returns at once if the latest value already qualifies.  Raises
+        ``TimeoutError`` after ``timeout`` seconds, and
+        :class:`~puma.RunnableNotRunningError` if the runnable ends first.
+        """
+        record = self._puma_record
+        if record is None:
+            raise RunnableNotRunningError(f"runnable {self._puma_name!r} has not been started")
+        return record.wait_status(key, predicate, timeout)
+
+    def _puma_send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        record = self._puma_record
+        if record is None:
+            raise RunnableNotRunningError(
+                f"cannot run command {name!r}: runnable {self._puma_name!r} has not been started by a Runner"
+            )
+        return record.send_command(name, args, kwargs)
+
+
+def run_child(runnable: Runnable, ctx: _context.ChildContext) -> None:
+    """Run ``runnable`` in this thread/process and report the outcome through ``ctx``.
+
+    Sends STARTED, runs ``execute``, completes every output (with the error if
+    it failed), flushes logs, then sends FINISHED with the error (or None).
+    """
+    link = ctx.link
+    error: BaseException | None = None
+    stopped = False
+    with ctx:
+        link.send((msg.STARTED, os.getpid(), threading.current_thread().name))
+        try:
+            ctx.service()
+            if not ctx.stop_requested:
+                runnable.execute()
+            else:
+                stopped = True
+        except StopRequested:
+            stopped = True
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            error = exc
+            if not hasattr(exc, "_puma_origin"):  # raised here, not received from upstream
+                exc.add_note(ctx.note)
+                try:
+                    exc._puma_origin = f"{runnable.name}:{os.getpid()}:{id(exc)}"  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001, S110 - an exception without a __dict__
+                    pass
+        for out in runnable.outputs:
+            try:
+                pub = ctx.publishers.get(id(out))
+                if pub is None:
+                    pub = out._open_publisher(runnable.name)
+                pub.complete(error)
+            except Exception:  # noqa: BLE001, S110 - a closed buffer has nobody to tell
+                pass
+    _logging.flush_child()
+    link.send_finished(error, stopped)

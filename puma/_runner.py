@@ -1,0 +1,670 @@
+"""The Runner: launches runnables and supervises them.
+
+One supervisor thread per Runner blocks in a single wait over every child's
+control pipe, status pipe and process sentinel, plus a wake-up for thread
+children and requests from the caller.  It:
+
+* launches children (so Linux's parent-death signal is tied to a thread that
+  outlives them);
+* delivers command results to futures, keeps statuses, hands log records to
+  the log listener;
+* notices a child's end: a FINISHED message, or a sentinel that fires without
+  one (a crash: SIGKILL, segfault, ``os._exit``), reported as
+  :class:`~puma.ChildDiedError` with the exit code or signal;
+* on a failure, stops every other runnable except those downstream of the
+  failed one, which end by themselves when the error reaches them through
+  their buffers (default policy, ``on_failure="stop"``);
+* when a subscriber ends, closes its buffer so publishers are not left
+  blocked, and drains it.
+
+The caller's thread waits on a condition for starts and ends; nothing polls.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from puma import _logging
+from puma import _messages as msg
+from puma._buffer import Buffer
+from puma._channels import ProcessLink, ThreadLink
+from puma._environment import Environment, ThreadEnvironment
+from puma._errors import (
+    ChildDiedError,
+    PumaError,
+    RunnableNotRunningError,
+    SerializedError,
+    StuckRunnableError,
+    deserialize_error,
+)
+from puma._process_buffer import ProcessBuffer
+from puma._runnable import Runnable
+from puma._wait import Waker
+
+__all__ = ["ChildRecord", "Runner"]
+
+R = TypeVar("R", bound=Runnable)
+
+DEFAULT_START_TIMEOUT = 60.0
+DEFAULT_STOP_TIMEOUT = 10.0
+_KILL_GRACE = 2.0
+
+
+class ChildRecord:
+    """The parent's bookkeeping for one running runnable."""
+
+    def __init__(self, runnable: Runnable, environment: Environment, token: int, runner: Runner) -> None:
+        self.runnable = runnable
+        self.name = runnable.name
+        self.environment = environment
+        self.token = token
+        self.runner = runner
+        self.link: ThreadLink | ProcessLink | None = None
+        self.process: Any = None
+        self.thread: threading.Thread | None = None
+        self.pid: int | None = None
+        self.started = False
+        self.ended = False
+        self.stop_sent = False
+        self.error: BaseException | None = None
+        self.stopped = False
+        self.statuses: dict[str, Any] = {}
+        self._futures: dict[int, Future[Any]] = {}
+        self._calls = itertools.count(1)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self.control_open = True
+
+    def __repr__(self) -> str:
+        state = "ended" if self.ended else "running" if self.started else "starting"
+        return f"<ChildRecord {self.name!r} {state}>"
+
+    # called from user threads ---------------------------------------------------
+    def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
+        from puma._commands import command_function
+
+        command_function(type(self.runnable), name)  # fail early on a wrong name
+        future: Future[Any] = Future()
+        with self._lock:
+            if self.ended:
+                raise RunnableNotRunningError(
+                    f"cannot run command {name!r}: runnable {self.name!r} has ended"
+                    + (f" ({self.error})" if self.error is not None else "")
+                )
+            call_id = next(self._calls)
+            self._futures[call_id] = future
+        link = self.link
+        assert link is not None
+        try:
+            link.post((msg.CALL, call_id, name, args, kwargs))
+        except Exception as exc:
+            with self._lock:
+                self._futures.pop(call_id, None)
+            if isinstance(exc, OSError):
+                raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
+            raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
+        return future
+
+    def wait_status(self, key: str, predicate: Callable[[Any], bool] | None, timeout: float | None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if key in self.statuses:
+                    value = self.statuses[key]
+                    if predicate is None or predicate(value):
+                        return value
+                if self.ended:
+                    raise RunnableNotRunningError(f"runnable {self.name!r} ended before reporting {key!r}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"runnable {self.name!r} did not report {key!r} within {timeout} s")
+                self._cond.wait(remaining)
+
+    # called from the supervisor ----------------------------------------------
+    def set_status(self, key: str, value: Any) -> None:
+        with self._cond:
+            self.statuses[key] = value
+            self._cond.notify_all()
+
+    def resolve(self, call_id: int, ok: bool, value: Any) -> None:
+        with self._lock:
+            future = self._futures.pop(call_id, None)
+        if future is None:
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(deserialize_error(value) if isinstance(value, SerializedError) else value)
+
+    def mark_ended(self) -> None:
+        with self._cond:
+            self.ended = True
+            futures = list(self._futures.values())
+            self._futures.clear()
+            self._cond.notify_all()
+        for future in futures:
+            future.set_exception(RunnableNotRunningError(f"runnable {self.name!r} ended before answering"))
+
+
+class _Supervisor(threading.Thread):
+    """The Runner's one waiting thread."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__(name="puma-supervisor", daemon=True)
+        self._runner = runner
+        self.waker = Waker()
+        self.inbox: deque[tuple[ChildRecord, tuple[Any, ...]]] = deque()
+        self.launches: deque[tuple[ChildRecord, Future[None]]] = deque()
+        self.draining: dict[int, ProcessBuffer[Any]] = {}
+        self.shutdown = False
+
+    def post(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
+        self.inbox.append((record, message))
+        self.waker.wake()
+
+    def launch(self, record: ChildRecord) -> Future[None]:
+        future: Future[None] = Future()
+        self.launches.append((record, future))
+        self.waker.wake()
+        return future
+
+    def run(self) -> None:
+        runner = self._runner
+        while True:
+            self.waker.clear()
+            while self.launches:
+                record, future = self.launches.popleft()
+                try:
+                    record.environment._launch(record, lambda m, r=record: self.post(r, m))  # type: ignore[misc]
+                except BaseException as exc:  # noqa: BLE001 - handed to start()
+                    record.link = None
+                    record.process = None
+                    future.set_exception(exc)
+                else:
+                    future.set_result(None)
+            while self.inbox:
+                record, message = self.inbox.popleft()
+                runner._handle(record, message)
+            live = [r for r in runner._records if not r.ended and r.link is not None]
+            if self.shutdown and not live and not self.launches:
+                return
+            handlers: dict[int, Callable[[], None]] = {}
+            for record in live:
+                link = record.link
+                if isinstance(link, ProcessLink):
+                    if record.control_open:
+                        handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
+                    handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
+                    handlers[record.process.sentinel] = lambda r=record: runner._process_exited(r)  # type: ignore[misc]
+            for fd, buffer in list(self.draining.items()):
+                handlers[fd] = buffer._drain
+            for fd in self.waker.wait(tuple(handlers), None):
+                handlers[fd]()
+
+
+class Runner:
+    """Launches runnables in their environment and supervises them.
+
+    Use it as a context manager.  Leaving the ``with`` block stops and joins
+    every runnable and raises what failed: the exception itself when one
+    runnable failed, an ``ExceptionGroup`` when several did.
+
+    Args:
+        environment: where runnables run by default (``ThreadEnvironment()`` if
+            omitted).  :meth:`start` can override it per runnable, so threads and
+            processes can be mixed under one Runner.
+        stop_timeout: how long a stopped runnable may take to end before it is
+            terminated, then killed, and reported as :class:`~puma.StuckRunnableError`.
+        start_timeout: default bound of :meth:`start_blocking` and
+            :meth:`wait_until_running`.
+        on_failure: ``"stop"`` (default): when a runnable fails or dies, stop the
+            others (those downstream of it end when the error reaches them).
+            ``"continue"``: leave the others running; errors are still raised.
+
+    Example::
+
+        env = puma.ThreadEnvironment()        # or puma.ProcessEnvironment()
+        with puma.Runner(env) as runner:
+            raw = env.buffer(int, 10, "raw")
+            runner.start(Producer(raw, 100))
+            runner.start(Consumer(raw))
+            runner.join()
+    """
+
+    def __init__(
+        self,
+        environment: Environment | None = None,
+        *,
+        stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+        start_timeout: float = DEFAULT_START_TIMEOUT,
+        on_failure: Literal["stop", "continue"] = "stop",
+    ) -> None:
+        if environment is not None and not isinstance(environment, Environment):
+            raise TypeError(f"environment must be a puma Environment, not {type(environment).__name__}")
+        if stop_timeout <= 0 or start_timeout <= 0:
+            raise ValueError("stop_timeout and start_timeout must be positive")
+        if on_failure not in ("stop", "continue"):
+            raise ValueError(f"on_failure must be 'stop' or 'continue', not {on_failure!r}")
+        self._environment = environment if environment is not None else ThreadEnvironment()
+        self._stop_timeout = stop_timeout
+        self._start_timeout = start_timeout
+        self._on_failure = on_failure
+        self._records: list[ChildRecord] = []
+        self._by_token: dict[int, ChildRecord] = {}
+        self._tokens = itertools.count(1)
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._errors: list[BaseException] = []
+        self._reported = 0
+        self._origins: set[str] = set()
+        self._closed = False
+        self._supervisor: _Supervisor | None = None
+        self._logging = False
+        _track(self)
+
+    # --- context manager ---------------------------------------------------------
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None:
+            self.close()
+            return
+        try:
+            self.close()
+        except BaseException as child_errors:  # noqa: BLE001 - joined with the body's error below
+            if isinstance(exc, KeyboardInterrupt):
+                return  # Ctrl-C wins; children are stopped
+            members = list(child_errors.exceptions) if isinstance(child_errors, BaseExceptionGroup) else [child_errors]
+            raise BaseExceptionGroup("the Runner's body and its runnables failed", [exc, *members]) from None
+
+    # --- starting ----------------------------------------------------------------
+    @property
+    def environment(self) -> Environment:
+        """The default environment of :meth:`start`."""
+        return self._environment
+
+    def start(self, runnable: R, environment: Environment | None = None) -> R:
+        """Launch ``runnable`` (in ``environment``, or the Runner's) and return it.
+
+        Returns as soon as the child is launched; see :meth:`start_blocking` to
+        wait until it runs.
+
+        Raises:
+            NotPicklableError: a process runnable has an attribute that cannot
+                cross (the message names it).
+            PumaError: the runnable was already started, or the Runner is closed.
+        """
+        if not isinstance(runnable, Runnable):
+            raise TypeError(f"Runner.start() takes a puma.Runnable, not {type(runnable).__name__}")
+        env = environment if environment is not None else self._environment
+        with self._lock:
+            if self._closed:
+                raise PumaError(f"this Runner is closed; cannot start runnable {runnable.name!r}")
+            if runnable._puma_record is not None:
+                raise PumaError(f"runnable {runnable.name!r} was already started; make a new one to run it again")
+        env._prepare(runnable)
+        if env.is_process:
+            for out in runnable.outputs:
+                if not out._crossable():
+                    raise PumaError(
+                        f"runnable {runnable.name!r} runs in a process but its output {out.name!r} is a "
+                        "thread buffer; make it with ProcessEnvironment.buffer()"
+                    )
+        record = ChildRecord(runnable, env, next(self._tokens), self)
+        with self._lock:
+            if runnable._puma_record is not None:
+                raise PumaError(f"runnable {runnable.name!r} was already started; make a new one to run it again")
+            runnable._puma_record = record
+            self._records.append(record)
+            self._by_token[record.token] = record
+        for out in runnable.outputs:
+            out._register_publisher()
+        if env.is_process and not self._logging:
+            self._logging = True
+            _logging.start_listener()
+        try:
+            self._ensure_supervisor().launch(record).result()
+        except BaseException:
+            for out in runnable.outputs:
+                out._register_publisher(-1)
+            with self._cond:
+                self._records.remove(record)
+                del self._by_token[record.token]
+                runnable._puma_record = None
+                self._cond.notify_all()
+            raise
+        return runnable
+
+    def start_blocking(self, runnable: R, environment: Environment | None = None, timeout: float | None = None) -> R:
+        """Launch ``runnable`` and wait until it runs (see :meth:`wait_until_running`)."""
+        self.start(runnable, environment)
+        self.wait_until_running(runnable, timeout)
+        return runnable
+
+    def wait_until_running(self, runnable: Runnable, timeout: float | None = None) -> None:
+        """Wait until ``runnable`` has started executing.
+
+        ``timeout`` defaults to the Runner's ``start_timeout``.  Raises
+        ``TimeoutError`` when it passes, and the runnable's own error (or
+        :class:`~puma.ChildDiedError`) if it ended before it could start.
+        """
+        record = self._record(runnable)
+        limit = self._start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        with self._cond:
+            while not record.started and not record.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"runnable {record.name!r} did not start within {limit} s")
+                self._cond.wait(remaining)
+        if not record.started and record.error is not None:
+            self._raise_errors()
+
+    # --- watching ----------------------------------------------------------------
+    def is_alive(self, runnable: Runnable | None = None) -> bool:
+        """True while ``runnable`` (or any runnable, if None) has not ended."""
+        if runnable is not None:
+            return not self._record(runnable).ended
+        return any(not r.ended for r in self._records)
+
+    @property
+    def runnables(self) -> tuple[Runnable, ...]:
+        """Every runnable started by this Runner, in start order."""
+        return tuple(r.runnable for r in self._records)
+
+    def pid(self, runnable: Runnable) -> int | None:
+        """The process id ``runnable`` runs in (the parent's for threads), once started."""
+        return self._record(runnable).pid
+
+    def check_for_exceptions(self) -> None:
+        """Raise any error from a runnable not raised yet; return if there is none."""
+        self._raise_errors()
+
+    # --- stopping ----------------------------------------------------------------
+    def stop(self, runnable: Runnable | None = None) -> None:
+        """Ask ``runnable`` (or every runnable) to stop. Does not wait: see :meth:`join`."""
+        if runnable is not None:
+            self._send_stop(self._record(runnable))
+            return
+        for record in list(self._records):
+            self._send_stop(record)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until every runnable has ended, then raise what failed.
+
+        Waiting has no limit by default, since the work is the runnables';
+        a child that dies is still noticed at once.  With ``timeout``, raises
+        ``TimeoutError`` if runnables are still running then.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while any(not r.ended for r in self._records):
+                if self._unreported() and self._on_failure == "stop":
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    alive = [r.name for r in self._records if not r.ended]
+                    raise TimeoutError(f"runnables still running after {timeout} s: {alive}")
+                self._cond.wait(remaining)
+        if self._unreported():
+            self._wait_all_ended(self._stop_timeout)
+            self._raise_errors()
+
+    def close(self) -> None:
+        """Stop every runnable, wait for them (killing the stuck), and raise what failed.
+
+        Leaving the ``with`` block calls it.  A closed Runner refuses new starts.
+        """
+        with self._lock:
+            self._closed = True
+        try:
+            self.stop()
+            self._wait_all_ended(self._stop_timeout)
+        finally:
+            self._terminate_stuck()
+            supervisor = self._supervisor
+            if supervisor is not None:
+                supervisor.shutdown = True
+                supervisor.waker.wake()
+                supervisor.join(self._stop_timeout)
+            if self._logging:
+                self._logging = False
+                _logging.stop_listener()
+        self._raise_errors()
+
+    # --- internals: user side ---------------------------------------------------------
+    def _record(self, runnable: Runnable) -> ChildRecord:
+        record = runnable._puma_record
+        if record is None or record.runner is not self:
+            raise RunnableNotRunningError(f"runnable {runnable.name!r} was not started by this Runner")
+        return record
+
+    def _ensure_supervisor(self) -> _Supervisor:
+        with self._lock:
+            if self._supervisor is None:
+                self._supervisor = _Supervisor(self)
+                self._supervisor.start()
+            return self._supervisor
+
+    def _send_stop(self, record: ChildRecord) -> None:
+        with self._lock:
+            if record.ended or record.stop_sent or record.link is None:
+                return
+            record.stop_sent = True
+        try:
+            record.link.post((msg.STOP,))
+        except OSError:
+            return  # the child is gone already; the supervisor reports it
+        for out in record.runnable.outputs:
+            out._interrupt_publishers()
+
+    def _wait_all_ended(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while any(not r.ended for r in self._records):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+        return True
+
+    def _terminate_stuck(self) -> None:
+        stuck = [r for r in self._records if not r.ended]
+        for record in stuck:
+            if record.process is not None and record.process.is_alive():
+                record.process.terminate()
+        deadline = time.monotonic() + _KILL_GRACE
+        for record in stuck:
+            if record.process is not None:
+                record.process.join(max(deadline - time.monotonic(), 0.0))
+                if record.process.is_alive():
+                    record.process.kill()
+                    record.process.join(_KILL_GRACE)
+        for record in stuck:
+            where = f"pid {record.pid}" if record.process is not None else "a thread; it is left running"
+            error = StuckRunnableError(
+                f"runnable {record.name!r} ({where}) did not end within {self._stop_timeout} s of being "
+                "asked to stop" + ("; it was terminated" if record.process is not None else "")
+            )
+            self._record_error(record, error)
+            if record.process is not None:
+                self._finish(record)
+
+    def _unreported(self) -> bool:
+        return self._reported < len(self._errors)
+
+    def _raise_errors(self) -> None:
+        with self._lock:
+            errors = self._errors[self._reported :]
+            self._reported = len(self._errors)
+        if not errors:
+            return
+        if len(errors) == 1:
+            raise errors[0]
+        raise BaseExceptionGroup(f"{len(errors)} runnables failed", errors)
+
+    # --- internals: supervisor side -------------------------------------------------
+    def _handle(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == msg.STATUS:
+            record.set_status(message[1], message[2])
+        elif kind == msg.LOG:
+            _logging.dispatch(message[1])
+        elif kind == msg.RESULT:
+            record.resolve(message[1], message[2], message[3])
+        elif kind == msg.STARTED:
+            with self._cond:
+                record.pid = message[1]
+                record.started = True
+                self._cond.notify_all()
+        elif kind == msg.FINISHED:
+            if isinstance(record.link, ProcessLink):
+                self._read_status(record)
+            error = message[1]
+            if isinstance(error, SerializedError):
+                error = deserialize_error(error)
+            record.stopped = message[2]
+            if error is not None:
+                self._record_error(record, error)
+            self._finish(record)
+
+    def _read_control(self, record: ChildRecord) -> None:
+        link = record.link
+        assert isinstance(link, ProcessLink)
+        try:
+            while link.control.poll(0):
+                self._handle(record, link.control.recv())
+                if record.ended:
+                    return
+        except (EOFError, OSError):
+            record.control_open = False
+
+    def _read_status(self, record: ChildRecord) -> None:
+        link = record.link
+        assert isinstance(link, ProcessLink)
+        try:
+            while link.status.poll(0):
+                self._handle(record, link.status.recv())
+        except (EOFError, OSError):
+            pass
+
+    def _process_exited(self, record: ChildRecord) -> None:
+        if record.control_open:
+            self._read_control(record)
+        if record.ended:
+            return
+        self._read_status(record)
+        process = record.process
+        process.join(_KILL_GRACE)
+        error = ChildDiedError(record.name, process.pid, process.exitcode)
+        if record.stop_sent and process.exitcode == 0:
+            record.stopped = True
+        else:
+            self._record_error(record, error)
+        for out in record.runnable.outputs:
+            if isinstance(out, ProcessBuffer):
+                out._complete_for(record.name, error)
+        self._finish(record)
+
+    def _record_error(self, record: ChildRecord, error: BaseException) -> None:
+        origin = getattr(error, "_puma_origin", None)
+        with self._cond:
+            if record.error is None:
+                record.error = error
+            if origin is not None:
+                if origin in self._origins:
+                    return  # the same error, passed downstream and re-raised there
+                self._origins.add(origin)
+            self._errors.append(error)
+            self._cond.notify_all()
+        if self._on_failure == "stop":
+            downstream = self._downstream(record)
+            for other in list(self._records):
+                if other is not record and other.token not in downstream:
+                    self._send_stop(other)
+
+    def _downstream(self, record: ChildRecord) -> set[int]:
+        found: set[int] = set()
+        frontier = [record]
+        while frontier:
+            current = frontier.pop()
+            for out in current.runnable.outputs:
+                token = out._subscriber_token()
+                if token and token not in found and token in self._by_token:
+                    found.add(token)
+                    frontier.append(self._by_token[token])
+        return found
+
+    def _finish(self, record: ChildRecord) -> None:
+        if record.ended:
+            return
+        _logging.wait_dispatched()
+        link = record.link
+        if record.process is not None:
+            record.process.join(_KILL_GRACE)
+        elif record.thread is not None:
+            record.thread.join(_KILL_GRACE)
+        record.mark_ended()
+        self._close_inputs_of(record)
+        if isinstance(link, ProcessLink):
+            link.close()
+            record.process.close()
+        elif isinstance(link, ThreadLink):
+            link.close()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _close_inputs_of(self, record: ChildRecord) -> None:
+        """The subscriber ``record`` ended: free the publishers of the buffers it read."""
+        buffers: dict[int, Buffer[Any]] = {}
+        for other in self._records:
+            for out in other.runnable.outputs:
+                if out._subscriber_token() == record.token:
+                    buffers[id(out)] = out
+        for buffer in buffers.values():
+            publishers_alive = any(
+                not other.ended and any(out is buffer for out in other.runnable.outputs) for other in self._records
+            )
+            buffer._close()
+            if isinstance(buffer, ProcessBuffer) and publishers_alive and self._supervisor is not None:
+                self._supervisor.draining[buffer._reader_fd()] = buffer
+        if self._supervisor is not None:
+            for fd, buffer in list(self._supervisor.draining.items()):
+                if not any(
+                    not other.ended and any(out is buffer for out in other.runnable.outputs) for other in self._records
+                ):
+                    del self._supervisor.draining[fd]
+
+
+_live: weakref.WeakSet[Runner] = weakref.WeakSet()
+_atexit_registered = False
+
+
+def _track(runner: Runner) -> None:
+    global _atexit_registered
+    _live.add(runner)
+    if not _atexit_registered:
+        _atexit_registered = True
+        atexit.register(_close_all)
+
+
+def _close_all() -> None:
+    """At interpreter exit: stop children of Runners nobody closed, leaving no orphans."""
+    for runner in list(_live):
+        if not runner._closed:
+            try:
+                runner.close()
+            except BaseException:  # noqa: BLE001, S110 - exiting anyway
+                pass

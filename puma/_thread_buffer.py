@@ -1,0 +1,260 @@
+"""A buffer between threads of one process: a deque under a lock.
+
+Publishing appends and wakes the subscriber's :class:`~puma._wait.Waker` (the
+one wait of the runnable that subscribed).  A full buffer blocks publishers on
+a condition; a stop request wakes them through :meth:`_interrupt_publishers`.
+A thread buffer cannot be sent to a child process: trying names the attribute.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any, TypeVar
+
+from puma import _context
+from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
+from puma._errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError
+from puma._wait import Waker
+
+__all__ = ["ThreadBuffer"]
+
+T = TypeVar("T")
+
+
+class _Complete:
+    """The in-stream mark a publisher leaves when it completes."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException | None) -> None:
+        self.error = error
+
+
+class ThreadBuffer(Buffer[T]):
+    """A buffer whose publishers and subscriber all live in one process."""
+
+    def __init__(self, item_type: type[T] | Any, size: int, name: str) -> None:
+        super().__init__(item_type, size, name)
+        self._lock = threading.Lock()
+        self._not_full = threading.Condition(self._lock)
+        self._items: deque[Any] = deque()
+        self._waker: Waker | None = None
+        self._publishers = 0
+        self._completed = 0
+        self._closed = False
+        self._subscribed = False
+        self._token = 0
+
+    def __reduce__(self) -> Any:
+        raise NotPicklableError(
+            f"thread buffer {self.name!r} cannot be sent to a process: "
+            "make it with ProcessEnvironment.buffer() to connect processes"
+        )
+
+    def subscribe(self) -> Subscription[T]:
+        with self._lock:
+            if self._subscribed:
+                raise BufferClosedError(f"buffer {self.name!r} already has its one subscriber")
+            self._subscribed = True
+            ctx = _context.current()
+            self._token = ctx.token if ctx is not None else 0
+            self._waker = ctx.waker if ctx is not None else Waker()
+            if ctx is not None:
+                ctx.subscribed.append(self)
+            return _ThreadSubscription(self, self._waker)
+
+    def statistics(self) -> BufferStatistics:
+        with self._lock:
+            size = sum(1 for item in self._items if not isinstance(item, _Complete))
+            return BufferStatistics(self.name, self.capacity, size, self._publishers, self._completed)
+
+    def _register_publisher(self, delta: int = 1) -> None:
+        with self._lock:
+            self._publishers += delta
+
+    def _open_publisher(self, owner: str) -> Publisher[T]:
+        return _ThreadPublisher(self, owner)
+
+    def _subscriber_token(self) -> int:
+        return self._token
+
+    def _interrupt_publishers(self) -> None:
+        with self._lock:
+            self._not_full.notify_all()
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._items.clear()
+            self._not_full.notify_all()
+
+    def _wake(self) -> None:
+        waker = self._waker
+        if waker is not None:
+            waker.wake()
+
+
+class _ThreadPublisher(Publisher[T]):
+    def __init__(self, buffer: ThreadBuffer[T], owner: str) -> None:
+        super().__init__(buffer, owner)
+        self._b = buffer
+
+    def publish(self, value: T, timeout: float | None = None) -> None:
+        b = self._b
+        check = b._check
+        if check is not None and not isinstance(value, check):
+            raise b._type_error(value)
+        while True:
+            with b._lock:
+                if len(b._items) < b._capacity and not b._closed and not self._completed:
+                    b._items.append(value)
+                    waker = b._waker
+                    if waker is not None:
+                        waker.wake()
+                    return
+            if not self._wait_for_room(timeout):
+                raise BufferFull(f"buffer {b.name!r} stayed full for {timeout} s")
+
+    def _wait_for_room(self, timeout: float | None) -> bool:
+        b = self._b
+        ctx = _context.current()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if ctx is not None:
+                ctx.check_stop()
+            with b._lock:
+                if self._completed or b._closed:
+                    raise self._closed_error()
+                if len(b._items) < b._capacity:
+                    return True
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                b._not_full.wait(remaining)
+
+    def try_publish(self, value: T) -> bool:
+        b = self._b
+        check = b._check
+        if check is not None and not isinstance(value, check):
+            raise b._type_error(value)
+        with b._lock:
+            if self._completed or b._closed:
+                raise self._closed_error()
+            if len(b._items) >= b._capacity:
+                return False
+            b._items.append(value)
+        b._wake()
+        return True
+
+    def publish_many(self, values: Iterable[T], timeout: float | None = None) -> None:
+        b = self._b
+        check = b._check
+        pending = list(values)
+        if check is not None:
+            for value in pending:
+                if not isinstance(value, check):
+                    raise b._type_error(value)
+        start = 0
+        while start < len(pending):
+            with b._lock:
+                if self._completed or b._closed:
+                    raise self._closed_error()
+                room = b._capacity - len(b._items)
+                if room > 0:
+                    b._items.extend(pending[start : start + room])
+                    start += room
+            if room > 0:
+                b._wake()
+            elif not self._wait_for_room(timeout):
+                raise BufferFull(f"buffer {b.name!r} stayed full for {timeout} s")
+
+    def complete(self, error: BaseException | None = None) -> None:
+        b = self._b
+        with b._lock:
+            if self._completed:
+                return
+            self._completed = True
+            if not b._closed:
+                b._items.append(_Complete(error))
+        b._wake()
+
+
+class _ThreadSubscription(Subscription[T]):
+    def __init__(self, buffer: ThreadBuffer[T], waker: Waker) -> None:
+        super().__init__(buffer)
+        self._b = buffer
+        self._waker = waker
+
+    def _fds(self) -> tuple[int, ...]:
+        return ()
+
+    def ready(self) -> bool:
+        return bool(self._b._items) or self._ended is not None
+
+    def _take(self) -> Any:
+        """Pop one entry (value or completion) under the lock; the caller knows there is one."""
+        b = self._b
+        with b._lock:
+            item = b._items.popleft()
+            b._not_full.notify()
+        return item
+
+    def _handle_complete(self, mark: _Complete) -> BaseException | None:
+        """Count a completion; return what ends the stream, if it has ended."""
+        b = self._b
+        b._completed += 1
+        if mark.error is not None:
+            return self._end(mark.error)
+        if b._completed >= b._publishers:
+            return self._end(None)
+        return None
+
+    def receive(self, timeout: float | None = None) -> T:
+        while True:
+            if self._ended is not None:
+                raise self._ended
+            if self._b._items:
+                item = self._take()
+                if type(item) is _Complete:
+                    ended = self._handle_complete(item)
+                    if ended is not None:
+                        raise ended
+                    continue
+                value: T = item
+                return value
+            if not self._wait(timeout):
+                raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
+
+    def _wait(self, timeout: float | None) -> bool:
+        items = self._b._items
+        ctx = _context.current()
+        if ctx is not None and ctx.waker is self._waker:
+            return ctx.wait((), timeout, lambda: bool(items))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        waker = self._waker
+        while True:
+            waker.clear()
+            if items:
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            waker.wait((), remaining)
+
+    def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        out: list[T] = [self.receive(timeout)]
+        b = self._b
+        with b._lock:
+            while b._items and len(out) < max_items:
+                item = b._items[0]
+                if type(item) is _Complete:
+                    break
+                out.append(b._items.popleft())
+            b._not_full.notify_all()
+        return out
+

@@ -1,0 +1,157 @@
+"""One wait over everything a waiter listens to.
+
+A :class:`Waker` is the single place where a runnable (or the Runner's
+supervisor) sleeps.  Two kinds of source wake it:
+
+* sources in the same process (thread buffers, thread command queues) call
+  :meth:`Waker.wake`;
+* sources that are file descriptors (process buffers' pipes, command pipes,
+  process sentinels) are passed to :meth:`Waker.wait`, which blocks in
+  ``multiprocessing.connection.wait`` over them plus a self-pipe that
+  :meth:`Waker.wake` writes to.
+
+When there are no descriptors to watch the wait is a plain condition wait, so a
+pure-thread pipeline never pays for a system call per value.  ``wake()`` is
+cheap when a wake-up is already pending (the common case under load).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["Poller", "Waker"]
+
+
+class _Poller:
+    """Readability of a fixed set of file descriptors, one system call per wait."""
+
+    __slots__ = ("_fds", "_poll", "_select")
+
+    def __init__(self, fds: Sequence[int]) -> None:
+        self._fds = list(fds)
+        self._poll = None
+        if hasattr(select, "poll"):
+            self._poll = select.poll()
+            for fd in self._fds:
+                self._poll.register(fd, select.POLLIN | select.POLLPRI)
+
+    def poll(self, timeout: float | None) -> list[int]:
+        """The readable (or hung-up) descriptors, waiting at most ``timeout`` seconds."""
+        if self._poll is not None:
+            ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+            return [fd for fd, _ev in self._poll.poll(ms)]
+        ready, _, _ = select.select(self._fds, [], [], timeout)
+        return ready
+
+
+Poller = _Poller
+
+
+class Waker:
+    """A level-triggered wake-up flag that can also wait on file descriptors.
+
+    Usage by the waiter::
+
+        waker.clear()
+        ...check every source without blocking...
+        waker.wait(fds, timeout)   # returns at once if wake() ran since clear()
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "_byte_sent",
+        "_cond",
+        "_fd_waiting",
+        "_pending",
+        "_poll_key",
+        "_poller",
+        "_rfd",
+        "_wfd",
+    )
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._pending = False
+        self._fd_waiting = False
+        self._rfd = -1
+        self._wfd = -1
+        self._byte_sent = False
+        self._poll_key: tuple[int, ...] = ()
+        self._poller: _Poller | None = None
+
+    def wake(self) -> None:
+        """Wake the waiter (now, or at its next wait). Safe from any thread."""
+        if self._pending:  # fast path: a wake-up is already on its way
+            return
+        with self._cond:
+            if self._pending:
+                return
+            self._pending = True
+            if self._fd_waiting:
+                if not self._byte_sent:
+                    self._byte_sent = True
+                    os.write(self._wfd, b"\0")
+            else:
+                self._cond.notify()
+
+    def clear(self) -> None:
+        """Forget past wake-ups; call before checking the sources."""
+        self._pending = False
+
+    @property
+    def pending(self) -> bool:
+        """True if :meth:`wake` ran since the last :meth:`clear`."""
+        return self._pending
+
+    def wait(self, fds: Sequence[int] = (), timeout: float | None = None) -> list[int]:
+        """Block until woken, one of the file descriptors ``fds`` is readable, or ``timeout``.
+
+        Returns the readable members of ``fds`` (empty when woken or timed out).
+        """
+        if not fds:
+            with self._cond:
+                if not self._pending:
+                    self._cond.wait(timeout)
+            return []
+        key = tuple(fds)
+        with self._cond:
+            if self._rfd < 0:
+                self._rfd, self._wfd = os.pipe()
+                os.set_blocking(self._wfd, False)
+            if key != self._poll_key:
+                self._poller = _Poller([*key, self._rfd])
+                self._poll_key = key
+            if self._pending:
+                timeout = 0.0
+            self._fd_waiting = True
+        try:
+            assert self._poller is not None
+            ready = self._poller.poll(timeout)
+        finally:
+            with self._cond:
+                self._fd_waiting = False
+                if self._byte_sent:
+                    os.read(self._rfd, 1)
+                    self._byte_sent = False
+        return [fd for fd in ready if fd != self._rfd]
+
+    def close(self) -> None:
+        """Release the self-pipe, if one was made."""
+        with self._cond:
+            for fd in (self._rfd, self._wfd):
+                if fd >= 0:
+                    os.close(fd)
+            self._rfd = self._wfd = -1
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - interpreter shutdown
+            pass
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Waker belongs to one process and cannot be pickled")
