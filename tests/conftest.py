@@ -1,0 +1,74 @@
+"""Shared fixtures: every behaviour runs on each environment, with leak checks after each test.
+
+* ``env``: a ThreadEnvironment, or a ProcessEnvironment per start method
+  (fork, forkserver, spawn), so one test body covers all four.
+* ``process_env``: the three process start methods only.
+* An autouse fixture fails a test that leaves child processes or puma threads
+  behind.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import puma
+
+START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
+ENVIRONMENTS = ["thread", *START_METHODS]
+
+
+def make_env(kind: str) -> puma.Environment:
+    """The environment named ``kind``: "thread" or a start method."""
+    if kind == "thread":
+        return puma.ThreadEnvironment()
+    return puma.ProcessEnvironment(kind)
+
+
+@pytest.fixture(params=ENVIRONMENTS)
+def env(request: pytest.FixtureRequest) -> puma.Environment:
+    """Each environment in turn: thread, fork, forkserver, spawn."""
+    return make_env(request.param)
+
+
+@pytest.fixture(params=START_METHODS)
+def process_env(request: pytest.FixtureRequest) -> puma.ProcessEnvironment:
+    """Each process start method in turn."""
+    return puma.ProcessEnvironment(request.param)
+
+
+def _puma_children() -> list[psutil.Process]:
+    """Our child processes, except multiprocessing's long-lived helpers (forkserver, resource tracker)."""
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(child.cmdline())
+        except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+            continue
+        if "forkserver" in cmdline or "resource_tracker" in cmdline:
+            continue
+        out.append(child)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """After each test: no puma child process and no puma thread left running."""
+    yield
+    children = _puma_children()
+    if children:
+        _gone, alive = psutil.wait_procs(children, timeout=5)
+        if alive:
+            for proc in alive:
+                proc.kill()
+            pytest.fail(f"test left child processes running: {[p.pid for p in alive]}")
+    leftover = [t for t in threading.enumerate() if t.name.startswith("puma") and t.is_alive()]
+    for thread in leftover:
+        thread.join(5)
+    leftover = [t.name for t in leftover if t.is_alive()]
+    if leftover:
+        pytest.fail(f"test left puma threads running: {leftover}")
