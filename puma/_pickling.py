@@ -36,6 +36,8 @@ def _probe(obj: Any) -> None:
 
 
 def _children(obj: Any) -> list[tuple[str, Any]]:
+    if isinstance(obj, Buffer):
+        return []  # a buffer explains itself
     if isinstance(obj, dict):
         return [(f"[{key!r}]", value) for key, value in obj.items()]
     if isinstance(obj, list | tuple | set | frozenset):

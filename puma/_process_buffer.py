@@ -65,7 +65,8 @@ class ProcessBuffer(Buffer[T]):
         super().__init__(item_type, size, name)
         self._reader, self._writer = context.Pipe(duplex=False)
         self._slots = context.Semaphore(size)
-        self._lock = context.Lock()
+        self._lock = context.Lock()  # held while a message is written
+        self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", 3)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -84,7 +85,7 @@ class ProcessBuffer(Buffer[T]):
 
     def subscribe(self) -> Subscription[T]:
         ctx = _context.current()
-        with self._lock:
+        with self._meta:
             if self._shared[_SUBSCRIBER]:
                 raise BufferClosedError(f"buffer {self.name!r} already has its one subscriber")
             self._shared[_SUBSCRIBER] = (ctx.token if ctx is not None else 0) + 1
@@ -100,7 +101,7 @@ class ProcessBuffer(Buffer[T]):
         return BufferStatistics(self.name, self.capacity, max(size, 0), int(self._shared[_PUBLISHERS]), -1)
 
     def _register_publisher(self, delta: int = 1) -> None:
-        with self._lock:
+        with self._meta:
             self._shared[_PUBLISHERS] += delta
 
     def _open_publisher(self, owner: str) -> Publisher[T]:
