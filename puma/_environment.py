@@ -11,6 +11,8 @@ from __future__ import annotations
 import abc
 import faulthandler
 import multiprocessing
+import os
+import select
 import signal
 import sys
 import threading
@@ -138,7 +140,7 @@ class ProcessEnvironment(Environment):
         link = ProcessLink(self._context)
         process = self._context.Process(
             target=_process_main,
-            args=(record.runnable, link.child, record.token, _logging.child_settings()),
+            args=(record.runnable, link.child, record.token, _logging.child_settings(), os.getpid()),
             name=f"puma:{record.runnable.name}",
         )
         record.link = link
@@ -149,23 +151,47 @@ class ProcessEnvironment(Environment):
             link.close_child_end()
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this process if the thread that started it dies."""
-    if not sys.platform.startswith("linux"):
+def _die_with_parent(parent_pid: int) -> None:
+    """End this child process when the Runner's process dies, whatever the start method.
+
+    Linux's parent-death signal covers fork and spawn (the kernel sends SIGKILL
+    when the launching thread dies); under forkserver the parent is the fork
+    server, which outlives the Runner's process while children exist, so a
+    daemon thread also blocks on a pidfd of the Runner's process and kills this
+    process when it becomes readable (the process ended).  No polling.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_pdeathsig = 1
+            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None:
         return
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-    except (OSError, AttributeError):
+        pidfd = pidfd_open(parent_pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)  # the parent is already gone
+        return
+    except OSError:
         return
 
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
 
-def _process_main(runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any) -> None:
+    threading.Thread(target=watch, name="puma-parent-watch", daemon=True).start()
+
+
+def _process_main(
+    runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int
+) -> None:
     """Entry point of a child process."""
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
     # Ctrl-C reaches the whole process group; the parent decides how children stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -94,7 +94,7 @@ class ChildDiedError(PumaError):
         super().__init__(describe_exit(runnable, pid, exitcode))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.runnable, self.pid, self.exitcode))
+        return (type(self), (self.runnable, self.pid, self.exitcode), self.__dict__)
 
 
 class StuckRunnableError(PumaError):

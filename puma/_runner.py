@@ -75,6 +75,7 @@ class ChildRecord:
         self.started = False
         self.ended = False
         self.stop_sent = False
+        self.stuck = False
         self.error: BaseException | None = None
         self.stopped = False
         self.statuses: dict[str, Any] = {}
@@ -481,26 +482,34 @@ class Runner:
         return True
 
     def _terminate_stuck(self) -> None:
-        stuck = [r for r in self._records if not r.ended]
+        """Terminate, then kill, children still running after their stop timeout; report them."""
+        stuck = [r for r in self._records if not r.ended and r.link is not None]
+        supervisor = self._supervisor
+        if not stuck or supervisor is None:
+            return
         for record in stuck:
-            if record.process is not None and record.process.is_alive():
-                record.process.terminate()
-        deadline = time.monotonic() + _KILL_GRACE
-        for record in stuck:
+            record.stuck = True
             if record.process is not None:
-                record.process.join(max(deadline - time.monotonic(), 0.0))
                 if record.process.is_alive():
+                    record.process.terminate()
+            else:  # a thread cannot be killed: report it and leave it behind (it is a daemon)
+                supervisor.post(record, (msg.FINISHED, self._stuck_error(record), False))
+        if not self._wait_all_ended(_KILL_GRACE):
+            for record in stuck:
+                if not record.ended and record.process is not None:
                     record.process.kill()
-                    record.process.join(_KILL_GRACE)
-        for record in stuck:
-            where = f"pid {record.pid}" if record.process is not None else "a thread; it is left running"
-            error = StuckRunnableError(
-                f"runnable {record.name!r} ({where}) did not end within {self._stop_timeout} s of being "
-                "asked to stop" + ("; it was terminated" if record.process is not None else "")
+            self._wait_all_ended(_KILL_GRACE)
+
+    def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
+        if record.process is not None:
+            return StuckRunnableError(
+                f"runnable {record.name!r} (pid {record.pid}) did not end within {self._stop_timeout} s "
+                "of being asked to stop; it was terminated"
             )
-            self._record_error(record, error)
-            if record.process is not None:
-                self._finish(record)
+        return StuckRunnableError(
+            f"runnable {record.name!r} (a thread) did not end within {self._stop_timeout} s of being asked "
+            "to stop; threads cannot be killed, so it is left running as a daemon thread"
+        )
 
     def _unreported(self) -> bool:
         return self._reported < len(self._errors)
@@ -568,7 +577,10 @@ class Runner:
         self._read_status(record)
         process = record.process
         process.join(_KILL_GRACE)
-        error = ChildDiedError(record.name, process.pid, process.exitcode)
+        error: PumaError = ChildDiedError(record.name, process.pid, process.exitcode)
+        if record.stuck:
+            error = self._stuck_error(record)
+        error._puma_origin = f"{record.name}:{process.pid}:died"  # type: ignore[attr-defined]
         if record.stop_sent and process.exitcode == 0:
             record.stopped = True
         else:
@@ -614,7 +626,7 @@ class Runner:
         link = record.link
         if record.process is not None:
             record.process.join(_KILL_GRACE)
-        elif record.thread is not None:
+        elif record.thread is not None and not record.stuck:
             record.thread.join(_KILL_GRACE)
         record.mark_ended()
         self._close_inputs_of(record)

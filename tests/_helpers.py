@@ -76,6 +76,8 @@ class Collector(puma.Runnable):
         values: list[Any] = []
         try:
             for value in self._in.subscribe():
+                if not values:
+                    self.send_status("first", value)
                 values.append(value)
         except Exception as exc:
             import traceback
@@ -177,14 +179,16 @@ class RaisesStrict(puma.Runnable):
 
 
 class Stuck(puma.Runnable):
-    """Ignores stop requests: blocks on an event nobody sets."""
+    """Ignores stop requests: blocks on an event only the test sets (threads) or nobody sets (processes)."""
+
+    release = threading.Event()
 
     def __init__(self) -> None:
         super().__init__("stuck")
 
     def execute(self) -> None:
         self.send_status("pid", os.getpid())
-        threading.Event().wait()
+        self.release.wait()
 
 
 class ArrayProducer(puma.Runnable):

@@ -1,0 +1,89 @@
+"""Commands (run_in_child_scope) and statuses, in threads and processes."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from _helpers import Noop, ReportsWhere, WaitForCommands
+
+import puma
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_command_runs_in_the_child_and_returns_its_result(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        assert worker.add(2) == 2
+        assert worker.add(3) == 5
+        child_pid = worker.where()
+        assert (child_pid != os.getpid()) == env.is_process
+
+
+def test_a_failing_command_raises_in_the_caller_and_does_not_poison_the_runnable(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        with pytest.raises(KeyError, match="nope") as info:
+            worker.fail("nope")
+        assert any("raised in runnable 'worker'" in note for note in info.value.__notes__)
+        assert worker.add(1) == 1  # still serving
+
+
+def test_submit_returns_a_future(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        futures = [worker.add.submit(1) for _ in range(20)]
+        assert [f.result(timeout=30) for f in futures] == list(range(1, 21))
+        assert worker.add.call(5, timeout=30) == 25
+
+
+def test_command_to_a_runnable_not_started_is_refused() -> None:
+    worker = WaitForCommands()
+    with pytest.raises(puma.RunnableNotRunningError, match="has not been started"):
+        worker.add(1)
+
+
+def test_command_to_an_ended_runnable_is_a_clear_error(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        runner.stop(worker)
+        runner.join(timeout=30)
+        with pytest.raises(puma.RunnableNotRunningError, match="has ended"):
+            worker.add(1)
+
+
+def test_unpicklable_command_result_is_an_error_not_a_hang(process_env: puma.ProcessEnvironment) -> None:
+    with puma.Runner(process_env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        with pytest.raises(puma.NotPicklableError, match="cannot be pickled"):
+            worker.unpicklable_result()
+        assert worker.add(1) == 1
+
+
+def test_statuses_latest_and_waited_for(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        reporter = runner.start(ReportsWhere())
+        assert reporter.wait_status("progress", lambda v: v == 4, timeout=30) == 4
+        runner.join()
+    assert reporter.status("progress") == 4
+    assert reporter.status("missing", "default") == "default"
+    assert (reporter.status("pid") != os.getpid()) == env.is_process
+
+
+def test_waiting_for_a_status_that_never_comes_ends_when_the_runnable_ends(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        noop = runner.start(Noop())
+        with pytest.raises(puma.RunnableNotRunningError, match="ended before reporting"):
+            noop.wait_status("never", timeout=30)
+
+
+def test_command_runs_while_the_runnable_waits(env: puma.Environment) -> None:
+    """The runnable blocks in one wait; the command wakes it at once and it goes back to waiting."""
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        for i in range(50):
+            assert worker.add(1) == i + 1
+        runner.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()

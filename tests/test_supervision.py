@@ -1,0 +1,246 @@
+"""Supervision: dead children, stop, stuck children, Ctrl-C, parent death, misuse, and import hygiene."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from _helpers import (
+    Collector,
+    Dies,
+    EndlessProducer,
+    HoldsLock,
+    Noop,
+    Producer,
+    Squarer,
+    Stuck,
+    WaitForCommands,
+)
+
+import puma
+
+pytestmark = pytest.mark.timeout(90)
+
+HERE = Path(__file__).parent
+
+
+@pytest.mark.parametrize(
+    ("how", "exitcode", "words"),
+    [("kill", -9, "SIGKILL(-9)"), ("exit", 3, "exited with code 3"), ("segv", -11, "SIGSEGV(-11)")],
+)
+def test_dead_child_is_reported_with_its_exit_code_or_signal(
+    process_env: puma.ProcessEnvironment, how: str, exitcode: int, words: str
+) -> None:
+    with pytest.raises(puma.ChildDiedError, match=words.replace("(", r"\(").replace(")", r"\)")) as info:
+        with puma.Runner(process_env) as runner:
+            runner.start(Dies(how))
+            runner.join()
+    assert info.value.exitcode == exitcode
+    assert info.value.runnable == f"dies-{how}"
+
+
+def test_kill_9_mid_stream_stops_the_pipeline_and_reports_it(process_env: puma.ProcessEnvironment) -> None:
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL") as info:
+        with puma.Runner(process_env) as runner:
+            raw, squared = process_env.buffer(int, 10, "raw"), process_env.buffer(int, 10, "squared")
+            producer = runner.start(EndlessProducer(raw))
+            runner.start(Squarer(raw, squared))
+            sink = runner.start(Collector(squared, reraise=False))
+            pid = producer.wait_status("pid", timeout=30)
+            sink.wait_status("first", timeout=30)  # the whole pipeline is flowing
+            os.kill(pid, signal.SIGKILL)
+            runner.join()
+    assert info.value.pid == pid
+    assert not runner.is_alive()
+    assert sink.status("values") is not None  # the consumer ended and reported
+
+
+def test_child_that_dies_before_starting_does_not_hang_start_blocking() -> None:
+    """Under spawn the runnable is unpickled in the child; a failing unpickle kills it before 'started'."""
+    env = puma.ProcessEnvironment("spawn")
+    with pytest.raises(puma.ChildDiedError, match="exited with code 1"):
+        with puma.Runner(env) as runner:
+            runner.start_blocking(_BrokenOnArrival(), timeout=60)
+
+
+class _Explodes:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_explode, ())
+
+
+def _explode() -> None:
+    raise RuntimeError("cannot be rebuilt in the child")
+
+
+class _BrokenOnArrival(puma.Runnable):
+    def __init__(self) -> None:
+        super().__init__("broken-on-arrival")
+        self.part = _Explodes()
+
+    def execute(self) -> None:
+        pass
+
+
+def test_stop_ends_a_running_pipeline_cleanly(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        raw = env.buffer(int, 4, "raw")
+        producer = runner.start(EndlessProducer(raw))
+        sink = runner.start(Collector(raw))
+        producer.wait_status("pid", timeout=30)
+        runner.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+    assert sink.status("error") is None  # a stop is not an error
+
+
+def test_stuck_child_is_terminated_and_reported(env: puma.Environment) -> None:
+    Stuck.release.clear()
+    runner = puma.Runner(env, stop_timeout=1.0)
+    stuck = runner.start(Stuck())
+    stuck.wait_status("pid", timeout=30)
+    with pytest.raises(puma.StuckRunnableError, match="did not end within 1.0 s"):
+        runner.close()
+    Stuck.release.set()  # lets the abandoned thread end, for the leak check
+    if env.is_process:
+        assert not psutil.pid_exists(stuck.status("pid")) or psutil.Process(stuck.status("pid")).status() == "zombie"
+
+
+def test_starting_the_same_runnable_twice_is_refused(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        noop = runner.start(Noop())
+        with pytest.raises(puma.PumaError, match="already started"):
+            runner.start(noop)
+
+
+def test_closed_runner_refuses_new_starts(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        pass
+    with pytest.raises(puma.PumaError, match="closed"):
+        runner.start(Noop())
+
+
+def test_unpicklable_attribute_is_named_before_the_child_starts(process_env: puma.ProcessEnvironment) -> None:
+    with puma.Runner(process_env) as runner:
+        with pytest.raises(puma.NotPicklableError, match=r"attribute holds-lock\.config\['device'\]\.handle"):
+            runner.start(HoldsLock())
+        assert runner.runnables == ()
+
+
+def test_wait_until_running_times_out_with_a_clear_error(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start(WaitForCommands())
+        runner.wait_until_running(worker, timeout=60)
+        assert runner.is_alive(worker)
+        assert runner.pid(worker) is not None
+
+
+def test_runner_rejects_bad_options() -> None:
+    with pytest.raises(ValueError, match="on_failure"):
+        puma.Runner(on_failure="explode")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="positive"):
+        puma.Runner(stop_timeout=0)
+    with pytest.raises(ValueError, match="not available"):
+        puma.ProcessEnvironment("teleport")
+
+
+def test_default_start_method_is_safe_with_threads() -> None:
+    assert puma.ProcessEnvironment().start_method in ("forkserver", "spawn")
+
+
+def _run_script(body: str, **kwargs: object) -> subprocess.Popen[str]:
+    script = textwrap.dedent(body)
+    return subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=str(HERE),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+_PIPELINE_SCRIPT = """
+import sys, puma
+from _helpers import EndlessProducer, Collector
+if __name__ == "__main__":
+    env = puma.ProcessEnvironment(sys.argv[1] if len(sys.argv) > 1 else "{method}")
+    with puma.Runner(env) as runner:
+        raw = env.buffer(int, 4, "raw")
+        producer = runner.start(EndlessProducer(raw))
+        runner.start(Collector(raw))
+        pid = producer.wait_status("pid", timeout=60)
+        print(pid, flush=True)
+        runner.join()
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_ctrl_c_stops_everything_and_leaves_no_orphan(method: str) -> None:
+    proc = _run_script(_PIPELINE_SCRIPT.format(method=method))
+    assert proc.stdout is not None
+    child_pid = int(proc.stdout.readline())
+    grandchildren = psutil.Process(proc.pid).children(recursive=True)
+    assert child_pid in [c.pid for c in grandchildren]
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    _gone, alive = psutil.wait_procs(grandchildren, timeout=10)
+    assert not alive, f"orphans: {alive}"
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_children_die_with_their_parent(method: str) -> None:
+    proc = _run_script(_PIPELINE_SCRIPT.format(method=method))
+    assert proc.stdout is not None
+    child_pid = int(proc.stdout.readline())
+    grandchildren = [c for c in psutil.Process(proc.pid).children(recursive=True)]
+    assert child_pid in [c.pid for c in grandchildren]
+    proc.kill()
+    proc.communicate(timeout=30)
+    _gone, alive = psutil.wait_procs(grandchildren, timeout=10)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, f"orphans after the parent died: {alive}"
+
+
+def test_importing_puma_changes_nothing_global() -> None:
+    script = """
+import copyreg, multiprocessing, threading, sys
+before = dict(copyreg.dispatch_table)
+import puma, puma.logging
+assert multiprocessing.get_start_method(allow_none=True) is None, "start method was fixed"
+assert threading.active_count() == 1, threading.enumerate()
+assert dict(copyreg.dispatch_table) == before, "pickling hooks installed"
+print("clean")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    assert result.stdout.strip() == "clean", result.stderr
+
+
+def test_leaving_the_block_without_join_stops_and_joins(env: puma.Environment) -> None:
+    started = time.monotonic()
+    with puma.Runner(env) as runner:
+        raw = env.buffer(int, 4, "raw")
+        producer = runner.start(EndlessProducer(raw))
+        runner.start(Collector(raw))
+        producer.wait_status("pid", timeout=30)
+    assert not runner.is_alive()
+    assert time.monotonic() - started < 85  # bounded, not a speed claim
+
+
+def test_a_finished_pipeline_leaves_nothing_running(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        raw, squared = env.buffer(int, 4, "raw"), env.buffer(int, 4, "squared")
+        runner.start(Producer(raw, 20))
+        runner.start(Squarer(raw, squared))
+        runner.start(Collector(squared))
+        runner.join(timeout=60)
+        assert not runner.is_alive()
