@@ -111,7 +111,7 @@ class ProcessEnvironment(Environment):
                 f"start method {method!r} is not available here; choose from {multiprocessing.get_all_start_methods()}"
             )
         self._start_method = method
-        self._context = multiprocessing.get_context(method)
+        self._context: Any = multiprocessing.get_context(method)
 
     @property
     def start_method(self) -> str:
@@ -187,9 +187,7 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="puma-parent-watch", daemon=True).start()
 
 
-def _process_main(
-    runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int
-) -> None:
+def _process_main(runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int) -> None:
     """Entry point of a child process."""
     _die_with_parent(parent_pid)
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name

@@ -38,7 +38,7 @@ class PumaError(Exception):
     """Base class of every error puma raises itself."""
 
 
-class StopRequested(BaseException):  # noqa: N818 - reads as an event, like KeyboardInterrupt
+class StopRequested(BaseException):
     """Raised inside a runnable that was asked to stop while it waited.
 
     It derives from :class:`BaseException` (like ``KeyboardInterrupt``) so that a
@@ -226,7 +226,7 @@ def _thaw_one(frozen: _Frozen) -> BaseException:
     if frozen.tb is not None:
         try:
             exc = exc.with_traceback(tblib.Traceback.from_dict(frozen.tb).as_traceback())
-        except Exception:  # noqa: BLE001 - the formatted text is still in the note
+        except Exception:  # noqa: BLE001, S110 - the formatted text is still in the message
             pass
     return exc
 

@@ -84,10 +84,7 @@ def check_picklable(obj: Any, name: str) -> None:
         first: BaseException = exc
     found = _locate(obj, name, set(), 0)
     path, culprit, cause = found if found is not None else (name, obj, first)
-    if isinstance(cause, NotPicklableError):
-        reason = str(cause)
-    else:
-        reason = f"{type(cause).__name__}: {cause}"
+    reason = str(cause) if isinstance(cause, NotPicklableError) else f"{type(cause).__name__}: {cause}"
     message = (
         f"runnable {name!r} cannot be sent to a process: attribute {path} "
         f"({type(culprit).__qualname__}) cannot be pickled ({reason}). Create it inside execute(), "

@@ -131,7 +131,8 @@ class ProcessBuffer(Buffer[T]):
             pass
 
     def _reader_fd(self) -> int:
-        return self._reader.fileno()
+        fd: int = self._reader.fileno()
+        return fd
 
     def _complete_for(self, owner: str, error: BaseException) -> bool:
         """Complete on behalf of a publisher that died; never blocks for long."""

@@ -257,4 +257,3 @@ class _ThreadSubscription(Subscription[T]):
                 out.append(b._items.popleft())
             b._not_full.notify_all()
         return out
-

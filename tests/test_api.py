@@ -25,7 +25,7 @@ def test_all_is_sorted_and_unique() -> None:
 def test_public_methods_are_documented() -> None:
     for cls in (puma.Runner, puma.Runnable, puma.Buffer, puma.Publisher, puma.Subscription):
         for attr, value in vars(cls).items():
-            if attr.startswith("_") or not callable(value) and not isinstance(value, property):
+            if attr.startswith("_") or (not callable(value) and not isinstance(value, property)):
                 continue
             assert inspect.getdoc(value), f"{cls.__name__}.{attr} has no docstring"
 
