@@ -187,6 +187,8 @@ class _ThreadSubscription(Subscription[T]):
         super().__init__(buffer)
         self._b = buffer
         self._waker = waker
+        ctx = _context.current()
+        self._ctx = ctx if ctx is not None and ctx.waker is waker else None
 
     def _fds(self) -> tuple[int, ...]:
         return ()
@@ -213,6 +215,9 @@ class _ThreadSubscription(Subscription[T]):
         return None
 
     def receive(self, timeout: float | None = None) -> T:
+        ctx = self._ctx
+        if ctx is not None and ctx.link.has_message():
+            ctx.check_stop()  # a stop is seen even while values keep coming
         while True:
             if self._ended is not None:
                 raise self._ended

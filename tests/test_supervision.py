@@ -244,3 +244,16 @@ def test_a_finished_pipeline_leaves_nothing_running(env: puma.Environment) -> No
         runner.start(Collector(squared))
         runner.join(timeout=60)
         assert not runner.is_alive()
+
+
+def test_stopping_a_busy_consumer_ends_it_and_its_publisher_learns_why(env: puma.Environment) -> None:
+    with pytest.raises(puma.BufferClosedError, match="subscriber has ended"):
+        with puma.Runner(env) as runner:
+            raw = env.buffer(int, 4, "raw")
+            runner.start(EndlessProducer(raw))
+            sink = runner.start(Collector(raw))
+            sink.wait_status("first", timeout=30)
+            runner.stop(sink)
+            runner.join(timeout=60)
+    assert sink.status("values")  # it ended on the stop, reporting what it had
+    assert sink.status("error") is None
