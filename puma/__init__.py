@@ -6,6 +6,7 @@ The whole public surface is here; everything else lives in private modules.
 from __future__ import annotations
 
 from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
+from puma._command_driven import CommandDrivenRunnable
 from puma._commands import BoundCommand, run_in_child_scope
 from puma._environment import Environment, ProcessEnvironment, ThreadEnvironment
 from puma._errors import (
@@ -22,8 +23,11 @@ from puma._errors import (
     StopRequested,
     StuckRunnableError,
 )
+from puma._multicaster import Multicaster
 from puma._runnable import Runnable
 from puma._runner import Runner
+from puma._servicing import BufferSubscriber, MultiBufferServicingRunnable, SingleBufferServicingRunnable
+from puma._ticking import tick_clock
 
 __version__ = "0.1.0"
 
@@ -35,9 +39,13 @@ __all__ = [
     "BufferEmpty",
     "BufferFull",
     "BufferStatistics",
+    "BufferSubscriber",
     "ChildDiedError",
+    "CommandDrivenRunnable",
     "CommandError",
     "Environment",
+    "MultiBufferServicingRunnable",
+    "Multicaster",
     "NotPicklableError",
     "ProcessEnvironment",
     "Publisher",
@@ -46,12 +54,14 @@ __all__ = [
     "Runnable",
     "RunnableNotRunningError",
     "Runner",
+    "SingleBufferServicingRunnable",
     "StopRequested",
     "StuckRunnableError",
     "Subscription",
     "ThreadEnvironment",
     "__version__",
     "run_in_child_scope",
+    "tick_clock",
 ]
 
 for _name in __all__:
