@@ -25,6 +25,8 @@ from typing import Any
 
 __all__ = ["Poller", "Waker"]
 
+_FD_SETSIZE = 1024  # select()'s limit on Linux and macOS
+
 
 class _Poller:
     """Readability of a fixed set of file descriptors, one system call per wait."""
@@ -34,6 +36,9 @@ class _Poller:
     def __init__(self, fds: Sequence[int]) -> None:
         self._fds = list(fds)
         self._poll = None
+        # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
+        # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
+        self._select = all(fd < _FD_SETSIZE for fd in self._fds)
         if hasattr(select, "poll"):
             self._poll = select.poll()
             for fd in self._fds:
@@ -41,7 +46,7 @@ class _Poller:
 
     def poll(self, timeout: float | None) -> list[int]:
         """The readable (or hung-up) descriptors, waiting at most ``timeout`` seconds."""
-        if self._poll is not None:
+        if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]
         ready, _, _ = select.select(self._fds, [], [], timeout)
