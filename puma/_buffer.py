@@ -134,6 +134,10 @@ class Buffer(abc.ABC, Generic[T]):
         """Which runnable subscribed (its Runner token); 0 for none or the main program."""
 
     @abc.abstractmethod
+    def _is_subscribed(self) -> bool:
+        """True once anyone (a runnable or the main program) has subscribed."""
+
+    @abc.abstractmethod
     def _interrupt_publishers(self) -> None:
         """Wake publishers blocked on a full buffer so they can see a stop request."""
 

@@ -24,6 +24,7 @@ import pickle
 import select
 import struct
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, TypeVar
@@ -58,11 +59,20 @@ _NOTHING: Any = object()
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 
 
+_live: weakref.WeakSet[ProcessBuffer[Any]] = weakref.WeakSet()
+
+
+def live_process_buffers() -> list[ProcessBuffer[Any]]:
+    """Process buffers made in this process and still alive (for leak checks)."""
+    return list(_live)
+
+
 class ProcessBuffer(Buffer[T]):
     """A buffer whose publishers and subscriber may live in different processes."""
 
     def __init__(self, item_type: type[T] | Any, size: int, name: str, context: Any) -> None:
         super().__init__(item_type, size, name)
+        _live.add(self)
         self._reader, self._writer = context.Pipe(duplex=False)
         self._slots = context.Semaphore(size)
         self._lock = context.Lock()  # held while a message is written
@@ -109,6 +119,9 @@ class ProcessBuffer(Buffer[T]):
 
     def _subscriber_token(self) -> int:
         return max(int(self._shared[_SUBSCRIBER]) - 1, 0)
+
+    def _is_subscribed(self) -> bool:
+        return bool(self._shared[_SUBSCRIBER])
 
     def _interrupt_publishers(self) -> None:
         # One extra permit wakes a publisher blocked on a full buffer; if it

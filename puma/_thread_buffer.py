@@ -81,6 +81,9 @@ class ThreadBuffer(Buffer[T]):
     def _subscriber_token(self) -> int:
         return self._token
 
+    def _is_subscribed(self) -> bool:
+        return self._subscribed
+
     def _interrupt_publishers(self) -> None:
         with self._lock:
             self._not_full.notify_all()

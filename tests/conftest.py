@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import threading
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import psutil
 import pytest
 
 import puma
+from puma._process_buffer import live_process_buffers
 
 START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
 ENVIRONMENTS = ["thread", *START_METHODS]
@@ -57,8 +59,17 @@ def _puma_children() -> list[psutil.Process]:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After each test: no puma child process and no puma thread left running."""
+    """After each test: no puma child process, no puma thread, no process buffer (its semaphores) left alive.
+
+    A process buffer owns named semaphores; under spawn and forkserver they live in /dev/shm until
+    the buffer is collected, so a buffer kept alive past its test is a leaked semaphore.
+    """
+    before = {id(b) for b in live_process_buffers()}
     yield
+    gc.collect()
+    kept = [b for b in live_process_buffers() if id(b) not in before]
+    if kept:
+        pytest.fail(f"test left process buffers (and their semaphores) alive: {kept}")
     children = _puma_children()
     if children:
         _gone, alive = psutil.wait_procs(children, timeout=5)
