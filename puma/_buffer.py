@@ -231,6 +231,14 @@ class Subscription(abc.ABC, Generic[T]):
         """The buffer this subscription reads."""
         return self._buffer
 
+    def __reduce__(self) -> Any:
+        from puma._errors import NotPicklableError
+
+        raise NotPicklableError(
+            f"a subscription of buffer {self._buffer.name!r} cannot be sent to a process: "
+            "call subscribe() inside execute()"
+        )
+
     @property
     def ended(self) -> bool:
         """True once the stream has ended (completed, or with an error)."""

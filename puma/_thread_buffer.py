@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from puma import _context
 from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
-from puma._errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError
+from puma._errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
 from puma._wait import Waker
 
 __all__ = ["ThreadBuffer"]
@@ -241,6 +241,11 @@ class _ThreadSubscription(Subscription[T]):
         ctx = _context.current()
         if ctx is not None and ctx.waker is self._waker:
             return ctx.wait((), timeout, lambda: bool(items))
+        if ctx is not None:
+            raise PumaError(
+                f"runnable {ctx.name!r} waits on buffer {self._b.name!r}, which was subscribed outside it: "
+                "call subscribe() inside execute(), so the wait also hears commands and stop requests"
+            )
         deadline = None if timeout is None else time.monotonic() + timeout
         waker = self._waker
         while True:

@@ -314,3 +314,14 @@ class ReportsWhere(puma.Runnable):
         self.send_status("pid", os.getpid())
         for i in range(5):
             self.send_status("progress", i)
+
+
+class SubscribesTooEarly(puma.Runnable):
+    """Subscribes in __init__ (in the parent) instead of in execute."""
+
+    def __init__(self, inp: puma.Buffer[int]) -> None:
+        super().__init__("too-early")
+        self._subscription = inp.subscribe()
+
+    def execute(self) -> None:
+        self._subscription.receive(timeout=30)

@@ -14,6 +14,7 @@ from _helpers import (
     Producer,
     PublishToForeign,
     Squarer,
+    SubscribesTooEarly,
     TakeOne,
 )
 
@@ -172,3 +173,12 @@ def test_process_buffer_joins_a_process_producer_and_a_thread_consumer(
         sink = runner.start(Collector(raw), environment=puma.ThreadEnvironment())
         runner.join()
     assert sink.status("values") == list(range(200))
+
+
+def test_subscribing_outside_execute_is_a_clear_error(env: puma.Environment) -> None:
+    """A subscription made in the parent cannot hear the runnable's commands; puma says so."""
+    expected = puma.NotPicklableError if env.is_process else puma.PumaError
+    with pytest.raises(expected, match=r"call subscribe\(\) inside execute\(\)"):
+        with puma.Runner(env) as runner:
+            runner.start(SubscribesTooEarly(env.buffer(int, 2, "early")))
+            runner.join()
