@@ -22,6 +22,7 @@ reported again.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
@@ -65,6 +66,25 @@ def _handlers(subscriber: Any) -> tuple[Callable[[Any], Any], Callable[[BaseExce
     if callable(subscriber):
         return subscriber, None
     raise TypeError(f"a subscriber must have an on_value(value) method or be callable, not {type(subscriber).__name__}")
+
+
+class _OwnMethod:
+    """Stands for a bound method of the runnable itself, resolved on the object that runs.
+
+    The child runs on a copy of the runnable (pickled, or cloned for a thread),
+    so a bound method kept from the parent would call the parent's object.
+    """
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getstate__(self) -> str:
+        return self.name
+
+    def __setstate__(self, state: str) -> None:
+        self.name = state
 
 
 class _Input:
@@ -151,6 +171,10 @@ class ServicingRunnable(TickingRunnable):
             raise ValueError(f"runnable {self.name!r}: buffer {buffer.name!r} is already an input")
         if subscriber is not None:
             _handlers(subscriber)  # fail now, in the caller, on a wrong subscriber
+        if subscriber is self:
+            subscriber = None
+        elif inspect.ismethod(subscriber) and subscriber.__self__ is self:
+            subscriber = _OwnMethod(subscriber.__name__)
         self._puma_inputs.append((buffer, subscriber))
 
     def _puma_deliver(self, handler: Callable[[Any], Any], values: list[Any]) -> None:
@@ -165,7 +189,11 @@ class ServicingRunnable(TickingRunnable):
                 return
 
     def _puma_resolve(self, subscriber: Any) -> Any:
-        return self if subscriber is None else subscriber
+        if subscriber is None:
+            return self
+        if isinstance(subscriber, _OwnMethod):
+            return getattr(self, subscriber.name)
+        return subscriber
 
     def execute(self) -> None:
         """Service inputs, commands and ticks until the end rule is met, a stop, or an error."""
