@@ -202,7 +202,7 @@ class ServicingRunnable(TickingRunnable):
             raise PumaError(f"runnable {self.name!r} has no inputs to service")
         inputs = [_Input(buffer, self._puma_resolve(sub)) for buffer, sub in self._puma_inputs]
         self._puma_publishers = [self.publisher(out) for out in self.outputs]
-        self._puma_ticks.start(tick_clock())
+        self._puma_live_schedule().start(tick_clock())
         self.on_start()
         try:
             self._puma_serve(ctx, inputs)
@@ -210,7 +210,7 @@ class ServicingRunnable(TickingRunnable):
             self.on_end()
 
     def _puma_serve(self, ctx: _context.ChildContext, inputs: list[_Input]) -> None:
-        schedule = self._puma_ticks
+        schedule = self._puma_live_schedule()
         batch = self._puma_batch
         end_when = self._puma_end_when
         publishers = self._puma_publishers

@@ -122,8 +122,12 @@ class TickSchedule:
         self.version += 1
 
     def start(self, now: float) -> None:
-        """Begin the schedule (when the runnable starts): first tick one interval from ``now``."""
-        self._restart(now)
+        """Begin the schedule (when the runnable starts): first tick one interval from ``now``.
+
+        No-op if a command already set the schedule (it may run just before the loop starts).
+        """
+        if self.version == 0:
+            self._restart(now)
 
     def resume(self, now: float) -> None:
         """Resume ticking: the first tick comes one interval after ``now``. No-op if running."""
@@ -216,13 +220,13 @@ class TickingRunnable(Runnable):
 
     @property
     def tick_interval(self) -> float | None:
-        """Seconds between ticks (``None`` if no interval was set)."""
-        return self._puma_ticks.interval
+        """Seconds between ticks (``None`` if none is set); the parent sees the initial setting."""
+        return self._puma_schedule().interval
 
     @property
     def ticks_running(self) -> bool:
-        """True unless ticks are paused (in the child; the parent sees the initial setting)."""
-        return self._puma_ticks.running
+        """True unless ticks are paused; the parent sees the initial setting."""
+        return self._puma_schedule().running
 
     @property
     def tick_deadline(self) -> float:
@@ -235,7 +239,7 @@ class TickingRunnable(Runnable):
     @property
     def missed_ticks(self) -> int:
         """How many ticks were skipped so far because the runnable was busy past them."""
-        return self._puma_ticks.missed
+        return self._puma_schedule().missed
 
     @run_in_child_scope
     def resume_ticks(self) -> float:
@@ -245,13 +249,13 @@ class TickingRunnable(Runnable):
         changes nothing.
         """
         now = tick_clock()
-        self._puma_ticks.resume(now)
+        self._puma_live_schedule().resume(now)
         return now
 
     @run_in_child_scope
     def pause_ticks(self) -> float:
         """Pause ticking. Returns the clock reading: no tick is delivered after it until resumed."""
-        self._puma_ticks.pause()
+        self._puma_live_schedule().pause()
         return tick_clock()
 
     @run_in_child_scope
@@ -262,10 +266,29 @@ class TickingRunnable(Runnable):
         call; if paused, the interval applies when they resume.
         """
         now = tick_clock()
-        self._puma_ticks.set_interval(interval, now)
+        self._puma_live_schedule().set_interval(interval, now)
         return now
+
+    def _puma_schedule(self) -> TickSchedule:
+        """The schedule: in the child its own live one (made on first use), else the initial one."""
+        live: TickSchedule | None = self.__dict__.get("_puma_live_ticks")
+        return self._puma_ticks if live is None else live
+
+    def _puma_live_schedule(self) -> TickSchedule:
+        """In the child: the schedule the loop and the commands use, made on first use.
+
+        A fresh object, so that a thread child never shares its live schedule
+        with the parent's object, which keeps showing the initial settings (as
+        it does for a process child).
+        """
+        live: TickSchedule | None = self.__dict__.get("_puma_live_ticks")
+        if live is None:
+            initial = self._puma_ticks
+            live = TickSchedule(initial.interval, paused=not initial.running)
+            self.__dict__["_puma_live_ticks"] = live
+        return live
 
     def _puma_fire_tick(self, now: float) -> Any:
         """Deliver the due tick (the caller checked it is due); return what on_tick returned."""
-        self._puma_tick_deadline = self._puma_ticks.take(now)
+        self._puma_tick_deadline = self._puma_live_schedule().take(now)
         return self.on_tick(now)
