@@ -1,44 +1,88 @@
 """Central logging: every child process logs through the parent's handlers.
 
-The parent configures stdlib ``logging`` as usual.  When a process runnable
-starts, it receives a snapshot of the parent's logger levels
-(:func:`child_settings`); :func:`setup_child` applies them in the child, drops
-any handler inherited through fork, and puts one
-``logging.handlers.QueueHandler`` on the root logger whose "queue" is the
-child's status channel.  Records filtered out by level never leave the child.
+The parent configures stdlib ``logging`` as usual (``puma.logging`` has
+one-call set-ups).  The path of a record logged in a process runnable:
 
-In the parent the Runner's supervisor hands each received record to
-:func:`dispatch`, which feeds a ``logging.handlers.QueueListener`` whose one
-handler re-enters the record into the parent's own logger of the same name,
-so the user's configuration (console, files, rotating files...) writes it.
-Because records share the status channel with the child's other statuses and
-the channel is drained before a child is reported ended, records logged just
-before a child returns or raises are written before the Runner reports it.
+1. **Child.**  When the process starts, :func:`setup_child` applies a snapshot
+   of the parent's logger levels (:func:`child_settings`), drops any handler
+   inherited through fork, and puts one :class:`_ChildHandler` (a
+   ``logging.handlers.QueueHandler``) on the root logger.  Records filtered out
+   by level never leave the child.  The handler's ``prepare`` turns a record
+   into a plain, picklable dict: message merged with its arguments, traceback
+   formatted into ``exc_text``, the runnable's name added, extra attributes
+   that are not plain data turned into strings.
+2. **Child, sender thread.**  The handler's "queue" is a :class:`_Batches`
+   queue; a ``logging.handlers.QueueListener`` (:class:`_Sender`) takes
+   everything pending at once and writes it to the child's status pipe as one
+   message ``(LOG, pickled list of dicts)``.  A busy child thus sends a few
+   large messages instead of one per record; an idle child's record leaves at
+   once.  The queue is bounded: a child that logs faster than the parent can
+   write waits (back-pressure) rather than filling its memory.
+3. **Parent, supervisor.**  The Runner's supervisor reads the message and
+   hands the payload to :func:`dispatch`, which puts it on the listener's
+   bounded queue, without unpickling it.
+4. **Parent, listener thread.**  A ``logging.handlers.QueueListener``
+   (:class:`_Listener`) unpickles each payload and re-enters every record
+   into the parent's logger of the same name (``logger.handle``), so the
+   user's configuration (console, files, rotating files...) writes it.
+
+Nothing is lost on a normal end: :func:`flush_child` (called when
+``execute`` ends, before the final outcome is sent) waits until the sender has
+written every pending record to the pipe; the supervisor drains the pipe and
+calls :func:`wait_dispatched` before it reports the child ended.  A child
+killed with SIGKILL loses only what its sender had not yet written.
 
 Thread runnables log in-process, with no queue hop.  :class:`RunnableFilter`
-adds ``%(runnable)s`` to every record for formatters.
+adds ``%(runnable)s`` to records for formatters.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import logging.handlers
+import os
+import pickle
 import queue
+import sys
 import threading
+import traceback
 from typing import Any
 
 from puma import _context
 from puma import _messages as msg
 
-__all__ = ["RunnableFilter", "child_settings", "dispatch", "flush_child", "setup_child", "wait_dispatched"]
+__all__ = [
+    "RunnableFilter",
+    "child_settings",
+    "dispatch",
+    "flush_child",
+    "listener_running",
+    "setup_child",
+    "start_listener",
+    "stop_listener",
+    "wait_dispatched",
+]
+
+#: Most records a child sends in one pipe message.
+BATCH_RECORDS = 512
+#: Records a child may have pending (not yet written to its pipe) before logging waits.
+CHILD_BACKLOG = 4096
+#: Messages (batches or single records) the parent's listener may have pending before the supervisor waits.
+LISTENER_BACKLOG = 256
+
+_STANDARD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "runnable"}
+_PLAIN_TYPES = (str, int, float, bool, type(None), bytes)
+_traceback_formatter = logging.Formatter()
 
 
 class RunnableFilter(logging.Filter):
     """Adds ``record.runnable``: the name of the runnable that logged it ("main" outside any).
 
     Put it on a handler (``handler.addFilter(puma.logging.RunnableFilter())``)
-    to use ``%(runnable)s`` in its formatter.  Records from child processes
-    already carry the name and keep it.
+    to use ``%(runnable)s`` in its formatter; ``puma.logging``'s set-ups do it
+    for every handler they make.  Records from child processes already carry
+    the name and keep it.
     """
 
     def __init__(self, default: str = "main") -> None:
@@ -46,6 +90,7 @@ class RunnableFilter(logging.Filter):
         self._default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Set ``record.runnable`` if it has none; never rejects a record."""
         if not hasattr(record, "runnable"):
             ctx = _context.current()
             record.runnable = ctx.name if ctx is not None else self._default
@@ -53,18 +98,34 @@ class RunnableFilter(logging.Filter):
 
 
 class _NameFilter(logging.Filter):
+    """In a child process: every record is the runnable's (whatever thread logged it)."""
+
     def __init__(self, name: str) -> None:
         super().__init__()
         self._runnable = name
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "runnable"):
-            record.runnable = self._runnable
+            ctx = _context.current()  # a nested runnable of this process keeps its own name
+            record.runnable = ctx.name if ctx is not None else self._runnable
         return True
 
 
+# --- parent: what a child needs to know ------------------------------------------------------------
+def _handler_floor() -> int:
+    """The lowest level any handler of this process (or the last resort) would write."""
+    manager = logging.Logger.manager
+    loggers: list[Any] = [logging.getLogger(), *list(manager.loggerDict.values())]
+    floor = logging.lastResort.level if logging.lastResort is not None else logging.NOTSET
+    for logger in loggers:
+        if isinstance(logger, logging.Logger):
+            for handler in list(logger.handlers):
+                floor = min(floor, handler.level)
+    return floor
+
+
 def child_settings() -> dict[str, Any]:
-    """The parent's logger levels, to apply in a child before it logs."""
+    """The parent's logger levels (and lowest handler level), to apply in a child before it logs."""
     manager = logging.Logger.manager
     levels: dict[str, int] = {}
     disabled: list[str] = []
@@ -74,102 +135,344 @@ def child_settings() -> dict[str, Any]:
                 levels[name] = logger.level
             if logger.disabled:
                 disabled.append(name)
-    return {"root": logging.getLogger().level, "levels": levels, "disabled": disabled, "disable": manager.disable}
+    return {
+        "root": logging.getLogger().level,
+        "levels": levels,
+        "disabled": disabled,
+        "disable": manager.disable,
+        "floor": _handler_floor(),
+    }
 
 
-class _LinkQueue:
-    """The 'queue' of the child's QueueHandler: the child's status channel."""
+# --- child: records to the parent ------------------------------------------------------------------
+def _plain(value: Any) -> Any:
+    """``value`` if it is plain data (which any process can unpickle), else its ``str``."""
+    kind = type(value)
+    if kind in _PLAIN_TYPES:
+        return value
+    if kind is list or kind is tuple:
+        return kind(_plain(item) for item in value)
+    if kind is dict:
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the record
+        return f"<unprintable {kind.__qualname__}>"
 
-    def __init__(self, link: Any) -> None:
+
+class _Marker:
+    """Put on a queue behind records: set once everything before it is handled."""
+
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+class _Batches:
+    """The child's QueueHandler "queue": ``get`` returns everything pending at once.
+
+    ``put_nowait`` waits (back-pressure) while :data:`CHILD_BACKLOG` records are
+    pending, except in the sender's own thread, which must never wait on itself.
+    """
+
+    def __init__(self) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._getter_waiting = False
+        self._putters_waiting = 0
+        self.sender_thread: threading.Thread | None = None
+
+    def put_nowait(self, item: Any) -> None:
+        items = self._items
+        if len(items) >= CHILD_BACKLOG and threading.current_thread() is not self.sender_thread:
+            with self._cond:
+                self._putters_waiting += 1
+                try:
+                    while len(items) >= CHILD_BACKLOG:
+                        self._cond.wait()
+                finally:
+                    self._putters_waiting -= 1
+        items.append(item)
+        if self._getter_waiting:
+            with self._cond:
+                self._cond.notify_all()
+
+    put = put_nowait
+
+    def get(self, block: bool = True) -> Any:
+        """Every pending item, as a list; the sentinel (None) alone when it comes first."""
+        items = self._items
+        with self._cond:
+            self._getter_waiting = True
+            try:
+                while not items:
+                    if not block:
+                        raise queue.Empty
+                    self._cond.wait()
+            finally:
+                self._getter_waiting = False
+            if items[0] is None:
+                items.popleft()
+                return None
+            batch = []
+            while items and items[0] is not None:
+                batch.append(items.popleft())
+            if self._putters_waiting:
+                self._cond.notify_all()
+        return batch
+
+
+class _ChildHandler(logging.handlers.QueueHandler):
+    """The one handler of a child process's root logger."""
+
+    def prepare(self, record: logging.LogRecord) -> Any:  # the dict, not a record: see _Listener
+        """A picklable copy of ``record`` as a dict; the original is left intact."""
+        fields = record.__dict__.copy()
+        message = record.getMessage()
+        fields["msg"] = fields["message"] = message
+        fields["args"] = None
+        if record.exc_info:
+            if not record.exc_text:
+                fields["exc_text"] = _traceback_formatter.formatException(record.exc_info)
+            fields["exc_info"] = None
+        if not _STANDARD_FIELDS.issuperset(fields):  # extra=...: keep plain data, make the rest strings
+            for key in fields.keys() - _STANDARD_FIELDS:
+                fields[key] = _plain(fields[key])
+        return fields
+
+
+class _Sender(logging.handlers.QueueListener):
+    """The child's sender thread: writes every batch of records to the status pipe as one message."""
+
+    def __init__(self, batches: _Batches, link: Any) -> None:
+        super().__init__(batches)
+        self._batches = batches
         self._link = link
+        self._broken = False
 
-    def put_nowait(self, record: logging.LogRecord) -> None:
-        self._link.send_status((msg.LOG, record))
+    def start(self) -> None:
+        super().start()
+        thread = self._thread
+        assert thread is not None
+        thread.name = "puma-log-sender"
+        self._batches.sender_thread = thread
+
+    def handle(self, batch: list[Any]) -> None:  # type: ignore[override]
+        records: list[dict[str, Any]] = []
+        for item in batch:
+            if isinstance(item, _Marker):
+                self._send(records)
+                records = []
+                item.event.set()
+            else:
+                records.append(item)
+                if len(records) >= BATCH_RECORDS:
+                    self._send(records)
+                    records = []
+        self._send(records)
+
+    def _send(self, records: list[dict[str, Any]]) -> None:
+        if not records or self._broken:
+            return
+        try:
+            payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - e.g. a str subclass that does not pickle: make it all plain
+            payload = pickle.dumps(
+                [{k: _plain(v) for k, v in r.items()} for r in records], protocol=pickle.HIGHEST_PROTOCOL
+            )
+        try:
+            self._link.send_status((msg.LOG, payload))
+        except (OSError, ValueError):
+            self._broken = True  # the parent is gone: nobody to tell
+
+
+_child_batches: _Batches | None = None
+_child_sender: _Sender | None = None
+_child_handler: _ChildHandler | None = None
 
 
 def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
     """In a child process: send every record to the parent, with the parent's levels."""
+    global _child_batches, _child_sender, _child_handler
+    _forget_listener()
     root = logging.getLogger()
     manager = logging.Logger.manager
-    for logger in [root, *manager.loggerDict.values()]:
+    for logger in [root, *list(manager.loggerDict.values())]:
         if isinstance(logger, logging.Logger):
             for handler in list(logger.handlers):
-                logger.removeHandler(handler)
+                logger.removeHandler(handler)  # not closed: with fork they are the parent's files
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
+            logger.disabled = False
     root.setLevel(settings["root"])
     for logger_name, level in settings["levels"].items():
         logging.getLogger(logger_name).setLevel(level)
     for logger_name in settings["disabled"]:
         logging.getLogger(logger_name).disabled = True
     logging.disable(settings["disable"])
-    handler = logging.handlers.QueueHandler(_LinkQueue(link))  # type: ignore[arg-type]
+    batches = _Batches()
+    sender = _Sender(batches, link)
+    handler = _ChildHandler(batches)
+    handler.setLevel(settings.get("floor", logging.NOTSET))
     handler.addFilter(_NameFilter(name))
+    sender.start()
     root.addHandler(handler)
+    _child_batches, _child_sender, _child_handler = batches, sender, handler
 
 
 def flush_child() -> None:
-    """Make sure every record logged so far in this child has been handed over."""
-    for handler in logging.getLogger().handlers:
+    """In a child process: return once every record logged so far is written to the parent's pipe.
+
+    Does nothing in the parent process.
+    """
+    batches = _child_batches
+    if batches is None:
+        return
+    marker = _Marker()
+    batches.put_nowait(marker)
+    marker.event.wait()
+
+
+# --- parent: the listener --------------------------------------------------------------------------
+_loggers: dict[str, logging.Logger] = {}
+
+
+def _write(fields: dict[str, Any]) -> None:
+    """Re-enter one child record into this process's logger of the same name."""
+    record = logging.LogRecord.__new__(logging.LogRecord)
+    record.__dict__ = fields
+    record.relativeCreated = (record.created - logging._startTime) * 1000  # type: ignore[attr-defined]
+    name = record.name
+    logger = _loggers.get(name)
+    if logger is None:
+        logger = _loggers[name] = logging.getLogger(name)
+    if logger.isEnabledFor(record.levelno):
+        logger.handle(record)
+
+
+def _report(what: str) -> None:
+    """A failure of the log path itself, said on stderr like ``Handler.handleError``."""
+    if logging.raiseExceptions and sys.stderr is not None:
         try:
-            handler.flush()
-        except Exception:  # noqa: BLE001, S110 - a broken handler must not hide the outcome
+            sys.stderr.write(f"--- puma: {what} ---\n{traceback.format_exc()}")
+        except Exception:  # noqa: BLE001, S110 - stderr is gone too
             pass
 
 
-class _Dispatch(logging.Handler):
-    """Re-enters a child's record into the parent's logger of the same name."""
+def _handle(item: Any) -> None:
+    """Write a child's batch (pickled list of dicts), or set a marker."""
+    if isinstance(item, _Marker):
+        item.event.set()
+        return
+    try:
+        batch = pickle.loads(item) if isinstance(item, bytes) else [item.__dict__.copy()]
+    except Exception:  # noqa: BLE001 - the listener must outlive a bad message
+        _report("a child's log records could not be read")
+        return
+    for fields in batch:
+        try:
+            _write(fields)
+        except BaseException:  # noqa: BLE001 - a failing handler or filter must not stop the listener
+            _report("a child's log record could not be written")
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
-        logger = logging.getLogger(record.name)
-        if logger.disabled:
-            return False
-        logger.handle(record)
-        return True
 
-    def emit(self, record: logging.LogRecord) -> None:  # pragma: no cover - handle() does the work
-        self.handle(record)
+class _Listener(logging.handlers.QueueListener):
+    """The parent's listener thread: writes children's records with the parent's handlers."""
+
+    def __init__(self) -> None:
+        self.pending: queue.Queue[Any] = queue.Queue(LISTENER_BACKLOG)
+        super().__init__(self.pending)
+
+    def start(self) -> None:
+        super().start()
+        thread = self._thread
+        assert thread is not None
+        thread.name = "puma-log-listener"
+
+    def handle(self, item: Any) -> None:
+        _handle(item)
+
+    def enqueue_sentinel(self) -> None:
+        self.pending.put(None)  # the sentinel; the queue is bounded: wait for room
 
 
 _listener_lock = threading.Lock()
-_listener: logging.handlers.QueueListener | None = None
-_listener_queue: queue.Queue[Any] | None = None
+_listener: _Listener | None = None
 _listener_users = 0
+
+
+def _forget_listener() -> None:
+    """After a fork: the parent's listener thread does not exist here."""
+    global _listener, _listener_lock, _listener_users
+    _listener_lock = threading.Lock()
+    _listener = None
+    _listener_users = 0
+    _loggers.clear()
+
+
+def _after_fork_in_child() -> None:
+    global _child_batches, _child_sender, _child_handler
+    _forget_listener()
+    handler = _child_handler
+    if handler is not None:
+        # A process forked by a runnable's code (not by puma) has no sender thread and must not
+        # write into its parent's pipe: it logs to stderr (logging's last resort) instead.
+        logging.getLogger().removeHandler(handler)
+        _child_batches = _child_sender = _child_handler = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_listener() -> None:
     """Start (or share) the parent's listener; pair with :func:`stop_listener`."""
-    global _listener, _listener_queue, _listener_users
+    global _listener, _listener_users
     with _listener_lock:
         _listener_users += 1
         if _listener is None:
-            _listener_queue = queue.Queue()
-            _listener = logging.handlers.QueueListener(_listener_queue, _Dispatch(), respect_handler_level=False)
+            _listener = _Listener()
             _listener.start()
 
 
 def stop_listener() -> None:
-    """Release the listener; the last user stops it after writing every record."""
-    global _listener, _listener_queue, _listener_users
+    """Release the listener; the last user stops it once it has written every record."""
+    global _listener, _listener_users
     with _listener_lock:
         _listener_users -= 1
-        if _listener_users == 0 and _listener is not None:
-            _listener.stop()
-            _listener = None
-            _listener_queue = None
+        listener = _listener
+        if _listener_users > 0 or listener is None:
+            return
+        _listener = None
+        listener.stop()
 
 
-def dispatch(record: logging.LogRecord) -> None:
-    """Hand a child's record to the listener (or write it now if none runs)."""
-    q = _listener_queue
-    if q is not None:
-        q.put_nowait(record)
-    else:
-        _Dispatch().handle(record)
+def listener_running() -> bool:
+    """True while a Runner of this process has process runnables (the listener runs)."""
+    return _listener is not None
+
+
+def dispatch(item: Any) -> None:
+    """Hand a child's records to the listener (or write them now if none runs).
+
+    Waits while the listener has :data:`LISTENER_BACKLOG` messages pending,
+    which in turn makes chatty children wait: back-pressure, not memory.
+    """
+    with _listener_lock:
+        listener = _listener
+        if listener is not None:
+            listener.pending.put(item)
+            return
+    _handle(item)
 
 
 def wait_dispatched() -> None:
     """Block until the listener has written every record handed to it so far."""
-    q = _listener_queue
-    if q is not None:
-        q.join()
+    marker = _Marker()
+    with _listener_lock:
+        listener = _listener
+        if listener is None:
+            return
+        listener.pending.put(marker)
+    marker.event.wait()
