@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from puma import _logging
+from puma import _attributes, _logging
 from puma._buffer import Buffer
 from puma._channels import ProcessChildLink, ProcessLink, ThreadLink
 from puma._context import ChildContext
@@ -95,11 +95,10 @@ class ThreadEnvironment(Environment):
         pass
 
     def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        child = _attributes.for_thread(record.runnable)  # a clone with the attributes' scopes applied
         link = ThreadLink(to_parent)
-        ctx = ChildContext(record.runnable, link, record.token)
-        thread = threading.Thread(
-            target=run_child, args=(record.runnable, ctx), name=f"puma:{record.runnable.name}", daemon=True
-        )
+        ctx = ChildContext(child, link, record.token)
+        thread = threading.Thread(target=run_child, args=(child, ctx), name=f"puma:{record.runnable.name}", daemon=True)
         record.link = link
         record.thread = thread
         thread.start()
@@ -151,13 +150,14 @@ class ProcessEnvironment(Environment):
         return ProcessBuffer(item_type, size, name, self._context)
 
     def _prepare(self, runnable: Runnable) -> None:
-        check_picklable(runnable, runnable.name)
+        check_picklable(_attributes.for_process(runnable), runnable.name)  # what is sent, scopes applied
 
     def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        child = _attributes.for_process(record.runnable)  # a clone with the attributes' scopes applied
         link = ProcessLink(self._context)
         process = self._context.Process(
             target=_process_main,
-            args=(record.runnable, link.child, record.token, _logging.child_settings(), os.getpid()),
+            args=(child, link.child, record.token, _logging.child_settings(), os.getpid()),
             name=f"puma:{record.runnable.name}",
         )
         record.link = link

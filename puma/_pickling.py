@@ -14,7 +14,8 @@ import pickle
 from multiprocessing import connection, queues, synchronize
 from typing import Any
 
-from puma._buffer import Buffer
+from puma import _attributes
+from puma._buffer import Buffer, Subscription
 from puma._errors import NotPicklableError
 
 __all__ = ["check_picklable"]
@@ -36,8 +37,8 @@ def _probe(obj: Any) -> None:
 
 
 def _children(obj: Any) -> list[tuple[str, Any]]:
-    if isinstance(obj, Buffer):
-        return []  # a buffer explains itself
+    if isinstance(obj, Buffer | Subscription):
+        return []  # they explain themselves
     if isinstance(obj, dict):
         return [(f"[{key!r}]", value) for key, value in obj.items()]
     if isinstance(obj, list | tuple | set | frozenset):
@@ -54,7 +55,13 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
                 merged.update(part)
         state = merged
     if isinstance(state, dict):
-        return [(f".{key}", value) for key, value in state.items()]
+        out: list[tuple[str, Any]] = []
+        for key, value in state.items():
+            if key == _attributes.STATE_KEY:  # a scoped object's bookkeeping: named after its attributes
+                out.extend(_attributes.probe_children(value))
+            else:
+                out.append((f".{key}", value))
+        return out
     return []
 
 

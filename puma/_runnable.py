@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from puma import _context, _logging
+from puma import _attributes, _context, _logging
 from puma import _messages as msg
+from puma._attributes import ScopedAttribute, parent_only, unmanaged
 from puma._buffer import Buffer, Publisher
 from puma._errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested
 
@@ -56,6 +57,18 @@ class Runnable(abc.ABC):
                         pub.publish(i)
     """
 
+    # puma's own state is scoped like any user attribute (docs/attributes.md): the record is the
+    # parent's bookkeeping (statuses, command futures) and never goes to the child.
+    _puma_name: ScopedAttribute[str] = unmanaged()
+    _puma_outputs: ScopedAttribute[tuple[Buffer[Any], ...]] = unmanaged()
+    _puma_record: ScopedAttribute[ChildRecord | None] = parent_only(
+        why="a runnable's statuses and commands are used from the parent that started it"
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _attributes.install_seal(cls)  # scopes take effect once the object is constructed
+
     def __init__(self, name: str, outputs: Iterable[Buffer[Any]] = ()) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError(f"a runnable's name must be a non-empty str, got {name!r}")
@@ -65,7 +78,7 @@ class Runnable(abc.ABC):
                 raise TypeError(f"runnable {name!r}: outputs must be puma buffers, got {type(out).__name__}")
         self._puma_name = name
         self._puma_outputs = outs
-        self._puma_record: ChildRecord | None = None
+        self._puma_record = None
 
     # --- what the user implements ----------------------------------------------
     @abc.abstractmethod
@@ -88,7 +101,8 @@ class Runnable(abc.ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_puma_record"] = None  # the parent's bookkeeping stays in the parent
+        if "_puma_record" in state:  # the parent's bookkeeping stays in the parent
+            state["_puma_record"] = None
         return state
 
     # --- child side -------------------------------------------------------------
@@ -206,6 +220,7 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext) -> None:
         try:
             ctx.service()
             if not ctx.stop_requested:
+                _attributes.enter_child(runnable)  # child factories of scoped attributes
                 runnable.execute()
             else:
                 stopped = True
