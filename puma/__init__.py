@@ -5,6 +5,22 @@ The whole public surface is here; everything else lives in private modules.
 
 from __future__ import annotations
 
+from puma._attributes import (
+    AttributeScopeError,
+    ProcessAction,
+    ScopedAttribute,
+    ThreadAction,
+    ValueSource,
+    child_only,
+    copied,
+    factory,
+    manually_managed,
+    parent_only,
+    per_scope_value,
+    python_default,
+    scope_specific,
+    unmanaged,
+)
 from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
 from puma._command_driven import CommandDrivenRunnable
 from puma._commands import BoundCommand, run_in_child_scope
@@ -32,6 +48,7 @@ from puma._ticking import tick_clock
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttributeScopeError",
     "BoundCommand",
     "Buffer",
     "BufferClosedError",
@@ -47,6 +64,7 @@ __all__ = [
     "MultiBufferServicingRunnable",
     "Multicaster",
     "NotPicklableError",
+    "ProcessAction",
     "ProcessEnvironment",
     "Publisher",
     "PumaError",
@@ -54,14 +72,26 @@ __all__ = [
     "Runnable",
     "RunnableNotRunningError",
     "Runner",
+    "ScopedAttribute",
     "SingleBufferServicingRunnable",
     "StopRequested",
     "StuckRunnableError",
     "Subscription",
+    "ThreadAction",
     "ThreadEnvironment",
+    "ValueSource",
     "__version__",
+    "child_only",
+    "copied",
+    "factory",
+    "manually_managed",
+    "parent_only",
+    "per_scope_value",
+    "python_default",
     "run_in_child_scope",
+    "scope_specific",
     "tick_clock",
+    "unmanaged",
 ]
 
 for _name in __all__:
