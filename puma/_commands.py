@@ -50,10 +50,7 @@ class BoundCommand(Generic[P, R]):
         self._function = function
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        ctx = _context.current()
-        if ctx is not None and ctx.runnable is self._runnable:
-            return self._function(self._runnable, *args, **kwargs)
-        return self.submit(*args, **kwargs).result(DEFAULT_COMMAND_TIMEOUT)
+        return self._call(DEFAULT_COMMAND_TIMEOUT, args, kwargs)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Send the command and return a future of its result (or exception)."""
@@ -69,7 +66,18 @@ class BoundCommand(Generic[P, R]):
 
     def call(self, *args: Any, timeout: float | None = DEFAULT_COMMAND_TIMEOUT, **kwargs: Any) -> R:
         """Like calling it, with an explicit ``timeout`` (``None`` waits for ever)."""
-        return self.submit(*args, **kwargs).result(timeout)
+        return self._call(timeout, args, kwargs)
+
+    def _call(self, timeout: float | None, args: tuple[Any, ...], kwargs: dict[str, Any]) -> R:
+        """A blocking call; a process child answers it straight to this thread (see _channels)."""
+        ctx = _context.current()
+        if ctx is not None and ctx.runnable is self._runnable:
+            return self._function(self._runnable, *args, **kwargs)
+        record = self._runnable._puma_record
+        if record is None:  # not started: submit() raises the error that says so
+            return self.submit(*args, **kwargs).result(timeout)
+        result: R = record.call_command(self._function.__name__, args, kwargs, timeout)
+        return result
 
     @property
     def __wrapped__(self) -> Callable[..., R]:

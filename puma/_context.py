@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from puma import _messages as msg
-from puma._errors import StopRequested, serialize_error
+from puma._errors import StopRequested
 from puma._wait import Waker
 
 if TYPE_CHECKING:
@@ -71,7 +71,7 @@ class ChildContext:
             if kind == msg.STOP:
                 self.stop_requested = True
             elif kind == msg.CALL:
-                self._run_command(message[1], message[2], message[3], message[4])
+                self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
         return self.stop_requested
 
     def check_stop(self) -> None:
@@ -85,11 +85,14 @@ class ChildContext:
         Raises :class:`StopRequested` when a stop arrives first.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        all_fds = self.fds + fds
+        control = self.fds  # a process runnable's command pipe; () for a thread runnable
+        all_fds = control + fds
         waker = self.waker
+        service = True
         while True:
             waker.clear()
-            self.check_stop()
+            if service:
+                self.check_stop()
             if ready():
                 return True
             remaining = None
@@ -97,15 +100,21 @@ class ChildContext:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False
-            waker.wait(all_fds, remaining)
+            readable = waker.wait(all_fds, remaining)
+            # Commands reach a process runnable only through its command pipe: when
+            # only data woke us, there is nothing to service (and no poll to pay).
+            service = not readable or not control or control[0] in readable
 
-    def _run_command(self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _run_command(
+        self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], direct: bool = False
+    ) -> None:
+        """Run one command and send its answer (``direct``: to the caller waiting on the reply pipe)."""
         from puma._commands import command_function
 
         try:
             function = command_function(type(self.runnable), name)
             result = function(self.runnable, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the caller gets it back, the runnable goes on
-            self.link.send((msg.RESULT, call_id, False, serialize_error(exc, self.note)))
+            self.link.send_error(call_id, exc, self.note, direct)
             return
-        self.link.send_result(call_id, result, self.note)
+        self.link.send_result(call_id, result, self.note, direct)

@@ -5,7 +5,7 @@ build, cheap to pickle.
 
 Parent to child (command channel):
     (STOP,)
-    (CALL, call_id, method_name, args, kwargs)
+    (CALL, call_id, method_name, args, kwargs, direct)   direct: answer on the reply pipe
 
 Child to parent, control channel (never crowded by user traffic):
     (STARTED, pid, thread_name)

@@ -115,6 +115,42 @@ class ChildRecord:
             raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
         return future
 
+    def call_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """A blocking command call: a process child answers it straight to this thread.
+
+        Falls back to :meth:`send_command` (answered through the supervisor) for
+        thread children, and while another thread is making a direct call.
+        """
+        link = self.link
+        if not isinstance(link, ProcessLink):
+            return self.send_command(name, args, kwargs).result(timeout)
+        from puma._commands import command_function
+
+        command_function(type(self.runnable), name)  # fail early on a wrong name
+        with self._lock:
+            if self.ended:
+                raise RunnableNotRunningError(
+                    f"cannot run command {name!r}: runnable {self.name!r} has ended"
+                    + (f" ({self.error})" if self.error is not None else "")
+                )
+            call_id = next(self._calls)
+        try:
+            answer = link.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
+        except OSError as exc:
+            raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
+        except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):
+            if link.orphaned and self.runner._supervisor is not None:
+                self.runner._supervisor.waker.wake()  # so it drains the answer that may still come
+            raise
+        except Exception as exc:
+            raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
+        if answer is None:  # another thread is calling: take the supervisor's path
+            return self.send_command(name, args, kwargs).result(timeout)
+        ok, value = answer
+        if ok:
+            return value
+        raise deserialize_error(value) if isinstance(value, SerializedError) else value
+
     def wait_status(self, key: str, predicate: Callable[[Any], bool] | None, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
@@ -169,6 +205,9 @@ class _Supervisor(threading.Thread):
         self.shutdown = False
 
     def post(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
+        if message[0] == msg.RESULT:  # a thread child's answer: resolve it here, no hop through this thread
+            record.resolve(message[1], message[2], message[3])
+            return
         self.inbox.append((record, message))
         self.waker.wake()
 
@@ -206,6 +245,8 @@ class _Supervisor(threading.Thread):
                         handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
                     handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
                     handlers[record.process.sentinel] = lambda r=record: runner._process_exited(r)  # type: ignore[misc]
+                    if link.orphaned:  # a direct command call was abandoned; its answer may still come
+                        handlers[link.reply.fileno()] = link.drain_replies
             for fd, buffer in list(self.draining.items()):
                 handlers[fd] = buffer._drain
             for fd in self.waker.wait(tuple(handlers), None):
