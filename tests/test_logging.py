@@ -16,7 +16,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -102,7 +101,7 @@ class Detailed(puma.Runnable):
     def execute(self) -> None:
         log = logging.getLogger("test.detailed")
         try:
-            1 / 0  # noqa: B018
+            1 / 0
         except ZeroDivisionError:
             log.exception("division failed")
         log.info("with stack", stack_info=True)
@@ -244,9 +243,12 @@ def test_records_below_every_handler_level_are_not_sent(
     for handler in list(root.handlers):  # pytest's own capture handlers take every level
         root.removeHandler(handler)
     collected: list[logging.LogRecord] = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = collected.append  # type: ignore[method-assign]
-    root.addHandler(handler)
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            collected.append(record)
+
+    root.addHandler(Collect(logging.WARNING))
     root.setLevel(logging.DEBUG)
     settings = _logging.child_settings()
     assert settings["floor"] == logging.WARNING
@@ -461,14 +463,21 @@ def test_capture_restores_the_level_and_collects_main_thread_records() -> None:
 
 
 # --- the documentation -------------------------------------------------------------------------------
-def _doc_examples() -> list[str]:
-    text = (REPO / "docs" / "logging.md").read_text(encoding="utf-8")
-    return re.findall(r"```python\n(.*?)```", text, flags=re.S)
+DOC = REPO / "docs" / "logging.md"
 
 
-@pytest.mark.parametrize("index", range(len(_doc_examples())))
+def _doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(encoding="utf-8"), flags=re.S)
+
+
+@pytest.mark.parametrize("index", range(len(_doc_blocks("python"))))
 def test_docs_examples_run(index: int, tmp_path: Path) -> None:
-    code = _doc_examples()[index]
+    """Each Python block of docs/logging.md is a script (or a pytest file) that runs and checks itself."""
+    code = _doc_blocks("python")[index]
+    for block in _doc_blocks("yaml"):  # files the examples read: "# file: <name>" on the first line
+        first = block.splitlines()[0]
+        if first.startswith("# file: "):
+            (tmp_path / first.removeprefix("# file: ").strip()).write_text(block, encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     if "def test_" in code:
         script = tmp_path / "test_example.py"
@@ -478,4 +487,5 @@ def test_docs_examples_run(index: int, tmp_path: Path) -> None:
         command = [sys.executable, str(script)]
     script.write_text(code, encoding="utf-8")
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=50, check=False)
-    assert done.returncode == 0, f"example {index} failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    report = f"example {index} failed:\n{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    assert done.returncode == 0, report
