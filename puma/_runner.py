@@ -582,6 +582,7 @@ class Runner:
         elif kind == msg.FINISHED:
             if isinstance(record.link, ProcessLink):
                 self._read_status(record)
+                _logging.wait_dispatched()  # its last records are written before its error is known
             error = message[1]
             if isinstance(error, SerializedError):
                 error = deserialize_error(error)
@@ -616,6 +617,7 @@ class Runner:
         if record.ended:
             return
         self._read_status(record)
+        _logging.wait_dispatched()  # what it handed over is written before its death is known
         process = record.process
         process.join(_KILL_GRACE)
         error: PumaError = ChildDiedError(record.name, process.pid, process.exitcode)
