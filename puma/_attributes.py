@@ -40,6 +40,7 @@ from __future__ import annotations
 import copy
 import enum
 import functools
+import types
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, overload
@@ -711,6 +712,8 @@ class _Crossing:
         table = self.table(t)
         if table:
             return self.clone(value, table, path)
+        if t is types.MethodType and self.table(type(value.__self__)):
+            return types.MethodType(value.__func__, self.share(value.__self__, path))  # calls the child's object
         if t not in _CONTAINERS or not self.holds_scoped(value):
             return value
         if t is list:
@@ -740,7 +743,11 @@ class _Crossing:
             t = type(x)
             if t in _ATOMIC:
                 continue
-            if self.table(t) or (t in _CONTAINERS and self.holds_scoped(x)):
+            if (
+                self.table(t)
+                or (t in _CONTAINERS and self.holds_scoped(x))
+                or (t is types.MethodType and self.table(type(x.__self__)))
+            ):
                 found = True
                 break
         self.holds[key] = found
@@ -761,6 +768,8 @@ class _Crossing:
             return hit if hit is not _MISSING else self.clone(value, table, path)
         if isinstance(value, Buffer):
             return value  # a channel, never copied
+        if t is types.MethodType and self.table(type(value.__self__)):
+            return types.MethodType(value.__func__, self.deep(value.__self__, path))  # calls the child's object
         if t is list:
             new_list: list[Any] = []
             self.copies[key] = new_list
