@@ -202,7 +202,13 @@ class _Supervisor(threading.Thread):
         self.inbox: deque[tuple[ChildRecord, tuple[Any, ...]]] = deque()
         self.launches: deque[tuple[ChildRecord, Future[None]]] = deque()
         self.draining: dict[int, ProcessBuffer[Any]] = {}
+        self.calls: deque[Callable[[], None]] = deque()
         self.shutdown = False
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        """Run ``function`` in the supervisor thread, which owns the draining set."""
+        self.calls.append(function)
+        self.waker.wake()
 
     def post(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
         if message[0] == msg.RESULT:  # a thread child's answer: resolve it here, no hop through this thread
@@ -234,6 +240,8 @@ class _Supervisor(threading.Thread):
             while self.inbox:
                 record, message = self.inbox.popleft()
                 runner._handle(record, message)
+            while self.calls:
+                self.calls.popleft()()
             live = [r for r in runner._records if not r.ended and r.link is not None]
             if self.shutdown and not live and not self.launches:
                 return
@@ -442,6 +450,8 @@ class Runner:
             return
         for record in list(self._records):
             self._send_stop(record)
+        if self._supervisor is not None:
+            self._supervisor.call_soon(self._close_unread_buffers)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until every runnable has ended, then raise what failed.
@@ -680,6 +690,18 @@ class Runner:
             link.close()
         with self._cond:
             self._cond.notify_all()
+
+    def _close_unread_buffers(self) -> None:
+        """After a stop of everything: free publishers of buffers nobody ever subscribed to."""
+        supervisor = self._supervisor
+        for other in self._records:
+            if other.ended:
+                continue
+            for out in other.runnable.outputs:
+                if not out._is_subscribed():
+                    out._close()
+                    if isinstance(out, ProcessBuffer) and supervisor is not None:
+                        supervisor.draining[out._reader_fd()] = out
 
     def _close_inputs_of(self, record: ChildRecord) -> None:
         """The subscriber ``record`` ended: free the publishers of the buffers it read."""

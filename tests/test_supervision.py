@@ -257,3 +257,13 @@ def test_stopping_a_busy_consumer_ends_it_and_its_publisher_learns_why(env: puma
             runner.join(timeout=60)
     assert sink.status("values")  # it ended on the stop, reporting what it had
     assert sink.status("error") is None
+
+
+def test_stop_frees_a_publisher_blocked_on_a_buffer_nobody_reads(env: puma.Environment) -> None:
+    """Large values fill the pipe of a buffer with no subscriber; stopping must not leave it stuck."""
+    runner = puma.Runner(env, stop_timeout=20)
+    out = env.buffer(bytes, 3, "unread")
+    producer = runner.start(EndlessProducer(out, b"y" * 500_000))
+    producer.wait_status("pid", timeout=30)
+    runner.close()  # raises if the producer had to be terminated as stuck
+    assert not runner.is_alive()
