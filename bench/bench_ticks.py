@@ -2,9 +2,10 @@
 
 Run from the repository root::
 
-    python bench/bench_ticks.py              # 100 Hz and 1 kHz, thread and process, 5 runs each
+    python bench/bench_ticks.py              # 100 Hz and 1 kHz, thread and process, 5 runs each (~2 min)
     python bench/bench_ticks.py --runs 7
-    python bench/bench_ticks.py --quick      # fewer ticks, for a smoke test
+    python bench/bench_ticks.py --quick      # few ticks, for a smoke test
+    python bench/bench_ticks.py --only process
 
 For each rate and each place (a thread, a process) it runs, alternately:
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import math
 import multiprocessing
+import os
 import statistics
 import sys
 import threading
@@ -117,9 +119,9 @@ def run_bare(where: str, interval: float, count: int, context: Any) -> tuple[lis
 
 
 # --- the table -------------------------------------------------------------------------------------
-def measure(where: str, rate: int, seconds: float, runs: int, start_method: str | None) -> list[Comparison]:
+def measure(where: str, rate: int, ticks: int, runs: int, start_method: str | None) -> list[Comparison]:
     interval = 1.0 / rate
-    count = max(int(rate * seconds), 50)
+    count = ticks
     env: puma.Environment = puma.ThreadEnvironment() if where == "thread" else puma.ProcessEnvironment(start_method)
     context = env.context if isinstance(env, puma.ProcessEnvironment) else None
     sides: dict[str, dict[str, list[float]]] = {s: {"p50": [], "p99": [], "missed": []} for s in ("puma", "bare")}
@@ -160,23 +162,29 @@ def measure(where: str, rate: int, seconds: float, runs: int, start_method: str 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5, help="runs per side (default 5)")
-    parser.add_argument("--seconds", type=float, default=1.5, help="length of one run (default 1.5 s)")
+    parser.add_argument("--ticks", type=int, default=0, help="ticks per run (default: 300 at 100 Hz, 2000 at 1 kHz)")
     parser.add_argument("--start-method", default=None, help="process start method (default: puma's)")
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--only", default="", help="run only 'thread' or 'process'")
     args = parser.parse_args(argv)
-    seconds = 0.3 if args.quick else args.seconds
     runs = 2 if args.quick else args.runs
     rows: list[Callable[[], list[Comparison]]] = []
     for where in ("thread", "process"):
         if args.only and args.only != where:
             continue
         for rate in (100, 1000):
-            rows.append(lambda where=where, rate=rate: measure(where, rate, seconds, runs, args.start_method))
+            ticks = args.ticks or (300 if rate == 100 else 2000)
+            if args.quick:
+                ticks = rate // 4
+            rows.append(
+                lambda where=where, rate=rate, ticks=ticks: measure(where, rate, ticks, runs, args.start_method)
+            )
     table: list[Comparison] = []
     for make in rows:
         table.extend(make())
-    print(f"tick clock: time.{puma._ticking.tick_clock_name()} {time.get_clock_info(puma._ticking.tick_clock_name())}")
+    name = puma._ticking.tick_clock_name()
+    print(f"tick clock: time.{name}: {time.get_clock_info(name)}")
+    print(f"{os.cpu_count()} CPUs; load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print_table(table)
 
 

@@ -34,7 +34,8 @@ class Multicaster(SingleBufferServicingRunnable[T]):
         outputs: the buffers to copy to (at least one, each once).
         name: the runnable's name.
         copy_values: give each output after the first its own
-            ``copy.deepcopy`` of the value (only matters in threads).
+            ``copy.deepcopy`` of the value (only matters in threads: a
+            process buffer copies anyway).
         batch_size: most values moved per hand-over.
     """
 
@@ -61,7 +62,8 @@ class Multicaster(SingleBufferServicingRunnable[T]):
     def _puma_deliver(self, handler: Callable[[Any], Any], values: list[Any]) -> None:
         first = True
         for pub in self._puma_publishers:
-            if first or not self._copy_values:
+            # a process buffer pickles each value anyway: every output already gets its own copy
+            if first or not self._copy_values or pub.buffer._crossable():
                 pub.publish_many(values)
             else:
                 pub.publish_many([copy.deepcopy(v) for v in values])

@@ -29,7 +29,7 @@ from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 from puma import _context
 from puma._buffer import Buffer, Publisher, Subscription
 from puma._errors import BufferCompleted, BufferEmpty, PumaError
-from puma._ticking import TickingRunnable, tick_clock
+from puma._ticking import TickingRunnable, TickSchedule, tick_clock
 
 __all__ = ["BufferSubscriber", "MultiBufferServicingRunnable", "ServicingRunnable", "SingleBufferServicingRunnable"]
 
@@ -209,62 +209,80 @@ class ServicingRunnable(TickingRunnable):
         finally:
             self.on_end()
 
+    def _puma_tick_if_due(self, schedule: TickSchedule) -> None:
+        """Deliver the tick if it is due, publishing what on_tick returned."""
+        now = tick_clock()
+        if schedule.due(now):
+            result = self._puma_fire_tick(now)
+            if result is not None:
+                for pub in self._puma_publishers:
+                    pub.publish(result)
+
+    def _puma_take_inputs(self, ctx: _context.ChildContext, open_inputs: list[_Input], schedule: TickSchedule) -> int:
+        """One round-robin round: a batch from each ready input. 1: worked, 0: idle, -1: the end rule is met."""
+        worked = 0
+        batch = self._puma_batch
+        for inp in list(open_inputs):
+            if self._puma_finishing:
+                return -1
+            sub = inp.subscription
+            if not sub.ready():
+                continue
+            try:
+                values = sub.receive_many(batch, 0)
+            except BufferEmpty:  # a completion that did not end the stream
+                continue
+            except BufferCompleted:
+                open_inputs.remove(inp)
+                if inp.on_complete is not None:
+                    inp.on_complete(None)
+                end_when = self._puma_end_when
+                if end_when == "any" or (end_when == "all" and not open_inputs):
+                    return -1
+                continue
+            except Exception as error:  # the input's publisher completed with it
+                if inp.on_complete is not None:
+                    inp.on_complete(error)
+                raise
+            worked = 1
+            self._puma_deliver(inp.on_value, values)
+            ctx.check_stop()  # runs pending commands between batches: none waits behind a backlog
+            if schedule.running:
+                self._puma_tick_if_due(schedule)
+        return worked
+
     def _puma_serve(self, ctx: _context.ChildContext, inputs: list[_Input]) -> None:
         schedule = self._puma_live_schedule()
-        batch = self._puma_batch
-        end_when = self._puma_end_when
-        publishers = self._puma_publishers
         open_inputs = list(inputs)
-        fds = tuple(fd for inp in inputs for fd in inp.subscription._fds())
         clock = tick_clock
-
-        def tick_if_due() -> None:
-            now = clock()
-            if schedule.due(now):
-                result = self._puma_fire_tick(now)
-                if result is not None:
-                    for pub in publishers:
-                        pub.publish(result)
-
+        waker = ctx.waker
+        control = ctx.fds  # a process runnable's command pipe; () for a thread runnable
+        all_fds = control + tuple(fd for inp in inputs for fd in inp.subscription._fds())
+        service = True
         while not self._puma_finishing:
-            tick_if_due()
-            worked = False
-            for inp in list(open_inputs):
-                if self._puma_finishing:
-                    return
-                sub = inp.subscription
-                if not sub.ready():
-                    continue
-                try:
-                    values = sub.receive_many(batch, 0)
-                except BufferEmpty:  # a completion that did not end the stream
-                    continue
-                except BufferCompleted:
-                    open_inputs.remove(inp)
-                    if inp.on_complete is not None:
-                        inp.on_complete(None)
-                    if end_when == "any" or (end_when == "all" and not open_inputs):
-                        return
-                    continue
-                except Exception as error:  # the input's publisher completed with it
-                    if inp.on_complete is not None:
-                        inp.on_complete(error)
-                    raise
-                worked = True
-                self._puma_deliver(inp.on_value, values)
-                ctx.check_stop()  # runs pending commands between batches
-                if schedule.running:
-                    tick_if_due()
+            # After a wake-up the due tick comes first: the shortest path from the deadline to on_tick.
+            self._puma_tick_if_due(schedule)
+            worked = self._puma_take_inputs(ctx, open_inputs, schedule)
+            if worked < 0:
+                return
             if worked or self._puma_finishing:
                 continue
-            version = schedule.version
-
-            def ready(version: int = version) -> bool:
-                if self._puma_finishing or schedule.version != version or schedule.due(clock()):
-                    return True
-                return any(inp.subscription.ready() for inp in open_inputs)
-
-            ctx.wait(fds, schedule.timeout(clock()), ready)
+            # Nothing to do now: the one wait, over commands, inputs and the next tick's deadline.
+            # Level-triggered: clear, look at every source, then sleep unless one was ready.
+            waker.clear()
+            if service:
+                ctx.check_stop()  # runs pending commands: they may change the schedule, or finish
+            if self._puma_finishing or any(inp.subscription.ready() for inp in open_inputs):
+                service = True
+                continue
+            deadline = schedule.next_deadline
+            remaining = None if deadline is None else deadline - clock()
+            if remaining is not None and remaining <= 0:
+                continue  # due: the top of the loop delivers it
+            readable = waker.wait(all_fds, remaining)
+            # A process runnable's commands come only through its command pipe: when only data
+            # woke us, there is nothing to service (and no poll to pay).
+            service = not readable or not control or control[0] in readable
 
 
 class MultiBufferServicingRunnable(ServicingRunnable):

@@ -30,9 +30,10 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from puma._buffer import Buffer
 from puma._commands import run_in_child_scope
 from puma._runnable import Runnable
 
@@ -84,7 +85,7 @@ class TickSchedule:
         paused: start paused (no ticks until :meth:`resume`).
     """
 
-    __slots__ = ("_anchor", "_interval", "_k", "_next", "_running", "missed", "version")
+    __slots__ = ("_anchor", "_interval", "_k", "_missed", "_next", "_running", "_version")
 
     def __init__(self, interval: float | None = None, paused: bool = False) -> None:
         self._interval = None if interval is None else _check_interval(interval)
@@ -92,10 +93,18 @@ class TickSchedule:
         self._anchor = 0.0
         self._k = 0
         self._next: float | None = None
-        self.missed = 0
+        self._missed = 0
+        self._version = 0
+
+    @property
+    def missed(self) -> int:
         """How many grid points were skipped because the runnable was late."""
-        self.version = 0
+        return self._missed
+
+    @property
+    def version(self) -> int:
         """Bumped on every change of schedule, so a waiter knows to recompute its timeout."""
+        return self._version
 
     @property
     def interval(self) -> float | None:
@@ -119,14 +128,14 @@ class TickSchedule:
             self._next = now + self._interval
         else:
             self._next = None
-        self.version += 1
+        self._version += 1
 
     def start(self, now: float) -> None:
         """Begin the schedule (when the runnable starts): first tick one interval from ``now``.
 
         No-op if a command already set the schedule (it may run just before the loop starts).
         """
-        if self.version == 0:
+        if self._version == 0:
             self._restart(now)
 
     def resume(self, now: float) -> None:
@@ -142,7 +151,7 @@ class TickSchedule:
         """Stop ticking until :meth:`resume`."""
         self._running = False
         self._next = None
-        self.version += 1
+        self._version += 1
 
     def set_interval(self, interval: float, now: float) -> None:
         """Change the interval; if running, the next tick comes one new interval after ``now``."""
@@ -173,11 +182,11 @@ class TickSchedule:
         k = max(self._k, math.floor((now - anchor) / interval))
         while k > self._k and anchor + k * interval > now:  # floating-point edge
             k -= 1
-        self.missed += k - self._k
+        self._missed += k - self._k
         deadline = anchor + k * interval
         k += 1
         while anchor + k * interval <= now:
-            self.missed += 1
+            self._missed += 1
             k += 1
         self._k = k
         self._next = anchor + k * interval
@@ -202,7 +211,7 @@ class TickingRunnable(Runnable):
     def __init__(
         self,
         name: str,
-        outputs: Any = (),
+        outputs: Iterable[Buffer[Any]] = (),
         *,
         tick_interval: float | None = None,
         ticks_paused: bool = False,
