@@ -38,7 +38,6 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -216,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--alternate", action="store_true", help="run puma and the bare loop one after the other")
     args = parser.parse_args(argv)
     runs = 2 if args.quick else args.runs
-    rows: list[Callable[[], list[Comparison]]] = []
+    table: list[Comparison] = []
     for where in ("thread", "process"):
         if args.only and args.only != where:
             continue
@@ -224,14 +223,7 @@ def main(argv: list[str] | None = None) -> None:
             ticks = args.ticks or (600 if rate == 100 else 3000)
             if args.quick:
                 ticks = rate // 4
-            rows.append(
-                lambda where=where, rate=rate, ticks=ticks: measure(
-                    where, rate, ticks, runs, args.start_method, not args.alternate
-                )
-            )
-    table: list[Comparison] = []
-    for make in rows:
-        table.extend(make())
+            table.extend(measure(where, rate, ticks, runs, args.start_method, not args.alternate))
     name = puma._ticking.tick_clock_name()
     print(f"tick clock: time.{name}: {time.get_clock_info(name)}")
     print("mode: " + ("alternate (one after the other)" if args.alternate else "paired (at the same time)"))

@@ -31,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from puma._buffer import Buffer
 from puma._commands import run_in_child_scope
@@ -40,7 +40,10 @@ from puma._runnable import Runnable
 __all__ = ["TickSchedule", "TickingRunnable", "tick_clock", "tick_clock_name"]
 
 
-def _choose_clock() -> tuple[Callable[[], float], str]:
+ClockName = Literal["monotonic", "perf_counter"]
+
+
+def _choose_clock() -> tuple[Callable[[], float], ClockName]:
     """The best system-wide monotonic clock of at least millisecond precision here."""
     if sys.platform == "win32" and time.get_clock_info("monotonic").resolution > 1e-3:
         return time.perf_counter, "perf_counter"
@@ -59,7 +62,7 @@ def tick_clock() -> float:
     return _clock()
 
 
-def tick_clock_name() -> str:
+def tick_clock_name() -> ClockName:
     """The name of the ``time`` clock behind :func:`tick_clock` (for ``time.get_clock_info``)."""
     return _clock_name
 

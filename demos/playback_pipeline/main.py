@@ -198,8 +198,10 @@ def main(argv: list[str] | None = None) -> int:
         write_recording(path, frames)
         print(f"recording: {frames} frames, played at {rate:g} Hz")
         with env.runner() as runner:
-            raw, smooth = env.buffer(Frame, 16, "raw"), env.buffer(Frame, 16, "smooth")
-            to_recorder, to_statistics = env.buffer(Frame, 16, "to-recorder"), env.buffer(Frame, 16, "to-stats")
+            raw: puma.Buffer[Frame] = env.buffer(Frame, 16, "raw")
+            smooth: puma.Buffer[Frame] = env.buffer(Frame, 16, "smooth")
+            to_recorder: puma.Buffer[Frame] = env.buffer(Frame, 16, "to-recorder")
+            to_statistics: puma.Buffer[Frame] = env.buffer(Frame, 16, "to-statistics")
             recorder = runner.start(Recorder(to_recorder))
             stats = runner.start(Statistics(to_statistics))
             runner.start(env.multicaster(smooth, [to_recorder, to_statistics]))
