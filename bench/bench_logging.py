@@ -7,8 +7,10 @@ Run from the repository root::
     python bench/bench_logging.py --quick      # fewer records, for a smoke test
 
 Each row logs the same number of records into one ``logging.FileHandler`` in
-the parent process (a plain formatter with ``%(runnable)s``, as an application
-would have):
+the parent process, formatted as an application would (time, level, runnable,
+pid, thread, logger, message); one more row uses a short format
+(``%(runnable)s %(message)s``), where the handler costs little and the
+transport's own cost shows:
 
 * **puma**: 4 process runnables (fork, forkserver or spawn) each log
   ``count / 4`` INFO records; they travel to the parent through the listener
@@ -41,6 +43,7 @@ import puma.logging
 SOURCES = 4
 TARGET_RECORDS_PER_S = 50_000.0
 FORMAT = "%(asctime)s %(levelname)s %(runnable)s[%(process)d/%(threadName)s] %(name)s: %(message)s"
+SHORT_FORMAT = "%(runnable)s %(message)s"
 
 now = time.perf_counter
 
@@ -61,9 +64,9 @@ class Chatty(puma.Runnable):
             log.info("record %d of %s", i, "chatty")
 
 
-def _file_handler(path: str) -> logging.Handler:
+def _file_handler(path: str, fmt: str) -> logging.Handler:
     handler = logging.FileHandler(path, mode="w")
-    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.setFormatter(logging.Formatter(fmt))
     handler.addFilter(puma.logging.RunnableFilter())
     return handler
 
@@ -81,10 +84,10 @@ def _count_lines(path: str) -> int:
         return sum(1 for _ in f)
 
 
-def run_puma(method: str, total: int, directory: str) -> float:
+def run_puma(method: str, total: int, directory: str, fmt: str = FORMAT) -> float:
     """Records/second from ``SOURCES`` processes through the listener into one file."""
     path = os.path.join(directory, f"puma-{method}.log")
-    handler = _file_handler(path)
+    handler = _file_handler(path, fmt)
     _install(handler)
     env = puma.ProcessEnvironment(method)
     pipes = [env.context.Pipe(duplex=False) for _ in range(SOURCES)]
@@ -111,10 +114,10 @@ def run_puma(method: str, total: int, directory: str) -> float:
     return per_source * SOURCES / elapsed
 
 
-def run_baseline(total: int, directory: str) -> float:
+def run_baseline(total: int, directory: str, fmt: str = FORMAT) -> float:
     """Records/second logged by one thread of this process into one file."""
     path = os.path.join(directory, "baseline.log")
-    handler = _file_handler(path)
+    handler = _file_handler(path, fmt)
     _install(handler)
     log = logging.getLogger("bench.chatty")
     count = (total // SOURCES) * SOURCES
@@ -142,6 +145,7 @@ def main() -> None:
         default=",".join(m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()),
         help="comma-separated start methods (default: every one available)",
     )
+    parser.add_argument("--no-short", action="store_true", help="leave out the short-format row")
     args = parser.parse_args()
     total = 10_000 if args.quick else args.records
     runs = 3 if args.quick else args.runs
@@ -150,14 +154,18 @@ def main() -> None:
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs",
         file=sys.stderr,
     )
+    methods = args.methods.split(",")
+    cases = [(method, FORMAT, "") for method in methods]
+    if not args.no_short:
+        cases.append((methods[-1] if "forkserver" not in methods else "forkserver", SHORT_FORMAT, ", short format"))
     rows: list[Comparison] = []
     with tempfile.TemporaryDirectory(prefix="puma-bench-logging-") as directory:
-        for method in args.methods.split(","):
+        for method, fmt, label in cases:
             row = compare(
-                f"{SOURCES} processes ({method}) -> listener -> file",
+                f"{SOURCES} processes ({method}) -> listener -> file{label}",
                 unit="records/s",
-                ours=lambda m=method: run_puma(m, total, directory),  # type: ignore[misc]
-                theirs=lambda: run_baseline(total, directory),
+                ours=lambda m=method, f=fmt: run_puma(m, total, directory, f),  # type: ignore[misc]
+                theirs=lambda f=fmt: run_baseline(total, directory, f),  # type: ignore[misc]
                 baseline="1 process, same count",
                 runs=runs,
                 warmup=True,

@@ -194,9 +194,11 @@ class _Batches:
                 finally:
                     self._putters_waiting -= 1
         items.append(item)
-        if self._getter_waiting:
+        if self._getter_waiting:  # wake the sender once, not on every record while it gets going
             with self._cond:
-                self._cond.notify_all()
+                if self._getter_waiting:
+                    self._getter_waiting = False
+                    self._cond.notify_all()
 
     put = put_nowait
 
@@ -204,14 +206,15 @@ class _Batches:
         """Every pending item, as a list; the sentinel (None) alone when it comes first."""
         items = self._items
         with self._cond:
-            self._getter_waiting = True
-            try:
-                while not items:
-                    if not block:
-                        raise queue.Empty
-                    self._cond.wait()
-            finally:
-                self._getter_waiting = False
+            while True:
+                self._getter_waiting = True  # before looking: a put after the look sees it
+                if items:
+                    break
+                if not block:
+                    self._getter_waiting = False
+                    raise queue.Empty
+                self._cond.wait()
+            self._getter_waiting = False
             if items[0] is None:
                 items.popleft()
                 return None
@@ -338,16 +341,21 @@ def flush_child() -> None:
 _loggers: dict[str, logging.Logger] = {}
 
 
+_LogRecord = logging.LogRecord
+_new_record = logging.LogRecord.__new__
+_start_time: float = getattr(logging, "_startTime", 0.0)
+
+
 def _write(fields: dict[str, Any]) -> None:
     """Re-enter one child record into this process's logger of the same name."""
-    record = logging.LogRecord.__new__(logging.LogRecord)
+    record = _new_record(_LogRecord)
     record.__dict__ = fields
-    record.relativeCreated = (record.created - logging._startTime) * 1000  # type: ignore[attr-defined]
-    name = record.name
+    fields["relativeCreated"] = (fields["created"] - _start_time) * 1000  # from this process's start
+    name = fields["name"]
     logger = _loggers.get(name)
     if logger is None:
         logger = _loggers[name] = logging.getLogger(name)
-    if logger.isEnabledFor(record.levelno):
+    if logger.isEnabledFor(fields["levelno"]):
         logger.handle(record)
 
 
