@@ -172,6 +172,11 @@ class ProcessLink:
     """The parent's end of the link to a process runnable."""
 
     def __init__(self, context: Any) -> None:
+        # A child sets its parent-death signal through ctypes (_environment._die_with_parent).
+        # Imported here, in the parent, a forked child finds it loaded instead of paying
+        # some 3 ms to import it (most of what a fork start costs beyond a bare Process).
+        import ctypes  # noqa: F401
+
         self.control, child_control = context.Pipe(duplex=True)
         self.status, child_status = context.Pipe(duplex=False)
         self.reply, child_reply = context.Pipe(duplex=False)

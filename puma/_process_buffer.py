@@ -4,11 +4,17 @@ Design (see docs/architecture.md):
 
 * Values are pickled with protocol 5 by the publisher itself and written to a
   one-way pipe under a process-shared lock (so messages from several
-  publishers never interleave).  There is no feeder thread, so a process never
-  hangs at exit flushing a queue whose reader is gone.
+  publishers never interleave), one ``write`` per value: a frame of a 4-byte
+  length, a kind byte and the pickle.  There is no feeder thread, so a process
+  never hangs at exit flushing a queue whose reader is gone.
 * Large contiguous buffers (numpy arrays) travel out of band: a small header
   frame, then each raw buffer straight from the array's memory, received into a
   writable ``bytearray`` that becomes the new array's memory.
+* The subscriber reads the pipe in bulk (one ``read`` takes whatever is
+  there, often many frames) into its own buffer and unpickles a frame only
+  when it hands the value out, so a busy stream costs no system call per
+  value.  It looks at its command pipe whenever it reads the data pipe, and at
+  least every couple of milliseconds while it serves values already read.
 * A semaphore of ``size`` permits bounds the number of values in flight:
   publishers take one per value, the subscriber gives it back on receipt.
 * When the subscriber ends, the Runner closes the buffer: publishers get
@@ -20,6 +26,7 @@ Design (see docs/architecture.md):
 
 from __future__ import annotations
 
+import os
 import pickle
 import select
 import struct
@@ -27,6 +34,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Iterable
+from itertools import repeat, starmap, takewhile
 from typing import Any, TypeVar
 
 from puma import _context
@@ -55,8 +63,24 @@ _PUBLISHERS = 0
 _SUBSCRIBER = 1  # runner token of the subscriber + 1; 0 = nobody yet
 _CLOSED = 2
 
-_NOTHING: Any = object()
+_NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
+_NEED: Any = object()  # no whole frame is buffered: read the pipe
 _HIGHEST = pickle.HIGHEST_PROTOCOL
+
+_HEAD = struct.Struct("!IB")  # frame: length of what follows the 4 length bytes, then the kind byte
+_COUNT = struct.Struct("!I")
+_BIG = 1 << 16  # pickles larger than this are written after their header, not copied onto it
+_READ_BUFFER = 1 << 18  # the subscriber's read buffer; grows for a frame that does not fit
+_COMMAND_CHECK = 0.002  # seconds: most a subscriber serving buffered values goes without looking at commands
+
+
+def _write_all(fd: int, data: Any) -> None:
+    """Write every byte of ``data`` (a pipe write can be cut short by a signal)."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data).cast("B")
+        while written < len(view):
+            written += os.write(fd, view[written:])
 
 
 _live: weakref.WeakSet[ProcessBuffer[Any]] = weakref.WeakSet()
@@ -136,11 +160,13 @@ class ProcessBuffer(Buffer[T]):
 
     def _drain(self) -> None:
         """Discard whatever is readable now (the Runner calls this after the subscriber ended)."""
-        reader = self._reader
+        fd = self._reader.fileno()
+        poller = Poller((fd,))
         try:
-            while reader.poll(0):
-                reader.recv_bytes()
-        except (EOFError, OSError):
+            while poller.poll(0):
+                if not os.read(fd, _READ_BUFFER):
+                    return
+        except OSError:
             pass
 
     def _reader_fd(self) -> int:
@@ -151,14 +177,15 @@ class ProcessBuffer(Buffer[T]):
         """Complete on behalf of a publisher that died; never blocks for long."""
         if self._shared[_CLOSED]:
             return True
-        payload = bytes([_COMPLETE]) + pickle.dumps(serialize_error(error), _HIGHEST)
-        if len(payload) > select.PIPE_BUF - 4 or not self._lock.acquire(True, 1.0):
+        payload = pickle.dumps(serialize_error(error), _HIGHEST)
+        frame = _HEAD.pack(len(payload) + 1, _COMPLETE) + payload
+        if len(frame) > select.PIPE_BUF or not self._lock.acquire(True, 1.0):
             return False
         try:
             _, writable, _ = select.select([], [self._writer.fileno()], [], 0)
             if not writable:
                 return False
-            self._writer.send_bytes(payload)
+            os.write(self._writer.fileno(), frame)  # at most PIPE_BUF bytes: one atomic write
             return True
         finally:
             self._lock.release()
@@ -168,7 +195,8 @@ class _ProcessPublisher(Publisher[T]):
     def __init__(self, buffer: ProcessBuffer[T], owner: str) -> None:
         super().__init__(buffer, owner)
         self._b = buffer
-        self._send = buffer._writer.send_bytes
+        self._fd = buffer._writer.fileno()
+        self._check = buffer._check
         self._slots = buffer._slots
         self._lock = buffer._lock
         self._shared = buffer._shared
@@ -202,24 +230,35 @@ class _ProcessPublisher(Publisher[T]):
                 return
 
     def _write(self, value: Any, kind: int) -> None:
+        """Pickle ``value`` and write it as one frame (plus its out-of-band buffers)."""
         oob: list[pickle.PickleBuffer] = []
         data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        fd = self._fd
         if not oob:
-            with self._lock:
-                self._send(bytes((kind,)) + data)
+            if len(data) <= _BIG:
+                frame = _HEAD.pack(len(data) + 1, kind) + data
+                with self._lock:
+                    _write_all(fd, frame)
+            else:
+                with self._lock:
+                    _write_all(fd, _HEAD.pack(len(data) + 1, kind))
+                    _write_all(fd, data)
             return
+        # Out of band: a frame holding the buffers' sizes, the kind and the pickle; then the raw bytes.
         raws = [buf.raw() for buf in oob]
-        header = struct.pack(f"!BI{len(raws)}Q", _OOB, len(raws), *(r.nbytes for r in raws))
+        meta = struct.pack(f"!I{len(raws)}QB", len(raws), *(r.nbytes for r in raws), kind)
         with self._lock:
-            self._send(header + bytes((kind,)) + data)
+            _write_all(fd, _HEAD.pack(len(meta) + len(data) + 1, _OOB) + meta + data)
             for raw in raws:
-                self._send(raw)
+                if raw.nbytes:
+                    _write_all(fd, raw)
 
     def publish(self, value: T, timeout: float | None = None) -> None:
-        check = self._b._check
+        check = self._check
         if check is not None and not isinstance(value, check):
             raise self._b._type_error(value)
-        self._take_slot(timeout)
+        if self._completed or self._shared[_CLOSED] or not self._slots.acquire(False):
+            self._take_slot(timeout)  # raises, or waits for room
         try:
             self._write(value, _ITEM)
         except BaseException:
@@ -227,7 +266,7 @@ class _ProcessPublisher(Publisher[T]):
             raise
 
     def try_publish(self, value: T) -> bool:
-        check = self._b._check
+        check = self._check
         if check is not None and not isinstance(value, check):
             raise self._b._type_error(value)
         if self._completed or self._shared[_CLOSED]:
@@ -242,7 +281,7 @@ class _ProcessPublisher(Publisher[T]):
         return True
 
     def publish_many(self, values: Iterable[T], timeout: float | None = None) -> None:
-        check = self._b._check
+        check = self._check
         pending = list(values)
         if check is not None:
             for value in pending:
@@ -251,10 +290,8 @@ class _ProcessPublisher(Publisher[T]):
         start = 0
         while start < len(pending):
             self._take_slot(timeout)
-            taken = 1
-            limit = len(pending) - start
-            while taken < limit and self._slots.acquire(False):
-                taken += 1
+            # every further permit free now, taken in a C loop (no bytecode per permit)
+            taken = 1 + len(list(takewhile(bool, map(self._slots.acquire, repeat(False, len(pending) - start - 1)))))
             chunk = pending[start : start + taken]
             try:
                 self._write(chunk, _BATCH)
@@ -278,49 +315,105 @@ class _ProcessSubscription(Subscription[T]):
     def __init__(self, buffer: ProcessBuffer[T], ctx: _context.ChildContext | None) -> None:
         super().__init__(buffer)
         self._b = buffer
-        self._reader = buffer._reader
+        self._reader = buffer._reader  # keeps the descriptor open
         self._fd = buffer._reader.fileno()
-        self._recv = buffer._reader.recv_bytes
         self._slots = buffer._slots
-        self._items: deque[Any] = deque()
+        self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
         self._completed = 0
         self._ctx = ctx
         ctx_fds = ctx.fds if ctx is not None else ()
         self._poller = Poller((self._fd, *ctx_fds))
         self._data_poller = Poller((self._fd,))
+        # Bytes read from the pipe: whole frames from _head, maybe a partial one before _tail.
+        self._buf = bytearray(_READ_BUFFER)
+        self._view = memoryview(self._buf)
+        self._head = 0
+        self._tail = 0
+        self._next_check = 0.0  # when to look at commands while serving buffered values
 
     def _fds(self) -> tuple[int, ...]:
         return (self._fd,)
 
     def ready(self) -> bool:
-        return bool(self._items) or self._ended is not None or bool(self._data_poller.poll(0))
+        return bool(self._items) or self._ended is not None or self._whole_frame() or bool(self._data_poller.poll(0))
 
-    def _read(self) -> Any:
-        """Read one message; return a value, or _NOTHING after a completion or batch."""
-        data = self._recv()
-        kind = data[0]
-        if kind == _OOB:
-            (count,) = struct.unpack_from("!I", data, 1)
-            sizes = struct.unpack_from(f"!{count}Q", data, 5)
-            offset = 5 + 8 * count
-            kind = data[offset]
-            buffers = []
-            for size in sizes:
-                raw = bytearray(size)
-                if size:
-                    self._reader.recv_bytes_into(raw)
-                else:
-                    self._recv()
-                buffers.append(raw)
-            payload = pickle.loads(memoryview(data)[offset + 1 :], buffers=buffers)
+    def _whole_frame(self) -> bool:
+        start = self._head
+        if self._tail - start < 5:
+            return False
+        size: int = _COUNT.unpack_from(self._buf, start)[0]
+        return start + 4 + size <= self._tail
+
+    def _fill(self) -> None:
+        """Read what the pipe holds (it is readable) after the buffered bytes."""
+        start, end = self._head, self._tail
+        if start == end:
+            start = end = 0
+            if len(self._buf) > _READ_BUFFER:  # a big frame is done with: back to the usual size
+                self._buf = bytearray(_READ_BUFFER)
+                self._view = memoryview(self._buf)
         else:
-            payload = pickle.loads(memoryview(data)[1:])
+            need = 5 if end - start < 4 else 4 + _COUNT.unpack_from(self._buf, start)[0]
+            if start + need > len(self._buf):  # the partial frame does not fit after its start
+                kept = bytes(self._view[start:end])
+                if need > len(self._buf):
+                    self._buf = bytearray(max(need, 2 * len(self._buf)))
+                    self._view = memoryview(self._buf)
+                self._view[: len(kept)] = kept
+                start, end = 0, len(kept)
+        count = os.readv(self._fd, [self._view[end:]])
+        if count == 0:
+            raise EOFError(f"buffer {self._b.name!r}: its pipe was closed by every publisher")
+        self._head, self._tail = start, end + count
+
+    def _read_exact(self, target: bytearray) -> None:
+        """Fill ``target`` with the next bytes of the stream: buffered ones first, then from the pipe."""
+        view = memoryview(target)
+        done = min(len(target), self._tail - self._head)
+        if done:
+            view[:done] = self._view[self._head : self._head + done]
+            self._head += done
+        while done < len(target):  # the publisher is writing the rest now, under its lock
+            count = os.readv(self._fd, [view[done:]])
+            if count == 0:
+                raise EOFError(f"buffer {self._b.name!r}: its pipe was closed in the middle of a value")
+            done += count
+
+    def _next(self) -> Any:
+        """The next value from the buffered bytes; _NOTHING after a batch or completion; _NEED if no whole frame."""
+        start = self._head
+        if self._tail - start < 5:
+            return _NEED
+        size, kind = _HEAD.unpack_from(self._buf, start)
+        stop = start + 4 + size
+        if stop > self._tail:
+            return _NEED
+        self._head = stop
+        body = self._view[start + 5 : stop]
         if kind == _ITEM:
-            self._slots.release()
-            return payload
-        if kind == _BATCH:
-            for _ in payload:
+            try:
+                return pickle.loads(body)
+            finally:
                 self._slots.release()
+        if kind == _OOB:
+            (count,) = _COUNT.unpack_from(body, 0)
+            sizes = struct.unpack_from(f"!{count}Q", body, 4)
+            offset = 4 + 8 * count
+            kind = body[offset]
+            buffers = [bytearray(size) for size in sizes]
+            for raw in buffers:
+                self._read_exact(raw)
+            try:
+                payload = pickle.loads(body[offset + 1 :], buffers=buffers)
+            finally:
+                if kind == _ITEM:
+                    self._slots.release()
+            if kind == _ITEM:
+                return payload
+        else:
+            payload = pickle.loads(body)
+        if kind == _BATCH:
+            deque(starmap(self._slots.release, repeat((), len(payload))), 0)  # one permit per value, in C
             self._items.extend(payload)
             return _NOTHING
         # a completion
@@ -332,29 +425,52 @@ class _ProcessSubscription(Subscription[T]):
             self._end(None)
         return _NOTHING
 
-    def receive(self, timeout: float | None = None) -> T:
+    def _commands(self) -> None:
+        """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""
         ctx = self._ctx
+        if ctx is not None:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + _COMMAND_CHECK
+                ctx.check_stop()
+
+    def _refill(self, deadline: float | None) -> bool:
+        """No whole frame is buffered: read more, servicing commands meanwhile; False on timeout."""
+        ctx = self._ctx
+        ready = self._poller.poll(0)
+        if ready:
+            if ctx is not None and (len(ready) > 1 or ready[0] != self._fd):
+                ctx.check_stop()
+            if self._fd in ready:
+                self._fill()
+            return True
+        if ctx is not None and not ctx.fds and ctx.link.has_message():
+            ctx.check_stop()  # a thread runnable reading a process buffer
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        if not self._wait(remaining):
+            return False
+        self._fill()
+        return True
+
+    def receive(self, timeout: float | None = None) -> T:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._commands()
         while True:
             if self._items:
                 value: T = self._items.popleft()
                 return value
             if self._ended is not None:
                 raise self._ended
-            ready = self._poller.poll(0)
-            if ready:
-                if ctx is not None and (len(ready) > 1 or ready[0] != self._fd):
-                    ctx.check_stop()
-                if self._fd in ready:
-                    result = self._read()
-                    if result is not _NOTHING:
-                        return result  # type: ignore[no-any-return]
+            result = self._next()
+            if result is _NEED:
+                if not self._refill(deadline):
+                    raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
                 continue
-            if ctx is not None and not ctx.fds and ctx.link.has_message():
-                ctx.check_stop()  # a thread runnable reading a process buffer
-            if not self._wait(timeout):
-                raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
+            if result is not _NOTHING:
+                return result  # type: ignore[no-any-return]
 
     def _wait(self, timeout: float | None) -> bool:
+        """Wait until the pipe is readable (servicing commands); False on timeout."""
         ctx = self._ctx
         if ctx is not None:
             poller = self._data_poller
@@ -365,13 +481,23 @@ class _ProcessSubscription(Subscription[T]):
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
         out: list[T] = [self.receive(timeout)]
+        items = self._items
         while len(out) < max_items:
-            if self._items:
-                out.append(self._items.popleft())
+            if items:
+                room = max_items - len(out)
+                if len(items) <= room:
+                    out.extend(items)
+                    items.clear()
+                else:
+                    out.extend(items.popleft() for _ in range(room))
                 continue
-            if self._ended is not None or not self._data_poller.poll(0):
+            if self._ended is not None:
                 break
-            result = self._read()
-            if result is not _NOTHING:
+            result = self._next()
+            if result is _NEED:
+                if not self._data_poller.poll(0):
+                    break
+                self._fill()
+            elif result is not _NOTHING:
                 out.append(result)
         return out
