@@ -10,24 +10,31 @@ child gets, and the Runner applies it identically in threads and processes::
         device = puma.child_only[Device]()                # exists only in the child
         window = puma.parent_only[Window]()               # stays in the parent, never sent
 
-How it works (see docs/attributes.md for the user's view):
+How it works (docs/attributes.md has the user's view):
 
-* The declarations are *non-data* descriptors (``__get__`` only).  Where an
-  attribute is usable, its value lives in the instance ``__dict__`` under its
-  own name, which shadows the descriptor: reading it costs what a plain
-  attribute read costs.  Where it is not usable, the value is kept out of
-  ``__dict__``, so the descriptor's ``__get__`` runs and raises
-  :class:`AttributeScopeError` naming the attribute and its scope.
-* Decisions are taken at two moments only: when a runnable has been
-  constructed (its values are *sealed*: a ``child_only`` value moves out of
-  the parent's reach, value sources such as :func:`factory` are unpacked) and
-  when it is launched: a thread child runs on a *clone* of the runnable
-  (:func:`for_thread`), a process child on a transformed clone that is then
-  pickled or forked (:func:`for_process`).  Child factories run in the child
-  just before ``execute()`` (:func:`enter_child`).
-* The bookkeeping of an object lives in the object itself (one entry of its
-  ``__dict__`` whose key is not an identifier); class tables are held in a
-  weak dictionary.  Nothing here keeps a runnable or a value alive.
+* Reads cost what plain attribute reads cost because they *are* plain reads:
+  the value sits in the instance under its own name, and no class in the
+  object's type has anything at that name.  (CPython 3.11 does not specialise
+  a read shadowing even a non-data descriptor: 3-4x slower; so a declaration
+  registers itself with its class and removes itself from the class.)
+* Where an attribute may not be used, the object is an instance of a *view*:
+  a subclass of its class, made once per class and side, holding a guard (a
+  data descriptor) at each forbidden name, which raises
+  :class:`AttributeScopeError` naming the attribute and its scope.  Parent
+  objects of a class with ``child_only`` attributes are born as the parent
+  view (its guards also take the values assigned in the parent, to hand them
+  to the child); child objects are instances of the child view (guards for
+  ``parent_only``).  Views have the class's name, pickle as themselves and
+  keep instance values inline (fast) when unpickled.
+* Decisions are taken at two moments: when an object has been constructed
+  (value sources such as :func:`factory` are unpacked) and when a runnable is
+  launched: a thread child runs on a *clone* (:func:`for_thread`), a process
+  child on a clone that is then pickled or forked (:func:`for_process`).
+  Child factories run in the child just before ``execute()``
+  (:func:`enter_child`).
+* An object's bookkeeping lives in the object itself (an instance attribute
+  whose name is not an identifier); class tables are in a weak dictionary and
+  views hang off their class.  Nothing here keeps a runnable or a value alive.
 
 Objects reached from a runnable through scoped objects and the builtin
 containers (list, tuple, dict, set, frozenset) are handled recursively, once
@@ -40,11 +47,13 @@ from __future__ import annotations
 import copy
 import enum
 import functools
+import threading
 import types
 import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, overload
 
+from puma import _context
 from puma._buffer import Buffer
 from puma._errors import NotPicklableError, PumaError
 
@@ -57,6 +66,7 @@ __all__ = [
     "ValueSource",
     "child_only",
     "copied",
+    "declared",
     "enter_child",
     "factory",
     "for_process",
@@ -74,7 +84,11 @@ __all__ = [
 
 T = TypeVar("T")
 
-_STATE = "puma:scopes"  # the key of an object's scope bookkeeping in its __dict__ (never an attribute name)
+_STATE = "puma:scopes"  # the instance attribute holding an object's bookkeeping (never an identifier)
+STATE_KEY = _STATE
+_DECLARED = "__puma_scoped__"  # in a class's own __dict__: the scoped attributes it declares, by name
+_VIEW_OF = "__puma_view_of__"  # in a view's own __dict__: (the plain class, its side)
+_VIEWS = "__puma_views__"  # in a plain class's own __dict__: its views, by side
 _MISSING: Any = object()
 
 # what the child gets, per attribute and environment
@@ -83,6 +97,7 @@ _COPY = "copy"  # a deep copy (threads); in processes a copy, made by pickling o
 _DROP = "drop"  # nothing: the attribute does not exist in the child
 _NONE = "none"  # None
 _REFUSE = "refuse"  # the runnable may not be launched there while the attribute holds a value
+_FACTORY = "factory"  # (held for the child) made by calling a factory in the child
 
 _PARENT = "parent"
 _CHILD = "child"
@@ -91,6 +106,7 @@ _ATOMIC: frozenset[type] = frozenset(
     {int, float, complex, bool, str, bytes, type(None), range, slice, type(Ellipsis), type(NotImplemented)}
 )
 _CONTAINERS: frozenset[type] = frozenset({list, tuple, dict, set, frozenset})
+_lock = threading.Lock()
 
 
 class AttributeScopeError(PumaError, AttributeError):
@@ -185,8 +201,9 @@ def factory(make: Callable[[], T]) -> ValueSource[T]:
 
     In the child it is called in the child (thread or process) just before
     ``execute()``: the place to open a file, a socket or a device.  In the
-    parent it is called on the first read there.  For a process, ``make`` must
-    pickle (a module-level function or a ``functools.partial`` of one).
+    parent (if the attribute exists there) it is called when the object has
+    been constructed.  For a process, ``make`` must pickle (a module-level
+    function or a ``functools.partial`` of one).
     """
     if not callable(make):
         raise TypeError(f"puma.factory() takes a callable, not {type(make).__name__}")
@@ -206,38 +223,46 @@ def scope_specific(parent_value: T, child_factory: Callable[[], T]) -> ValueSour
 
 # --- an object's bookkeeping ----------------------------------------------------------------------
 class _State:
-    """Kept in an object's ``__dict__`` under ``_STATE``: its role and what is held for the other side."""
+    """An object's bookkeeping, kept in the object under ``_STATE``.
 
-    __slots__ = ("child", "objects", "pending", "role", "sealed")
+    Parent side: what is held for the child (``child``) and the values value
+    sources produced (``sealed``, to notice a re-assignment).  Child side: the
+    factories still to call (``pending``) and, on the runnable, every object
+    of the child (``objects``).
+    """
 
-    def __init__(self, role: str) -> None:
-        self.role = role
-        self.child: dict[str, tuple[str, Any]] = {}  # parent side: name -> (_COPY, value) or ("factory", make)
-        self.pending: dict[str, Callable[[], Any]] = {}  # factories to call on first use in this scope
-        self.sealed: dict[str, Any] = {}  # parent values produced by a value source, to notice re-assignment
-        self.objects: list[Any] = []  # child root: the objects whose factories run before execute()
+    __slots__ = ("child", "objects", "pending", "sealed")
+
+    def __init__(self) -> None:
+        self.child: dict[str, tuple[str, Any]] = {}  # name -> (_COPY, value) or (_FACTORY, make)
+        self.sealed: dict[str, Any] = {}
+        self.pending: dict[str, Callable[[], Any]] = {}
+        self.objects: list[Any] = []
 
     def _probe_children(self) -> list[tuple[str, Any]]:
-        """For the pickling checker: what of this crosses into a process, named after its attribute."""
         out = [(f".{name} (its child factory)", make) for name, make in self.pending.items()]
         out += [(f".{name} (its child value)", value) for name, (_, value) in self.child.items()]
         return out
 
 
-_FACTORY = "factory"
-STATE_KEY = _STATE
-
-
 def probe_children(state: Any) -> list[tuple[str, Any]]:
-    """For the pickling checker: the parts of a scoped object's bookkeeping that cross, by attribute."""
+    """For the pickling checker: the parts of an object's bookkeeping that cross, named by attribute."""
     return state._probe_children() if isinstance(state, _State) else [(".<puma scopes>", state)]
 
 
-def _state(d: dict[str, Any]) -> _State:
-    state: _State | None = d.get(_STATE)
+def _get_state(obj: object) -> _State | None:
+    try:
+        state: _State = object.__getattribute__(obj, _STATE)
+    except AttributeError:
+        return None
+    return state
+
+
+def _own_state(obj: object) -> _State:
+    state = _get_state(obj)
     if state is None:
-        state = _State(_PARENT)
-        d[_STATE] = state
+        state = _State()
+        object.__setattr__(obj, _STATE, state)
     return state
 
 
@@ -245,12 +270,15 @@ def _state(d: dict[str, Any]) -> _State:
 class ScopedAttribute(Generic[T]):
     """Base of the scope declarations (:class:`copied`, :class:`child_only`, ...).
 
-    A non-data descriptor: declare it at class level and assign the attribute
-    as usual.  The type parameter is the attribute's type, which type checkers
-    see on reads and check on assignments::
+    Declare one at class level, then assign and read the attribute as usual.
+    The type parameter is the attribute's type, which type checkers see on
+    reads and check on assignments::
 
         count = puma.copied[int]()
         count: puma.ScopedAttribute[int] = puma.copied()    # the same, annotated
+
+    When the class is made, the declaration registers with it and leaves the
+    class's namespace, so reads are plain instance reads.
 
     Args:
         why: an optional sentence added to the error raised where the
@@ -273,7 +301,14 @@ class ScopedAttribute(Generic[T]):
     def __set_name__(self, owner: type[Any], name: str) -> None:
         self._name = name
         self._owner = owner.__qualname__
+        mine = owner.__dict__.get(_DECLARED)
+        if mine is None:
+            mine = {}
+            type.__setattr__(owner, _DECLARED, mine)
+        mine[name] = self
+        type.__delattr__(owner, name)  # reads must find nothing on the class: see the module's docstring
         install_seal(owner)
+        _install_new(owner)
 
     @property
     def name(self) -> str:
@@ -296,25 +331,27 @@ class ScopedAttribute(Generic[T]):
     @overload
     def __get__(self, obj: object, owner: type[Any] | None = None) -> T: ...
     def __get__(self, obj: object | None, owner: type[Any] | None = None) -> Self | T:
-        # Only reached when the value is not in the instance __dict__ (which shadows us).
+        # Only reached for a declaration added to a class after the class was made.
         if obj is None:
             return self
-        value: T = _missing(self, obj)
-        return value
+        error = AttributeError(f"{type(obj).__qualname__!r} object has no attribute {self._name!r}")
+        error.name = self._name
+        raise error
 
-    if TYPE_CHECKING:  # at run time there is no __set__: assignments go straight to __dict__
+    if TYPE_CHECKING:  # what type checkers see; at run time the class holds nothing at the name
 
         def __set__(self, obj: object, value: T | ValueSource[T]) -> None: ...
 
-    def _forbidden(self, obj: object, where: str) -> AttributeScopeError:
-        if where == _PARENT:
+    def _forbidden(self, obj: object, side: str) -> AttributeScopeError:
+        owner = _plain(type(obj)).__qualname__
+        if side == _PARENT:
             text = (
-                f"{type(obj).__qualname__}.{self._name} is child_only: it exists only in the child "
+                f"{owner}.{self._name} is {self._scope}: it exists only in the child "
                 "(inside execute() and commands), so the parent cannot read it"
             )
         else:
             text = (
-                f"{type(obj).__qualname__}.{self._name} is {self._scope}: it stays in the parent and is "
+                f"{owner}.{self._name} is {self._scope}: it stays in the parent and is "
                 "not sent to the child, so the child cannot read it"
             )
         if self._why:
@@ -434,13 +471,13 @@ class manually_managed(ScopedAttribute[T]):  # noqa: N801
         )
 
 
-# --- class tables ---------------------------------------------------------------------------------
+# --- classes: declarations, views, construction ---------------------------------------------------
 _tables: weakref.WeakKeyDictionary[type, dict[str, ScopedAttribute[Any]]] = weakref.WeakKeyDictionary()
 _NO_TABLE: dict[str, ScopedAttribute[Any]] = {}
 
 
-def _table(cls: type) -> dict[str, ScopedAttribute[Any]]:
-    """The scoped attributes of ``cls`` by name (empty for a plain class). Cached weakly per class."""
+def declared(cls: type) -> dict[str, ScopedAttribute[Any]]:
+    """The scoped attributes of ``cls`` (declared by it or its bases), by name; empty for a plain class."""
     try:
         return _tables[cls]
     except KeyError:
@@ -449,11 +486,13 @@ def _table(cls: type) -> dict[str, ScopedAttribute[Any]]:
         return _NO_TABLE
     table: dict[str, ScopedAttribute[Any]] = {}
     for klass in reversed(cls.__mro__):
-        for name, value in vars(klass).items():
-            if isinstance(value, ScopedAttribute):
-                table[name] = value
-            elif name in table:
-                del table[name]  # a subclass replaced the declaration with something else
+        own = vars(klass)
+        mine = own.get(_DECLARED)
+        if _VIEW_OF not in own:
+            for name in [n for n in table if n in own]:
+                del table[name]  # a subclass put something else at the name
+        if mine:
+            table.update(mine)
     try:
         _tables[cls] = table
     except TypeError:
@@ -461,141 +500,152 @@ def _table(cls: type) -> dict[str, ScopedAttribute[Any]]:
     return table
 
 
-def _dict_of(obj: object) -> dict[str, Any]:
-    try:
-        d: dict[str, Any] = obj.__dict__
-    except AttributeError:
-        raise TypeError(
-            f"{type(obj).__qualname__} declares scoped attributes but its instances have no __dict__ "
-            "(scoped attributes keep their values there; remove __slots__ or add '__dict__' to it)"
-        ) from None
-    return d
+_table = declared
 
 
-def _missing(desc: ScopedAttribute[Any], obj: object) -> Any:
-    """A read of ``desc`` on ``obj`` that the instance dict did not answer."""
-    d = _dict_of(obj)
-    name = desc._name
-    state: _State | None = d.get(_STATE)
-    role = _PARENT
-    if state is not None:
-        role = state.role
-        make = state.pending.pop(name, None)
-        if make is not None:
-            try:
-                value = make()
-            except BaseException:
-                state.pending[name] = make
-                raise
-            d[name] = value
-            if role == _PARENT:
-                state.sealed[name] = value
-            return value
-    if role == _CHILD and not desc._in_child:
-        raise desc._forbidden(obj, _CHILD)
-    if role == _PARENT and not desc._in_parent:
-        raise desc._forbidden(obj, _PARENT)
-    error = AttributeError(f"{type(obj).__qualname__!r} object has no attribute {name!r} ({desc._scope}, not set)")
-    error.name = name
-    raise error
+def _plain(cls: type) -> type:
+    """The user's class behind ``cls`` (``cls`` itself unless it is a view)."""
+    view_of = cls.__dict__.get(_VIEW_OF)
+    return cls if view_of is None else view_of[0]
 
 
-# --- sealing: the parent's side ------------------------------------------------------------------
-def _seal_one(obj: object, table: dict[str, ScopedAttribute[Any]]) -> None:
-    """Put the values of ``obj`` where its scopes say, in the parent. Idempotent."""
-    d = _dict_of(obj)
-    state: _State | None = d.get(_STATE)
-    if state is not None and state.role == _CHILD:
+def _side_of(obj: object) -> str:
+    view_of = type(obj).__dict__.get(_VIEW_OF)
+    return _PARENT if view_of is None else str(view_of[1])
+
+
+class _Guard:
+    """Stands at a name where the attribute may not be used, in a view."""
+
+    __slots__ = ("_desc", "_side")
+
+    def __init__(self, desc: ScopedAttribute[Any], side: str) -> None:
+        self._desc = desc
+        self._side = side
+
+    def __get__(self, obj: object | None, owner: type[Any] | None = None) -> Any:
+        if obj is None:
+            return self._desc
+        raise self._desc._forbidden(obj, self._side)
+
+    def __set__(self, obj: object, value: Any) -> None:
+        if self._side == _PARENT:
+            _hold_for_child(obj, self._desc, value)  # child_only, assigned in the parent: the child's value
+        # parent_only, assigned in the child: there is no such attribute here; the value is dropped
+
+    def __delete__(self, obj: object) -> None:
+        state = _get_state(obj)
+        if state is not None:
+            state.child.pop(self._desc._name, None)
+
+
+def _view(cls: type, side: str) -> type:
+    """The class objects of ``cls`` have on ``side``: the plain class, or its view with guards.
+
+    The parent side needs a view only for ``child_only`` attributes; the child
+    side always has one (it also decides how child objects pickle).
+    """
+    base = _plain(cls)
+    table = declared(base)
+    if side == _PARENT and all(d._in_parent for d in table.values()):
+        return base
+    views = base.__dict__.get(_VIEWS)
+    view: type | None = None if views is None else views.get(side)
+    if view is not None:
+        return view
+    with _lock:
+        views = base.__dict__.get(_VIEWS)
+        if views is None:
+            views = {}
+            type.__setattr__(base, _VIEWS, views)
+        view = views.get(side)
+        if view is None:
+            namespace: dict[str, Any] = {
+                "__module__": base.__module__,
+                "__qualname__": base.__qualname__,
+                "__doc__": base.__doc__,
+                _VIEW_OF: (base, side),
+                "__reduce_ex__": _view_reduce_ex,
+                "__setstate__": _view_setstate,
+            }
+            for name, desc in table.items():
+                if not (desc._in_child if side == _CHILD else desc._in_parent):
+                    namespace[name] = _Guard(desc, side)
+            view = type(base)(base.__name__, (base,), namespace)
+            views[side] = view
+    return view
+
+
+def _view_reduce_ex(self: Any, protocol: int) -> tuple[Any, ...]:
+    base, side = type(self).__dict__[_VIEW_OF]
+    state = self.__getstate__()
+    return (_new_view, (base, side), state if state is not None else {})
+
+
+def _view_setstate(self: Any, state: Any) -> None:
+    custom = _custom(_plain(type(self)), "__setstate__")
+    if custom is not None:
+        custom(self, state)
         return
-    for name, value in list(d.items()):
-        if name == _STATE:
-            continue
-        desc = table.get(name)
-        if desc is None:
-            if isinstance(value, ValueSource):
-                raise TypeError(
-                    f"{type(obj).__qualname__}.{name} holds {value._describe()} but is not a scoped attribute: "
-                    f"declare it at class level (e.g. {name} = puma.copied[...]())"
-                )
-            continue
-        if isinstance(value, ValueSource):
-            _unpack(obj, d, desc, value)
-            continue
-        if not desc._in_parent:  # child_only: the value is the child's; the parent lets go of it
-            del d[name]
-            st = _state(d)
-            st.child[name] = (_COPY, value)
-            st.pending.pop(name, None)
-            continue
-        if state is not None:
-            state.pending.pop(name, None)  # assigned: a lazy factory is superseded
-            if name in state.child and state.sealed.get(name, _MISSING) is not value:
-                del state.child[name]  # re-assigned since sealed: the child gets a copy of the new value
-                state.sealed.pop(name, None)
+    if isinstance(state, tuple):  # (dict, slots) from object.__getstate__
+        state, slots = state
+        for name, value in (slots or {}).items():
+            object.__setattr__(self, name, value)
+    for name, value in (state or {}).items():
+        object.__setattr__(self, name, value)  # one by one: the values stay inline, reads stay fast
 
 
-def _unpack(obj: object, d: dict[str, Any], desc: ScopedAttribute[Any], source: ValueSource[Any]) -> None:
-    name = desc._name
-    st = _state(d)
-    del d[name]
-    st.pending.pop(name, None)
-    st.child.pop(name, None)
-    st.sealed.pop(name, None)
-    gives_child = desc._in_child
-    if isinstance(source, _PerScope):
-        value = source.value
-        if desc._in_parent:
-            d[name] = value
-            st.sealed[name] = value
-            if gives_child:
-                try:
-                    snapshot = copy.deepcopy(value)
-                except Exception as exc:
-                    raise NotPicklableError(
-                        f"{type(obj).__qualname__}.{name}: the value of puma.per_scope_value() cannot be copied "
-                        f"for the child ({type(exc).__name__}: {exc}); use puma.factory() or puma.scope_specific()"
-                    ) from exc
-                st.child[name] = (_COPY, snapshot)
-        elif gives_child:
-            st.child[name] = (_COPY, value)
-    elif isinstance(source, _Factory):
-        if desc._in_parent:
-            st.pending[name] = source.make
-        if gives_child:
-            st.child[name] = (_FACTORY, source.make)
-    elif isinstance(source, _ScopeSpecific):
-        if not (desc._in_parent and desc._in_child):
-            raise TypeError(
-                f"{type(obj).__qualname__}.{name} is {desc._scope}: puma.scope_specific() gives a value to both "
-                f"parent and child; use puma.factory() or a plain value"
-            )
-        d[name] = source.parent_value
-        st.sealed[name] = source.parent_value
-        st.child[name] = (_FACTORY, source.child_factory)
+def _custom(cls: type, method: str) -> Any:
+    """``cls``'s own ``__getstate__``/``__setstate__`` if a class (not puma, not object) defines one."""
+    for klass in cls.__mro__:
+        if klass is object or _VIEW_OF in klass.__dict__:
+            continue
+        found = klass.__dict__.get(method)
+        if found is not None:
+            module = getattr(found, "__module__", "") or ""
+            return None if module.startswith("puma.") else found
+    return None
 
 
-def seal(root: object) -> None:
-    """Seal ``root`` and every scoped object reachable from it (through scoped objects and containers)."""
-    seen: set[int] = set()
-    stack: list[Any] = [root]
-    while stack:
-        value = stack.pop()
-        t = type(value)
-        if t in _ATOMIC or id(value) in seen:
-            continue
-        seen.add(id(value))
-        if t in _CONTAINERS:
-            stack.extend(value.items() if t is dict else value)
-            continue
-        table = _table(t)
-        if not table:
-            continue
-        _seal_one(value, table)
-        d = value.__dict__
-        stack.extend(v for k, v in d.items() if k != _STATE)
-        state: _State | None = d.get(_STATE)
-        if state is not None:
-            stack.extend(v for how, v in state.child.values() if how == _COPY)
+def _new_view(base: type, side: str) -> Any:
+    """A new, empty object of ``base``'s view for ``side`` (unpickling, cloning)."""
+    return _allocate(_view(base, side))
+
+
+def _allocate(cls: Any) -> Any:
+    try:
+        return object.__new__(cls)
+    except TypeError:
+        return cls.__new__(cls)
+
+
+def _install_new(owner: type[Any]) -> None:
+    """Objects of ``owner`` are born as the right view (no retyping later, which would slow reads)."""
+    if "__new__" in owner.__dict__:
+        return
+    for klass in owner.__mro__[1:-1]:
+        found = klass.__dict__.get("__new__")
+        if found is not None and not getattr(getattr(found, "__func__", found), "_puma_new", False):
+            return  # a class upstream makes its objects itself: they are retyped when sealed
+
+    def __new__(cls: type, *args: Any, **kwargs: Any) -> Any:  # noqa: N807 - it is the class's __new__
+        return object.__new__(_birth_class(cls))
+
+    __new__._puma_new = True  # type: ignore[attr-defined]
+    type.__setattr__(owner, "__new__", staticmethod(__new__))
+
+
+def _birth_class(cls: type) -> type:
+    """Objects made inside a running child are the child's (runnables excepted: they are handles)."""
+    if _context.current() is not None and not _is_runnable(cls):
+        return _view(cls, _CHILD)
+    return _view(cls, _PARENT)
+
+
+def _is_runnable(cls: type) -> bool:
+    from puma._runnable import Runnable
+
+    return issubclass(cls, Runnable)
 
 
 def install_seal(cls: type[Any]) -> None:
@@ -614,6 +664,117 @@ def install_seal(cls: type[Any]) -> None:
     type.__setattr__(cls, "__init__", __init__)
 
 
+# --- sealing: values where their scopes say ---------------------------------------------------------
+def seal(obj: object) -> None:
+    """Put the values of ``obj`` where its scopes say, on the side it belongs to. Idempotent.
+
+    Value sources are unpacked (the parent's factories are called now); a
+    ``child_only`` value found in a parent object is held for the child.
+    Only the object's declared names are touched: its other attributes are
+    never enumerated, which would slow its reads down.
+    """
+    table = declared(type(obj))
+    if not table:
+        return
+    if _side_of(obj) == _CHILD:
+        _seal_child(obj, table)
+    else:
+        _seal_parent(obj, table)
+
+
+def _seal_parent(obj: object, table: dict[str, ScopedAttribute[Any]]) -> None:
+    state = _get_state(obj)
+    held = False
+    for name, desc in table.items():
+        try:
+            value = object.__getattribute__(obj, name)
+        except AttributeError:
+            continue  # not set, or guarded
+        if not desc._in_parent:  # an object that was not born as the parent view
+            object.__delattr__(obj, name)
+            _hold_for_child(obj, desc, value)
+            held = True
+        elif isinstance(value, ValueSource):
+            _unpack_in_parent(obj, desc, value)
+        elif state is not None and name in state.child and state.sealed.get(name, _MISSING) is not value:
+            del state.child[name]  # re-assigned since it was sealed: the child gets a copy of the new value
+            state.sealed.pop(name, None)
+    if held:
+        view = _view(type(obj), _PARENT)
+        if type(obj) is not view:
+            obj.__class__ = view
+            _fast_dict(obj)
+
+
+def _seal_child(obj: object, table: dict[str, ScopedAttribute[Any]]) -> None:
+    for name in table:
+        try:
+            value = object.__getattribute__(obj, name)
+        except AttributeError:
+            continue
+        if isinstance(value, _Factory):
+            object.__setattr__(obj, name, value.make())
+        elif isinstance(value, _PerScope):
+            object.__setattr__(obj, name, value.value)
+        elif isinstance(value, _ScopeSpecific):
+            object.__setattr__(obj, name, value.child_factory())
+
+
+def _hold_for_child(obj: object, desc: ScopedAttribute[Any], value: Any) -> None:
+    """A value assigned to a ``child_only`` attribute in the parent: kept for the child."""
+    state = _own_state(obj)
+    name = desc._name
+    if isinstance(value, _Factory):
+        state.child[name] = (_FACTORY, value.make)
+    elif isinstance(value, _PerScope):
+        state.child[name] = (_COPY, value.value)
+    elif isinstance(value, _ScopeSpecific):
+        raise TypeError(
+            f"{_plain(type(obj)).__qualname__}.{name} is {desc._scope}: puma.scope_specific() gives a value to "
+            "both parent and child; use puma.factory() or a plain value"
+        )
+    else:
+        state.child[name] = (_COPY, value)
+
+
+def _unpack_in_parent(obj: object, desc: ScopedAttribute[Any], source: ValueSource[Any]) -> None:
+    name = desc._name
+    state = _own_state(obj)
+    state.child.pop(name, None)
+    if isinstance(source, _PerScope):
+        value = source.value
+        if desc._in_child:
+            try:
+                snapshot = copy.deepcopy(value)
+            except Exception as exc:
+                raise NotPicklableError(
+                    f"{_plain(type(obj)).__qualname__}.{name}: the value of puma.per_scope_value() cannot be "
+                    f"copied for the child ({type(exc).__name__}: {exc}); use puma.factory() or puma.scope_specific()"
+                ) from exc
+            state.child[name] = (_COPY, snapshot)
+    elif isinstance(source, _Factory):
+        value = source.make()
+        if desc._in_child:
+            state.child[name] = (_FACTORY, source.make)
+    elif isinstance(source, _ScopeSpecific):
+        if not desc._in_child:
+            raise TypeError(
+                f"{_plain(type(obj)).__qualname__}.{name} is {desc._scope}: puma.scope_specific() gives a value "
+                "to both parent and child; use puma.factory() or a plain value"
+            )
+        value = source.parent_value
+        state.child[name] = (_FACTORY, source.child_factory)
+    else:
+        raise TypeError(f"unknown value source {source!r}")
+    object.__setattr__(obj, name, value)
+    state.sealed[name] = value
+
+
+def _fast_dict(obj: object) -> None:
+    """Give ``obj`` a fresh instance dict: one that was made from inline values makes every read slow."""
+    object.__setattr__(obj, "__dict__", dict(object.__getattribute__(obj, "__dict__")))
+
+
 # --- crossing: what the child gets ----------------------------------------------------------------
 class _Crossing:
     """One launch: builds the child's objects from the parent's, each object once."""
@@ -624,38 +785,54 @@ class _Crossing:
         self.copies: dict[int, Any] = {}  # id(original) -> deep copy (also copy.deepcopy's memo)
         self.holds: dict[int, bool] = {}  # id(container) -> whether it holds scoped objects
         self.tables: dict[type, dict[str, ScopedAttribute[Any]]] = {}
-        self.with_factories: list[Any] = []
+        self.clones: list[Any] = []
 
     def table(self, t: type) -> dict[str, ScopedAttribute[Any]]:
         table = self.tables.get(t)
         if table is None:
-            table = self.tables[t] = _table(t)
+            table = self.tables[t] = declared(t)
         return table
+
+    def source(self, obj: Any) -> dict[str, Any]:
+        """The attributes of ``obj`` (through its own ``__getstate__`` for a process, if it has one)."""
+        d = object.__getattribute__(obj, "__dict__")
+        attributes = dict(d)
+        if not self.thread:
+            getstate = _custom(type(obj), "__getstate__")
+            if getstate is not None:
+                state = getstate(obj)
+                if not isinstance(state, dict):
+                    raise TypeError(
+                        f"{_plain(type(obj)).__qualname__}.__getstate__ must return a dict for its scoped attributes"
+                    )
+                attributes = dict(state)
+                attributes.setdefault(_STATE, d.get(_STATE))
+        _fast_dict(obj)  # reading them made the parent's dict from its inline values
+        return attributes
 
     def clone(self, obj: Any, table: dict[str, ScopedAttribute[Any]], path: str) -> Any:
         key = id(obj)
-        _seal_one(obj, table)
-        cls: Any = type(obj)
-        try:
-            new = object.__new__(cls) if cls.__new__ is object.__new__ else cls.__new__(cls)
-        except Exception as exc:
-            raise TypeError(f"{path} ({cls.__qualname__}) cannot be recreated for the child: {exc}") from exc
+        seal(obj)
+        new = _new_view(type(obj), _CHILD)
         self.shared[key] = new
         self.copies[key] = new
-        src = obj.__dict__
-        parent_state: _State | None = src.get(_STATE)
-        child_values = parent_state.child if parent_state is not None else {}
-        state = _State(_CHILD)
+        src = self.source(obj)
+        parent_state: _State | None = src.pop(_STATE, None)
+        held = parent_state.child if parent_state is not None and _side_of(obj) == _PARENT else {}
+        state = _State()
         out: dict[str, Any] = {}
-        for name, value in list(src.items()):
-            if name == _STATE:
-                continue
+        for name, value in src.items():
             desc = table.get(name)
             if desc is None:
+                if isinstance(value, ValueSource):
+                    raise TypeError(
+                        f"{_plain(type(obj)).__qualname__}.{name} holds {value._describe()} but is not a scoped "
+                        f"attribute: declare it at class level (e.g. {name} = puma.copied[...]())"
+                    )
                 out[name] = self.share(value, f"{path}.{name}")
                 continue
             action = self.action(desc, value, path)
-            if action is None or name in child_values:
+            if action is None or name in held:
                 continue
             if action == _NONE:
                 out[name] = None
@@ -663,7 +840,7 @@ class _Crossing:
                 out[name] = self.deep(value, f"{path}.{name}")
             else:
                 out[name] = self.share(value, f"{path}.{name}")
-        for name, (how, value) in child_values.items():
+        for name, (how, value) in held.items():
             desc = table.get(name)
             if desc is None:
                 continue
@@ -677,10 +854,10 @@ class _Crossing:
                 state.pending[name] = value
             else:
                 out[name] = self.deep(value, f"{path}.{name}") if self.thread else self.share(value, f"{path}.{name}")
-        new.__dict__.update(out)
-        new.__dict__[_STATE] = state
-        if state.pending:
-            self.with_factories.append(new)
+        for name, value in out.items():
+            object.__setattr__(new, name, value)  # one by one: the values stay inline, reads stay fast
+        object.__setattr__(new, _STATE, state)
+        self.clones.append(new)
         return new
 
     def action(self, desc: ScopedAttribute[Any], value: Any, path: str) -> str | None:
@@ -797,11 +974,11 @@ class _Crossing:
 
 def _cross(runnable: Any, thread: bool) -> Any:
     crossing = _Crossing(thread)
-    table = _table(type(runnable))
     name = getattr(runnable, "name", type(runnable).__name__)
-    root = crossing.clone(runnable, table, str(name))
-    root_state: _State = root.__dict__[_STATE]
-    root_state.objects = crossing.with_factories
+    root = crossing.clone(runnable, declared(type(runnable)), str(name))
+    root_state = _get_state(root)
+    assert root_state is not None
+    root_state.objects = crossing.clones
     return root
 
 
@@ -827,19 +1004,18 @@ def for_process(runnable: Any) -> Any:
 
 def enter_child(runnable: Any) -> None:
     """In the child, before ``execute()``: call the child factories of the runnable and its objects."""
-    state: _State | None = runnable.__dict__.get(_STATE)
-    if state is None or state.role != _CHILD or not state.objects:
+    state = _get_state(runnable)
+    if state is None or not state.objects:
         return
     objects, state.objects = state.objects, []
     for obj in objects:
-        d = obj.__dict__
-        own: _State = d[_STATE]
+        own = _get_state(obj)
+        if own is None:
+            continue
         for name in list(own.pending):
-            make = own.pending.pop(name, None)
-            if make is None:
-                continue
+            make = own.pending.pop(name)
             try:
-                d[name] = make()
+                object.__setattr__(obj, name, make())
             except BaseException as exc:
-                exc.add_note(f"raised by the child factory of {type(obj).__qualname__}.{name}")
+                exc.add_note(f"raised by the child factory of {_plain(type(obj)).__qualname__}.{name}")
                 raise

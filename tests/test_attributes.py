@@ -246,7 +246,13 @@ class HoldsALock(puma.Runnable):
         pass
 
 
-MADE: list[tuple[str, int]] = []
+class Unannotated(puma.Runnable):
+    def __init__(self) -> None:
+        super().__init__("unannotated")
+        self.sock = puma.factory(object)  # type: ignore[var-annotated]
+
+    def execute(self) -> None:
+        pass
 
 
 def make_handle(name: str) -> list[Any]:
@@ -555,18 +561,13 @@ def test_a_failing_child_factory_fails_the_runnable_naming_the_attribute(env: pu
     assert any("child factory of FactoryFails.device" in note for note in info.value.__notes__)
 
 
+def test_a_value_source_in_an_unannotated_attribute_is_refused_at_start(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        with pytest.raises(TypeError, match=r"Unannotated\.sock holds puma\.factory\(\.\.\.\) but is not a scoped"):
+            runner.start(Unannotated())
+
+
 def test_misused_value_sources_are_refused_at_construction() -> None:
-    class Unannotated(puma.Runnable):
-        def __init__(self) -> None:
-            super().__init__("unannotated")
-            self.sock = puma.factory(object)
-
-        def execute(self) -> None:
-            pass
-
-    with pytest.raises(TypeError, match=r"Unannotated\.sock holds puma\.factory\(\.\.\.\) but is not a scoped"):
-        Unannotated()
-
     class BothSidesOfChildOnly(puma.Runnable):
         sock = puma.child_only[object]()
 
@@ -594,14 +595,28 @@ def test_child_side_handles_of_a_runnable_stay_in_the_parent() -> None:
 
 
 # --- cost and leaks --------------------------------------------------------------------------------
-def test_reads_are_plain_instance_dict_reads() -> None:
-    """No __getattribute__ override; usable values sit in __dict__ under their own name (no timing here)."""
-    box = CopiedBox()
-    assert type(box).__getattribute__ is object.__getattribute__
-    assert vars(box)["items"] is box.items
-    assert not hasattr(type(CopiedBox.__dict__["items"]), "__set__")  # a non-data descriptor at run time
-    clone = _attributes.for_thread(ChildOnlyBox())
-    assert vars(clone)["secret"] == [7]
+def test_reads_are_plain_instance_reads() -> None:
+    """Nothing on any class at a usable name, no __getattribute__/__getattr__: reads are plain (no timing here)."""
+    cases = [
+        (CopiedBox(), ["items", "nested"]),
+        (ParentOnlyBox(), ["window"]),
+        (_attributes.for_thread(CopiedBox()), ["items", "nested"]),
+        (_attributes.for_thread(ChildOnlyBox()), ["secret"]),
+        (_attributes.for_process(ChildOnlyBox()), ["secret"]),
+    ]
+    for obj, names in cases:
+        cls = type(obj)
+        assert cls.__getattribute__ is object.__getattribute__
+        assert not hasattr(cls, "__getattr__")
+        for name in names:
+            assert all(name not in vars(klass) for klass in cls.__mro__), (cls, name)
+            getattr(obj, name)
+    # where an attribute may not be used, a guard stands in a view of the class (same name, a subclass)
+    parent, child = ChildOnlyBox(), _attributes.for_thread(ParentOnlyBox())
+    assert type(parent).__name__ == "ChildOnlyBox" and isinstance(parent, ChildOnlyBox)
+    assert type(child).__name__ == "ParentOnlyBox" and isinstance(child, ParentOnlyBox)
+    assert type(parent).__dict__["secret"].__class__.__name__ == "_Guard"
+    assert type(child).__dict__["window"].__class__.__name__ == "_Guard"
 
 
 def test_runnables_clones_and_values_are_collected_after_use(env: puma.Environment) -> None:
