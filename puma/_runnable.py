@@ -218,9 +218,9 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext) -> None:
     with ctx:
         link.send((msg.STARTED, os.getpid(), threading.current_thread().name))
         try:
+            _attributes.enter_child(runnable)  # child factories of scoped attributes, before any command runs
             ctx.service()
             if not ctx.stop_requested:
-                _attributes.enter_child(runnable)  # child factories of scoped attributes
                 runnable.execute()
             else:
                 stopped = True

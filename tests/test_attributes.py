@@ -347,6 +347,66 @@ class Callbacks(Probing):
         return self.count
 
 
+class MakesThingsInTheChild(Probing):
+    """Objects made inside the child are the child's; runnables made there are handles for a nested Runner."""
+
+    def __init__(self) -> None:
+        super().__init__("makes-things")
+
+    @puma.run_in_child_scope
+    def make_device(self) -> tuple[Any, str]:
+        device = Device("made")  # made in the child: its child factory runs now, here
+        try:
+            device.gui
+            gui = "readable"
+        except puma.AttributeScopeError as exc:
+            gui = str(exc)
+        return device.handle, gui
+
+    @puma.run_in_child_scope
+    def run_nested(self) -> tuple[str, Any]:
+        inner = CopiedBox()
+        with puma.Runner(puma.ThreadEnvironment()) as runner:
+            runner.start_blocking(inner)
+            inner.append("items", 5)
+            return inner.read("items")
+
+
+class OldStyle(Probing):
+    """Drops an unpicklable attribute itself, the way it was done before scoped attributes."""
+
+    def __init__(self) -> None:
+        super().__init__("old-style")
+        self.lock: Any = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["lock"] = None
+        return state
+
+
+class MakesItself:
+    """Has its own __new__: its objects are not born as a view, they are re-typed once constructed."""
+
+    secret = puma.child_only[int]()
+
+    def __new__(cls) -> MakesItself:
+        return super().__new__(cls)
+
+    def __init__(self) -> None:
+        self.secret = 3
+
+
+class HoldsMakesItself(Probing):
+    def __init__(self) -> None:
+        super().__init__("holds-makes-itself")
+        self.thing = MakesItself()
+
+    @puma.run_in_child_scope
+    def secret(self) -> int:
+        return self.thing.secret
+
+
 CHILD_REFS: list[weakref.ref[Any]] = []
 
 
@@ -404,6 +464,8 @@ def test_parent_only_stays_in_the_parent_and_raises_in_the_child(env: puma.Envir
         kind, message = box.read("window")
         assert kind == "AttributeScopeError"
         assert "ParentOnlyBox.window is parent_only" in message and "child cannot read it" in message
+        box.assign("window", "child's")  # there is no such attribute in the child: the value is dropped
+        assert box.read("window")[0] == "AttributeScopeError"
         assert box.window is lock
 
 
@@ -536,6 +598,49 @@ def test_a_bound_method_attribute_calls_the_childs_object(env: puma.Environment)
         assert box.fire() == 1
         assert box.fire() == 2
         assert box.count == 0
+
+
+def test_objects_made_in_the_child_are_the_childs_and_runnables_stay_handles(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        maker = runner.start_blocking(MakesThingsInTheChild())
+        handle, gui = maker.make_device()
+        assert handle == ["made", runner.pid(maker)]
+        assert "Device.gui is parent_only" in gui
+        assert maker.run_nested() == ("ok", [1, 5])
+
+
+def test_a_class_with_its_own_new_is_scoped_too(env: puma.Environment) -> None:
+    holder = HoldsMakesItself()
+    with pytest.raises(puma.AttributeScopeError, match=r"MakesItself\.secret is child_only"):
+        holder.thing.secret
+    with puma.Runner(env) as runner:
+        runner.start_blocking(holder)
+        assert holder.secret() == 3
+
+
+def test_a_runnables_own_getstate_still_applies_in_processes(env: puma.Environment) -> None:
+    box = OldStyle()
+    with puma.Runner(env) as runner:
+        runner.start_blocking(box)  # the lock does not pickle: its __getstate__ leaves it out
+        assert box.read("lock") == ("ok", None if env.is_process else "<lock>")
+
+
+def test_reassigning_in_the_parent_before_start_is_what_the_child_gets(env: puma.Environment) -> None:
+    per_scope, secret, box = PerScope(), ChildOnlyBox(), CopiedBox()
+    per_scope.log = ["replaced"]
+    secret.secret = [9]
+    box.items = [4]
+    with puma.Runner(env) as runner:
+        for runnable in (per_scope, secret, box):
+            runner.start_blocking(runnable)
+        assert per_scope.read("log") == ("ok", ["replaced"])
+        assert secret.read("secret") == ("ok", [9])
+        assert box.read("items") == ("ok", [4])
+        box.assign("items", [0])
+        secret.assign("secret", [0])
+        assert box.items == [4]
+        with pytest.raises(puma.AttributeScopeError):
+            secret.secret
 
 
 # --- errors before the child starts ----------------------------------------------------------------
