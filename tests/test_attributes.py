@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import functools
 import gc
+import importlib
 import os
 import re
+import sys
 import threading
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -783,3 +787,43 @@ def test_type_checkers_see_the_attributes_type(tmp_path: Path, monkeypatch: pyte
     assert any(re.search(r'Revealed type is "(builtins\.)?float"', line) for line in lines), out
     assert any(re.search(r'Revealed type is "(builtins\.)?list\[(builtins\.)?int\]"', line) for line in lines), out
     assert any("Incompatible types in assignment" in line and '"str"' in line for line in lines), out
+
+
+# --- the documentation's examples ------------------------------------------------------------------
+DOC = Path(__file__).resolve().parent.parent / "docs" / "attributes.md"
+
+
+def _doc_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+
+
+@pytest.fixture(scope="module")
+def doc_modules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ModuleType]]:
+    """Each example of docs/attributes.md as an importable module (spawn children import it by name)."""
+    folder = tmp_path_factory.mktemp("attributes_doc")
+    names = []
+    for index, block in enumerate(_doc_blocks()):
+        (folder / f"attributes_doc_{index}.py").write_text(block)
+        names.append(f"attributes_doc_{index}")
+    sys.path.insert(0, str(folder))
+    try:
+        yield [importlib.import_module(name) for name in names]
+    finally:
+        sys.path.remove(str(folder))
+        for name in names:
+            sys.modules.pop(name, None)
+
+
+def test_the_documentation_has_an_example_per_kind() -> None:
+    text = "".join(_doc_blocks())
+    for name in ("copied", "child_only", "parent_only", "unmanaged", "manually_managed"):
+        assert f"puma.{name}[" in text, name
+    for name in ("per_scope_value", "factory", "scope_specific"):
+        assert f"puma.{name}(" in text, name
+
+
+@pytest.mark.parametrize("index", range(len(_doc_blocks())))
+def test_the_documented_examples_behave_as_documented(
+    env: puma.Environment, doc_modules: list[ModuleType], index: int
+) -> None:
+    doc_modules[index].demo(env)
