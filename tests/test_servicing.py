@@ -354,9 +354,11 @@ def test_an_error_in_a_subscriber_ends_the_multi_and_is_passed_on(thread_or_proc
             a, b, out = env.buffer(int, 4, "a"), env.buffer(int, 4, "b"), env.buffer(int, 4, "out")
             sink = runner.start(Sink(out))
             sink.wait_status("ready", timeout=30)
-            runner.start(Inverter(a, b, out))
+            # Both producers run before the failure can happen (a runnable started after it would
+            # not be stopped, and would block on a buffer nobody reads).
             runner.start(Producer(a, 5, name="producer-a"))
             runner.start(Producer(b, 5, name="producer-b"))
+            runner.start(Inverter(a, b, out))
             runner.join()
     assert sink.status("ended")[0] == "ZeroDivisionError"
 
