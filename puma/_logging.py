@@ -69,7 +69,7 @@ BATCH_RECORDS = 512
 #: Records a child may have pending (not yet written to its pipe) before logging waits.
 CHILD_BACKLOG = 4096
 #: Messages (batches or single records) the parent's listener may have pending before the supervisor waits.
-LISTENER_BACKLOG = 256
+LISTENER_BACKLOG = 16
 
 _STANDARD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "runnable"}
 _PLAIN_TYPES = (str, int, float, bool, type(None), bytes)

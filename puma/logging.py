@@ -62,10 +62,10 @@ DEVELOPMENT_FORMAT = (
 )
 _RUNNABLE_FILTER = "puma_runnable"
 
-Level = int | str
+_Level = int | str
 
 
-def _level(level: Level) -> int:
+def _level(level: _Level) -> int:
     """A level as a number, checked ("INFO", "info", 20 all work)."""
     if isinstance(level, bool) or not isinstance(level, int | str):
         raise TypeError(f"a logging level is an int or a level name, not {type(level).__name__}")
@@ -77,7 +77,7 @@ def _level(level: Level) -> int:
     return number
 
 
-def _console_handler(level: Level, fmt: str) -> dict[str, Any]:
+def _console_handler(level: _Level, fmt: str) -> dict[str, Any]:
     return {
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
@@ -87,7 +87,7 @@ def _console_handler(level: Level, fmt: str) -> dict[str, Any]:
 
 
 def _file_handler(
-    path: str | os.PathLike[str], level: Level, fmt: str, max_bytes: int, backup_count: int
+    path: str | os.PathLike[str], level: _Level, fmt: str, max_bytes: int, backup_count: int
 ) -> dict[str, Any]:
     if max_bytes > 0:
         return {
@@ -111,8 +111,8 @@ def _file_handler(
 def _config(
     handlers: dict[str, dict[str, Any]],
     formatters: dict[str, dict[str, Any]],
-    level: Level,
-    levels: Mapping[str, Level] | None,
+    level: _Level,
+    levels: Mapping[str, _Level] | None,
 ) -> dict[str, Any]:
     return {
         "version": 1,
@@ -125,12 +125,12 @@ def _config(
 
 
 def configure(
-    level: Level = logging.INFO,
+    level: _Level = logging.INFO,
     *,
     file: str | os.PathLike[str] | None = None,
     console: bool = True,
     fmt: str = DEFAULT_FORMAT,
-    levels: Mapping[str, Level] | None = None,
+    levels: Mapping[str, _Level] | None = None,
     max_bytes: int = 0,
     backup_count: int = 5,
 ) -> None:
@@ -159,7 +159,7 @@ def configure(
     configure_dict(_config(handlers, {"default": {"format": fmt}}, level, levels))
 
 
-def development_config(level: Level = logging.DEBUG, *, levels: Mapping[str, Level] | None = None) -> dict[str, Any]:
+def development_config(level: _Level = logging.DEBUG, *, levels: Mapping[str, _Level] | None = None) -> dict[str, Any]:
     """The development preset as a ``dictConfig`` dict: everything from ``level`` up to the console.
 
     The console lines show the time to the millisecond, the runnable, process,
@@ -173,11 +173,11 @@ def production_config(
     directory: str | os.PathLike[str] = "logs",
     *,
     name: str = "app",
-    level: Level = logging.INFO,
-    file_level: Level = logging.WARNING,
+    level: _Level = logging.INFO,
+    file_level: _Level = logging.WARNING,
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 10,
-    levels: Mapping[str, Level] | None = None,
+    levels: Mapping[str, _Level] | None = None,
     started: datetime.datetime | None = None,
 ) -> dict[str, Any]:
     """The production preset as a ``dictConfig`` dict.
@@ -198,7 +198,7 @@ def production_config(
     return _config(handlers, formatters, level, levels)
 
 
-def development(level: Level = logging.DEBUG, *, levels: Mapping[str, Level] | None = None) -> None:
+def development(level: _Level = logging.DEBUG, *, levels: Mapping[str, _Level] | None = None) -> None:
     """Apply the development preset (:func:`development_config`): everything to the console."""
     configure_dict(development_config(level, levels=levels))
 
@@ -207,11 +207,11 @@ def production(
     directory: str | os.PathLike[str] = "logs",
     *,
     name: str = "app",
-    level: Level = logging.INFO,
-    file_level: Level = logging.WARNING,
+    level: _Level = logging.INFO,
+    file_level: _Level = logging.WARNING,
     max_bytes: int = 10 * 1024 * 1024,
     backup_count: int = 10,
-    levels: Mapping[str, Level] | None = None,
+    levels: Mapping[str, _Level] | None = None,
 ) -> Path:
     """Apply the production preset (:func:`production_config`); return the log file's path."""
     config = production_config(
@@ -343,7 +343,7 @@ class _Collector(logging.Handler):
 
 
 @contextmanager
-def capture(level: Level = logging.DEBUG, logger: str | None = None) -> Iterator[CapturedLogs]:
+def capture(level: _Level = logging.DEBUG, logger: str | None = None) -> Iterator[CapturedLogs]:
     """Collect every record from ``level`` up, from every runnable and the main thread.
 
     A context manager; it yields a :class:`CapturedLogs` (a list of
