@@ -168,11 +168,12 @@ def test_records_from_four_runnables_arrive_complete_and_in_order_per_source(env
 
 
 def test_thread_runnables_log_in_process_without_a_listener() -> None:
+    users = _logging._listener_users  # other Runners of this process may use the listener
     with puma.logging.capture() as logs:
         with puma.Runner(puma.ThreadEnvironment()) as runner:
             runner.start(Chatty("in-thread", 3))
             runner.join()
-            assert not _logging.listener_running()
+            assert _logging._listener_users == users  # thread runnables do not need it
     assert logs.messages_from("in-thread") == [f"n={i} {PAYLOAD}" for i in range(3)]
     assert {r.process for r in logs.from_runnable("in-thread")} == {os.getpid()}
 
@@ -341,15 +342,18 @@ def test_a_sigkilled_child_does_not_take_the_listener_down(process_env: puma.Pro
 
 
 def test_the_listener_runs_while_a_runner_has_process_runnables(process_env: puma.ProcessEnvironment) -> None:
-    assert not _logging.listener_running()
+    users = _logging._listener_users  # other Runners of this process may use the listener
     with puma.Runner(process_env) as first, puma.Runner(process_env) as second:
         first.start(Chatty("one", 1))
-        assert _logging.listener_running()
+        assert _logging.listener_running() and _logging._listener_users == users + 1
+        first.start(Chatty("one more", 1))
         second.start(Chatty("two", 1))
+        assert _logging._listener_users == users + 2  # one per Runner
         first.join()
         first.close()
         assert _logging.listener_running()  # still used by the second Runner
-    assert not _logging.listener_running()
+    assert _logging._listener_users == users
+    assert _logging.listener_running() == (users > 0)
 
 
 # --- the public set-ups ------------------------------------------------------------------------------
