@@ -500,9 +500,6 @@ def declared(cls: type) -> dict[str, ScopedAttribute[Any]]:
     return table
 
 
-_table = declared
-
-
 def _plain(cls: type) -> type:
     """The user's class behind ``cls`` (``cls`` itself unless it is a view)."""
     view_of = cls.__dict__.get(_VIEW_OF)
