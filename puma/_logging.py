@@ -182,6 +182,11 @@ class _Batches:
         self._getter_waiting = False
         self._putters_waiting = 0
         self.sender_thread: threading.Thread | None = None
+        self.busy = False  # the sender holds records taken from here and not yet written
+
+    def idle(self) -> bool:
+        """True if every record put so far is written (nothing pending, nothing in the sender's hands)."""
+        return not self._items and not self.busy
 
     def put_nowait(self, item: Any) -> None:
         items = self._items
@@ -218,6 +223,7 @@ class _Batches:
             if items[0] is None:
                 items.popleft()
                 return None
+            self.busy = True  # before taking: idle() must never see an empty queue and an idle sender
             batch = []
             while items and items[0] is not None:
                 batch.append(items.popleft())
@@ -263,27 +269,36 @@ class _Sender(logging.handlers.QueueListener):
 
     def handle(self, batch: list[Any]) -> None:  # type: ignore[override]
         records: list[dict[str, Any]] = []
-        for item in batch:
-            if isinstance(item, _Marker):
-                self._send(records)
-                records = []
-                item.event.set()
-            else:
-                records.append(item)
-                if len(records) >= BATCH_RECORDS:
+        try:
+            for item in batch:
+                if isinstance(item, _Marker):
                     self._send(records)
                     records = []
-        self._send(records)
+                    item.event.set()
+                else:
+                    records.append(item)
+                    if len(records) >= BATCH_RECORDS:
+                        self._send(records)
+                        records = []
+            self._send(records)
+        finally:
+            for item in batch:  # whatever happened, nobody waits forever on a flush
+                if isinstance(item, _Marker):
+                    item.event.set()
+            self._batches.busy = False
 
     def _send(self, records: list[dict[str, Any]]) -> None:
         if not records or self._broken:
             return
         try:
-            payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception:  # noqa: BLE001 - e.g. a str subclass that does not pickle: make it all plain
-            payload = pickle.dumps(
-                [{k: _plain(v) for k, v in r.items()} for r in records], protocol=pickle.HIGHEST_PROTOCOL
-            )
+            try:
+                payload = pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001 - e.g. a str subclass that does not pickle: make it all plain
+                plain = [{k: _plain(v) for k, v in r.items()} for r in records]
+                payload = pickle.dumps(plain, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # noqa: BLE001 - the sender must outlive a record it cannot send
+            _report(f"{len(records)} log records could not be sent to the parent process")
+            return
         try:
             self._link.send_status((msg.LOG, payload))
         except (OSError, ValueError):
@@ -330,7 +345,7 @@ def flush_child() -> None:
     Does nothing in the parent process.
     """
     batches = _child_batches
-    if batches is None:
+    if batches is None or batches.idle():
         return
     marker = _Marker()
     batches.put_nowait(marker)
