@@ -21,11 +21,20 @@ future to wake.  One thread at a time does so per runnable (others, and
 call is abandoned (timeout, Ctrl-C) its answer may still come: the link is
 then marked ``orphaned``, later calls take the supervisor's path, and the
 supervisor drains the reply pipe, so the child never blocks writing to it.
+
+Every message uses :class:`multiprocessing.connection.Connection`'s framing (a
+4-byte big-endian length, then the pickle), so either end may use a
+``Connection``; the hot ends write a frame with one ``os.write`` and read with
+:class:`_FrameReader`, which takes whatever a descriptor holds in one ``read``
+(a command costs the child one wait, one read and one write, like a bare pipe).
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import select
+import struct
 import threading
 import time
 from collections import deque
@@ -39,6 +48,92 @@ from puma._wait import Poller, Waker
 
 __all__ = ["ChildLink", "ProcessChildLink", "ProcessLink", "ThreadLink"]
 
+_SIZE = struct.Struct("!i")  # Connection's frame header
+_BIG_SIZE = struct.Struct("!Q")  # after a -1 header, for messages of 2 GiB or more
+_INLINE = 1 << 16  # messages up to this size are written in one piece with their header
+_READ = 1 << 16  # a read takes at most this much, unless a big message needs more
+_MOST_READ = 1 << 22
+
+
+def _send_frame(fd: int, data: bytes) -> None:
+    """Write ``data`` as one Connection frame (readable by ``Connection.recv_bytes``)."""
+    n = len(data)
+    header = _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
+    if n <= _INLINE:
+        _write_all(fd, header + data)
+    else:
+        _write_all(fd, header)
+        _write_all(fd, data)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    if written < len(data):  # a big message, or a write cut short by a signal
+        view = memoryview(data)
+        while written < len(view):
+            written += os.write(fd, view[written:])
+
+
+class _FrameReader:
+    """Connection frames read from a descriptor in bulk: one ``read`` takes every message there."""
+
+    __slots__ = ("_buf", "_fd")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buf = bytearray()
+
+    def _frame(self) -> tuple[int, int]:
+        """(header size, body size) of the first buffered frame; (0, 0) if its header is not all here."""
+        buf = self._buf
+        if len(buf) < 4:
+            return 0, 0
+        size: int = _SIZE.unpack_from(buf, 0)[0]
+        if size != -1:
+            return 4, size
+        if len(buf) < 12:
+            return 0, 0
+        big: int = _BIG_SIZE.unpack_from(buf, 4)[0]
+        return 12, big
+
+    def whole(self) -> bool:
+        """True if a whole message is buffered."""
+        head, size = self._frame()
+        return head > 0 and len(self._buf) >= head + size
+
+    def take(self) -> bytearray | None:
+        """The next whole message's bytes, or None if none is buffered."""
+        head, size = self._frame()
+        end = head + size
+        if head == 0 or len(self._buf) < end:
+            return None
+        body = self._buf[head:end]
+        del self._buf[:end]  # cheap: a bytearray drops its front without moving the rest
+        return body
+
+    def fill(self) -> None:
+        """One read: whatever the descriptor holds (blocks until something comes)."""
+        head, size = self._frame()
+        want = max(_READ, min(head + size - len(self._buf), _MOST_READ)) if head else _READ
+        chunk = os.read(self._fd, want)
+        if not chunk:
+            raise EOFError("the other end of the link has closed")
+        self._buf += chunk
+
+    def take_all(self) -> list[bytearray]:
+        """Every message there now: reads once, and more only to finish a message begun."""
+        if not self.whole():
+            self.fill()
+        bodies = []
+        while True:
+            body = self.take()
+            if body is not None:
+                bodies.append(body)
+            elif self._buf:
+                self.fill()  # the rest of a message being written now
+            else:
+                return bodies
+
 
 class ChildLink(Protocol):
     """What a running runnable uses to talk to its Runner."""
@@ -48,6 +143,7 @@ class ChildLink(Protocol):
 
     def has_message(self) -> bool: ...
     def receive(self) -> tuple[Any, ...]: ...
+    def receive_all(self) -> list[tuple[Any, ...]]: ...
     def send(self, message: tuple[Any, ...]) -> None: ...
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None: ...
     def send_error(self, call_id: int, error: Exception, note: str, direct: bool = False) -> None: ...
@@ -77,6 +173,10 @@ class ThreadLink:
     def receive(self) -> tuple[Any, ...]:
         return self._inbox.popleft()
 
+    def receive_all(self) -> list[tuple[Any, ...]]:
+        inbox = self._inbox
+        return [inbox.popleft() for _ in range(len(inbox))]
+
     def send(self, message: tuple[Any, ...]) -> None:
         self._to_parent(message)
 
@@ -99,15 +199,19 @@ class ProcessChildLink:
     """The child's end of a :class:`ProcessLink`; pickled into the child process."""
 
     def __init__(self, control: Connection, status: Connection, reply: Connection) -> None:
-        self._control = control
+        self._control = control  # the Connections keep the descriptors open
         self._status = status
         self._reply = reply
+        self._control_fd = control.fileno()
+        self._status_fd = status.fileno()
+        self._reply_fd = reply.fileno()
         self._lock = threading.Lock()
         self._status_lock = threading.Lock()
         self._reply_lock = threading.Lock()
         self._poller: Poller | None = None
+        self._reader = _FrameReader(self._control_fd)
         self.waker = Waker()
-        self.fds: tuple[int, ...] = (control.fileno(),)
+        self.fds: tuple[int, ...] = (self._control_fd,)
 
     def __getstate__(self) -> dict[str, Any]:
         return {"control": self._control, "status": self._status, "reply": self._reply}
@@ -116,25 +220,32 @@ class ProcessChildLink:
         self.__init__(state["control"], state["status"], state["reply"])  # type: ignore[misc]
 
     def has_message(self) -> bool:
+        if self._reader.whole():
+            return True
         if self._poller is None:
             self._poller = Poller(self.fds)
         return bool(self._poller.poll(0))
 
     def receive(self) -> tuple[Any, ...]:
-        message: tuple[Any, ...] = self._control.recv()
+        reader = self._reader
+        while (body := reader.take()) is None:
+            reader.fill()
+        message: tuple[Any, ...] = pickle.loads(body)
         return message
+
+    def receive_all(self) -> list[tuple[Any, ...]]:
+        return [pickle.loads(body) for body in self._reader.take_all()]
 
     def send(self, message: tuple[Any, ...]) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            self._control.send_bytes(data)
+            _send_frame(self._control_fd, data)
 
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
         try:
             data = pickle.dumps((msg.RESULT, call_id, True, result), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001
-            kind = type(result).__name__
-            error = NotPicklableError(f"the command's result ({kind}) cannot be pickled: {exc}")
+            error = NotPicklableError(f"the command's result ({type(result).__name__}) cannot be pickled: {exc}")
             data = pickle.dumps((msg.RESULT, call_id, False, serialize_error(error, note)))
         self._answer(data, direct)
 
@@ -148,15 +259,15 @@ class ProcessChildLink:
         """A command's answer: to the waiting caller (direct) or to the supervisor."""
         if direct:
             with self._reply_lock:
-                self._reply.send_bytes(data)
+                _send_frame(self._reply_fd, data)
         else:
             with self._lock:
-                self._control.send_bytes(data)
+                _send_frame(self._control_fd, data)
 
     def send_status(self, message: tuple[Any, ...]) -> None:
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._status_lock:
-            self._status.send_bytes(data)
+            _send_frame(self._status_fd, data)
 
     def send_finished(self, error: BaseException | None, stopped: bool) -> None:
         frozen = serialize_error(error) if error is not None else None
@@ -185,15 +296,16 @@ class ProcessLink:
         self._caller = threading.Lock()  # held by the one thread making a direct call
         self._guard = threading.Lock()  # guards _closed and the reply pipe's closing
         self._closed = False
-        self._waker: Waker | None = None  # wakes a direct caller when the link closes
-        self._reply_poller: Poller | None = None
+        self._wake_fds: tuple[int, int] | None = None  # a self-pipe: close() wakes a direct caller with it
+        self._call_poll: Any = None  # select.poll over the reply pipe and that self-pipe
+        self._reply_reader: _FrameReader | None = None
         self.orphaned = False  # a direct call was abandoned: its answer may still come
 
     def post(self, message: tuple[Any, ...]) -> None:
         """Send a command to the child (a closed pipe means the child is gone)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         with self._lock:
-            self.control.send_bytes(data)
+            _send_frame(self.control.fileno(), data)
 
     def call(self, message: tuple[Any, ...], timeout: float | None, name: str) -> tuple[bool, Any] | None:
         """Send a direct CALL and wait, in this thread, for its answer ``(ok, value)``.
@@ -208,60 +320,91 @@ class ProcessLink:
             return None
         sent = answered = False
         try:
-            with self._guard:
-                if self._closed:
-                    raise RunnableNotRunningError(f"runnable {name!r} has ended")
-                if self._waker is None:
-                    self._waker = Waker()
-                waker = self._waker
+            if self._wake_fds is None or self._closed:  # else close() wakes us: we hold _caller
+                with self._guard:
+                    if self._closed:
+                        raise RunnableNotRunningError(f"runnable {name!r} has ended")
+                    if self._wake_fds is None:
+                        self._open_call_poll()
+            reader = self._reply_reader
+            poll = self._call_poll.poll
+            reply_fd = self.reply.fileno()
+            assert reader is not None
             call_id = message[1]
             self.post(message)
             sent = True
-            reply = self.reply
-            fds = (reply.fileno(),)
-            if self._reply_poller is None:
-                self._reply_poller = Poller(fds)
-            poll = self._reply_poller.poll
             deadline = None if timeout is None else time.monotonic() + timeout
+            readable = closed = False
             while True:
-                waker.clear()
-                closed = self._closed
-                remaining = None if deadline is None else deadline - time.monotonic()
-                readable = False
-                if not closed and (remaining is None or remaining > 0):
-                    readable = bool(waker.wait(fds, remaining))
                 try:
-                    while readable or poll(0):
-                        readable = False
-                        answer = reply.recv()
-                        if answer[1] == call_id:
-                            answered = True
-                            return answer[2], answer[3]
+                    answer = self._answer_for(call_id, reader, readable)
                 except (EOFError, OSError):
                     answered = True  # the child is gone: nothing more can come
                     raise RunnableNotRunningError(f"runnable {name!r} ended before answering") from None
+                if answer is not None:
+                    answered = True
+                    return answer
                 if closed:
                     answered = True
                     raise RunnableNotRunningError(f"runnable {name!r} ended before answering")
+                remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"runnable {name!r} did not answer within {timeout} s")
+                closed = self._closed  # closed: one last look at what the child wrote before it went
+                ms = 0 if closed else -1 if remaining is None else int(remaining * 1000) + 1
+                readable = any(fd == reply_fd for fd, _ in poll(ms))
         finally:
             if sent and not answered:
                 self.orphaned = True  # its answer may still come: the supervisor drains it
-            with self._guard:
-                if self._closed:
-                    self.reply.close()
-                self._caller.release()
+            self._caller.release()
+            if self._closed:  # close() left the reply pipe to us, or closes it itself
+                with self._guard:
+                    if not self._caller.locked():
+                        self._close_reply()
+
+    def _open_call_poll(self) -> None:
+        read_end, write_end = os.pipe()
+        self._wake_fds = (read_end, write_end)
+        self._reply_reader = _FrameReader(self.reply.fileno())
+        poll = select.poll()
+        poll.register(self.reply.fileno(), select.POLLIN)
+        poll.register(read_end, select.POLLIN)
+        self._call_poll = poll
+
+    def _close_reply(self) -> None:
+        """Close the reply pipe and the self-pipe (under _guard, with no caller polling them)."""
+        self.reply.close()
+        if self._wake_fds is not None:
+            for fd in self._wake_fds:
+                os.close(fd)
+            self._wake_fds = None
+
+    @staticmethod
+    def _answer_for(call_id: int, reader: _FrameReader, readable: bool) -> tuple[bool, Any] | None:
+        """``(ok, value)`` for ``call_id`` from the answers read (reading once if ``readable``)."""
+        while True:
+            body = reader.take()
+            if body is None:
+                if not readable:
+                    return None
+                readable = False
+                reader.fill()
+                continue
+            answer = pickle.loads(body)
+            if answer[1] == call_id:  # else: the answer to an abandoned call
+                return answer[2], answer[3]
 
     def drain_replies(self) -> None:
         """Discard the answers of abandoned direct calls (the supervisor, once orphaned)."""
         if not self._caller.acquire(False):
             return
-        try:
-            poller = Poller((self.reply.fileno(),))
+        try:  # bytes, not messages: nobody reads this pipe's messages any more
+            fd = self.reply.fileno()
+            poller = Poller((fd,))
             while not self._closed and poller.poll(0):
-                self.reply.recv_bytes()
-        except (EOFError, OSError):
+                if not os.read(fd, _READ):
+                    return
+        except OSError:
             pass
         finally:
             self._caller.release()
@@ -276,6 +419,6 @@ class ProcessLink:
         with self._guard:
             self._closed = True
             if not self._caller.locked():
-                self.reply.close()
-            elif self._waker is not None:
-                self._waker.wake()  # the caller closes the reply pipe on its way out
+                self._close_reply()
+            elif self._wake_fds is not None:
+                os.write(self._wake_fds[1], b"\0")  # the caller closes the reply pipe on its way out

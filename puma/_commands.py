@@ -35,6 +35,8 @@ S = TypeVar("S", bound="Runnable")
 
 DEFAULT_COMMAND_TIMEOUT = 30.0
 
+_functions: dict[tuple[type[Any], str], Callable[..., Any]] = {}  # command_function's answers
+
 
 class BoundCommand(Generic[P, R]):
     """A :func:`run_in_child_scope` method bound to a runnable.
@@ -122,9 +124,15 @@ def run_in_child_scope(function: Callable[Concatenate[S, P], R]) -> ChildScopeMe
 
 def command_function(cls: type[Any], name: str) -> Callable[..., Any]:
     """The plain function behind the command ``name`` of class ``cls``."""
+    key = (cls, name)
+    fn = _functions.get(key)
+    if fn is not None:
+        return fn
     for klass in cls.__mro__:
         attr = klass.__dict__.get(name)
         if isinstance(attr, ChildScopeMethod):
-            fn: Callable[..., Any] = attr.function
+            fn = attr.function
+            if len(_functions) < 4096:  # a bound on classes made on the fly
+                _functions[key] = fn
             return fn
     raise AttributeError(f"{cls.__qualname__} has no command {name!r} (decorate it with @puma.run_in_child_scope)")

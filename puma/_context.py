@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["ChildContext", "current"]
 
 _local = threading.local()
+_command_function: Callable[[type[Any], str], Callable[..., Any]] | None = None
 
 
 def current() -> ChildContext | None:
@@ -62,21 +63,27 @@ class ChildContext:
     def __exit__(self, *exc: object) -> None:
         _local.ctx = None
 
-    def service(self) -> bool:
-        """Handle every pending message from the parent; return the stop flag."""
+    def service(self, pending: bool = False) -> bool:
+        """Handle every message from the parent there now; return the stop flag.
+
+        ``pending``: the caller knows a message is there (its wait said the
+        command pipe is readable), so no need to look.  A process link takes
+        every message there in one read; one that comes later is handled at
+        the next call or wait.
+        """
         link = self.link
-        while link.has_message():
-            message = link.receive()
-            kind = message[0]
-            if kind == msg.STOP:
-                self.stop_requested = True
-            elif kind == msg.CALL:
-                self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
+        if pending or link.has_message():
+            for message in link.receive_all():
+                kind = message[0]
+                if kind == msg.STOP:
+                    self.stop_requested = True
+                elif kind == msg.CALL:
+                    self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
         return self.stop_requested
 
-    def check_stop(self) -> None:
+    def check_stop(self, pending: bool = False) -> None:
         """Raise :class:`StopRequested` if a stop has arrived (servicing commands meanwhile)."""
-        if self.service():
+        if self.service(pending):
             raise StopRequested
 
     def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
@@ -89,10 +96,11 @@ class ChildContext:
         all_fds = control + fds
         waker = self.waker
         service = True
+        pending = False
         while True:
             waker.clear()
             if service:
-                self.check_stop()
+                self.check_stop(pending)
             if ready():
                 return True
             remaining = None
@@ -103,16 +111,20 @@ class ChildContext:
             readable = waker.wait(all_fds, remaining)
             # Commands reach a process runnable only through its command pipe: when
             # only data woke us, there is nothing to service (and no poll to pay).
-            service = not readable or not control or control[0] in readable
+            pending = bool(control) and control[0] in readable
+            service = pending or not readable or not control
 
     def _run_command(
         self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], direct: bool = False
     ) -> None:
         """Run one command and send its answer (``direct``: to the caller waiting on the reply pipe)."""
-        from puma._commands import command_function
+        global _command_function
+        if _command_function is None:
+            from puma._commands import command_function  # here: _commands imports this module
 
+            _command_function = command_function
         try:
-            function = command_function(type(self.runnable), name)
+            function = _command_function(type(self.runnable), name)
             result = function(self.runnable, *args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the caller gets it back, the runnable goes on
             self.link.send_error(call_id, exc, self.note, direct)

@@ -92,16 +92,19 @@ class Waker:
         """Wake the waiter (now, or at its next wait). Safe from any thread."""
         if self._pending:  # fast path: a wake-up is already on its way
             return
+        # The waiter sets _fd_waiting before it looks at _pending, and this sets
+        # _pending before it looks at _fd_waiting: one of the two sees the other
+        # (the GIL orders them), so a waiter about to poll either polls with a
+        # zero timeout or gets the byte.  A byte too many only makes one wait
+        # return early, and the waiter drains them all.
+        self._pending = True
+        if self._fd_waiting:
+            if not self._byte_sent:
+                self._byte_sent = True
+                os.write(self._wfd, b"\0")
+            return
         with self._cond:
-            if self._pending:
-                return
-            self._pending = True
-            if self._fd_waiting:
-                if not self._byte_sent:
-                    self._byte_sent = True
-                    os.write(self._wfd, b"\0")
-            else:
-                self._cond.notify()
+            self._cond.notify()
 
     def clear(self) -> None:
         """Forget past wake-ups; call before checking the sources."""
@@ -122,27 +125,35 @@ class Waker:
                 if not self._pending:
                     self._cond.wait(timeout)
             return []
-        key = tuple(fds)
+        poller = self._poller
+        if fds != self._poll_key or poller is None:
+            poller = self._new_poller(tuple(fds))
+        # No lock on this path (see wake): announce the wait, then look at _pending.
+        self._fd_waiting = True
+        try:
+            ready = poller.poll(0.0 if self._pending else timeout)
+        finally:
+            self._fd_waiting = False
+        rfd = self._rfd
+        if rfd in ready:
+            self._byte_sent = False
+            try:
+                while len(os.read(rfd, 64)) == 64:
+                    pass
+            except BlockingIOError:
+                pass
+            return [fd for fd in ready if fd != rfd]
+        return ready
+
+    def _new_poller(self, key: tuple[int, ...]) -> _Poller:
         with self._cond:
             if self._rfd < 0:
                 self._rfd, self._wfd = os.pipe()
                 os.set_blocking(self._wfd, False)
-            if key != self._poll_key:
-                self._poller = _Poller([*key, self._rfd])
-                self._poll_key = key
-            if self._pending:
-                timeout = 0.0
-            self._fd_waiting = True
-        try:
-            assert self._poller is not None
-            ready = self._poller.poll(timeout)
-        finally:
-            with self._cond:
-                self._fd_waiting = False
-                if self._byte_sent:
-                    os.read(self._rfd, 1)
-                    self._byte_sent = False
-        return [fd for fd in ready if fd != self._rfd]
+                os.set_blocking(self._rfd, False)
+            self._poller = poller = _Poller([*key, self._rfd])
+            self._poll_key = key
+        return poller
 
     def close(self) -> None:
         """Release the self-pipe, if one was made."""
