@@ -136,12 +136,12 @@ class ChildRecord:
             call_id = next(self._calls)
         try:
             answer = link.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
-        except OSError as exc:
-            raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
-        except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):
+        except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):  # TimeoutError is an OSError
             if link.orphaned and self.runner._supervisor is not None:
                 self.runner._supervisor.waker.wake()  # so it drains the answer that may still come
             raise
+        except OSError as exc:
+            raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
         except Exception as exc:
             raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
         if answer is None:  # another thread is calling: take the supervisor's path
