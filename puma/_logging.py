@@ -72,6 +72,8 @@ CHILD_BACKLOG = 4096
 LISTENER_BACKLOG = 16
 
 _STANDARD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "runnable"}
+_PLAIN_FIELD_COUNT = len(logging.makeLogRecord({}).__dict__) + 2  # a record with message and runnable, no extra
+_current = _context.current
 _PLAIN_TYPES = (str, int, float, bool, type(None), bytes)
 _traceback_formatter = logging.Formatter()
 
@@ -91,23 +93,9 @@ class RunnableFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Set ``record.runnable`` if it has none; never rejects a record."""
-        if not hasattr(record, "runnable"):
+        if "runnable" not in record.__dict__:  # not hasattr(): no exception raised per record
             ctx = _context.current()
             record.runnable = ctx.name if ctx is not None else self._default
-        return True
-
-
-class _NameFilter(logging.Filter):
-    """In a child process: every record is the runnable's (whatever thread logged it)."""
-
-    def __init__(self, name: str) -> None:
-        super().__init__()
-        self._runnable = name
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "runnable"):
-            ctx = _context.current()  # a nested runnable of this process keeps its own name
-            record.runnable = ctx.name if ctx is not None else self._runnable
         return True
 
 
@@ -233,19 +221,30 @@ class _Batches:
 
 
 class _ChildHandler(logging.handlers.QueueHandler):
-    """The one handler of a child process's root logger."""
+    """The one handler of a child process's root logger; ``runnable`` names the records' runnable.
+
+    Every record logged in the process is the runnable's, whatever thread
+    logged it, except those of a runnable a nested Runner runs in a thread here.
+    """
+
+    def __init__(self, batches: _Batches, runnable: str) -> None:
+        super().__init__(batches)
+        self._runnable = runnable
+        self._main_thread = threading.get_ident()  # where execute() runs
 
     def prepare(self, record: logging.LogRecord) -> Any:  # the dict, not a record: see _Listener
-        """A picklable copy of ``record`` as a dict; the original is left intact."""
+        """A picklable copy of ``record`` as a dict, with ``runnable``; the original is left intact."""
         fields = record.__dict__.copy()
-        message = record.getMessage()
-        fields["msg"] = fields["message"] = message
+        fields["msg"] = fields["message"] = record.getMessage()
         fields["args"] = None
-        if record.exc_info:
-            if not record.exc_text:
-                fields["exc_text"] = _traceback_formatter.formatException(record.exc_info)
+        if fields["exc_info"]:
+            if not fields["exc_text"]:
+                fields["exc_text"] = _traceback_formatter.formatException(fields["exc_info"])
             fields["exc_info"] = None
-        if not _STANDARD_FIELDS.issuperset(fields):  # extra=...: keep plain data, make the rest strings
+        if "runnable" not in fields:
+            ctx = None if fields["thread"] == self._main_thread else _current()  # other threads: nested runnable?
+            fields["runnable"] = ctx.name if ctx is not None else self._runnable
+        if len(fields) != _PLAIN_FIELD_COUNT and not _STANDARD_FIELDS.issuperset(fields):  # extra=...
             for key in fields.keys() - _STANDARD_FIELDS:
                 fields[key] = _plain(fields[key])
         return fields
@@ -331,9 +330,8 @@ def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
     logging.disable(settings["disable"])
     batches = _Batches()
     sender = _Sender(batches, link)
-    handler = _ChildHandler(batches)
+    handler = _ChildHandler(batches, name)
     handler.setLevel(settings.get("floor", logging.NOTSET))
-    handler.addFilter(_NameFilter(name))
     sender.start()
     root.addHandler(handler)
     _child_batches, _child_sender, _child_handler = batches, sender, handler
