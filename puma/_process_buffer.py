@@ -16,7 +16,18 @@ Design (see docs/architecture.md):
   value.  It looks at its command pipe whenever it reads the data pipe, and at
   least every couple of milliseconds while it serves values already read.
 * A semaphore of ``size`` permits bounds the number of values in flight:
-  publishers take one per value, the subscriber gives it back on receipt.
+  publishers take one per value, the subscriber gives it back on receipt -- in
+  groups of up to ``size // 16`` while it works through values it has already
+  read, and all it owes before it reads the pipe again or waits.  So a full
+  buffer wakes a blocked publisher with room for a good batch, not one value
+  at a time (which would make it write one-value frames and keep the stream
+  in that slow regime); publishers may find the buffer full that many values
+  early, never late.
+* A publisher that finds no permit never sleeps on the permits themselves: it
+  counts itself as waiting and sleeps on a second "room" semaphore, which the
+  subscriber posts once after giving back a group (the Runner too, to
+  interrupt or close).  One wake-up then finds room for a batch, and giving
+  permits back costs no system call (no sleeper on them to wake).
 * When the subscriber ends, the Runner closes the buffer: publishers get
   :class:`~puma.BufferClosedError`, and the Runner drains the pipe so a
   publisher blocked in a write is freed.
@@ -62,6 +73,7 @@ _OOB = 3
 _PUBLISHERS = 0
 _SUBSCRIBER = 1  # runner token of the subscriber + 1; 0 = nobody yet
 _CLOSED = 2
+_WAITING = 3  # publishers asleep (or about to be) on the room semaphore
 
 _NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
 _NEED: Any = object()  # no whole frame is buffered: read the pipe
@@ -99,9 +111,10 @@ class ProcessBuffer(Buffer[T]):
         _live.add(self)
         self._reader, self._writer = context.Pipe(duplex=False)
         self._slots = context.Semaphore(size)
+        self._room = context.Semaphore(0)  # posted when permits come back and publishers wait
         self._lock = context.Lock()  # held while a message is written
         self._meta = context.Lock()  # guards the shared counters, never held long
-        self._shared = context.RawArray("q", 3)
+        self._shared = context.RawArray("q", 4)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -148,14 +161,22 @@ class ProcessBuffer(Buffer[T]):
         return bool(self._shared[_SUBSCRIBER])
 
     def _interrupt_publishers(self) -> None:
-        # One extra permit wakes a publisher blocked on a full buffer; if it
-        # sees its stop request it keeps the permit, so the count stays right.
-        self._slots.release()
+        # Wake publishers waiting for room so they see their stop request.  One
+        # token per publisher: one about to sleep finds its token and does not.
+        self._wake_publishers(max(int(self._shared[_PUBLISHERS]), 1))
+
+    def _wake_publishers(self, at_least: int = 0) -> None:
+        """Post the room semaphore once per waiting publisher (and at least ``at_least`` times)."""
+        with self._meta:
+            count = max(int(self._shared[_WAITING]), at_least)
+            for _ in range(count):
+                self._room.release()
 
     def _close(self) -> None:
         self._shared[_CLOSED] = 1
         for _ in range(max(int(self._shared[_PUBLISHERS]), 1)):
             self._slots.release()
+        self._wake_publishers(max(int(self._shared[_PUBLISHERS]), 1))
         self._drain()
 
     def _drain(self) -> None:
@@ -208,26 +229,39 @@ class _ProcessPublisher(Publisher[T]):
         return self._closed_error()
 
     def _take_slot(self, timeout: float | None) -> None:
-        """Take one permit, waiting if the buffer is full; raise if that fails."""
-        if self._completed or self._shared[_CLOSED]:
+        """Take one permit, waiting if the buffer is full; raise if that fails.
+
+        The wait is on the room semaphore, not on the permits (see the module
+        notes): count ourselves as waiting and look for a permit under the
+        meta lock, so a subscriber giving permits back either leaves one for
+        that look or sees us waiting and posts the room semaphore.
+        """
+        shared = self._shared
+        if self._completed or shared[_CLOSED]:
             raise self._closing()
-        if self._slots.acquire(False):
+        slots = self._slots
+        if slots.acquire(False):
             return
         ctx = _context.current()
         deadline = None if timeout is None else time.monotonic() + timeout
+        meta = self._b._meta
         while True:
             if ctx is not None:
                 ctx.check_stop()
+            if shared[_CLOSED]:
+                raise self._closed_error()
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise BufferFull(f"buffer {self._b.name!r} stayed full for {timeout} s")
-            if self._slots.acquire(True, remaining):
-                if ctx is not None and ctx.service():
-                    raise StopRequested  # keeps the interrupting permit: see _interrupt_publishers
-                if self._shared[_CLOSED]:
-                    self._slots.release()
-                    raise self._closed_error()
-                return
+            with meta:
+                if slots.acquire(False):
+                    return
+                if remaining is not None and remaining <= 0:
+                    raise BufferFull(f"buffer {self._b.name!r} stayed full for {timeout} s")
+                shared[_WAITING] += 1
+            try:
+                self._b._room.acquire(True, remaining)  # a stale post only makes us look again
+            finally:
+                with meta:
+                    shared[_WAITING] -= 1
 
     def _write(self, value: Any, kind: int) -> None:
         """Pickle ``value`` and write it as one frame (plus its out-of-band buffers)."""
@@ -318,6 +352,8 @@ class _ProcessSubscription(Subscription[T]):
         self._reader = buffer._reader  # keeps the descriptor open
         self._fd = buffer._reader.fileno()
         self._slots = buffer._slots
+        self._owed = 0  # permits of values received but not given back yet
+        self._release_at = max(1, buffer.capacity // 16)
         self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
         self._completed = 0
         self._ctx = ctx
@@ -394,7 +430,7 @@ class _ProcessSubscription(Subscription[T]):
             try:
                 return pickle.loads(body)
             finally:
-                self._slots.release()
+                self._give_back(1)
         if kind == _OOB:
             (count,) = _COUNT.unpack_from(body, 0)
             sizes = struct.unpack_from(f"!{count}Q", body, 4)
@@ -407,13 +443,13 @@ class _ProcessSubscription(Subscription[T]):
                 payload = pickle.loads(body[offset + 1 :], buffers=buffers)
             finally:
                 if kind == _ITEM:
-                    self._slots.release()
+                    self._give_back(1)
             if kind == _ITEM:
                 return payload
         else:
             payload = pickle.loads(body)
         if kind == _BATCH:
-            deque(starmap(self._slots.release, repeat((), len(payload))), 0)  # one permit per value, in C
+            self._give_back(len(payload))
             self._items.extend(payload)
             return _NOTHING
         # a completion
@@ -424,6 +460,26 @@ class _ProcessSubscription(Subscription[T]):
         elif self._completed >= int(self._b._shared[_PUBLISHERS]):
             self._end(None)
         return _NOTHING
+
+    def _give_back(self, count: int) -> None:
+        """Owe ``count`` more permits; give them all back once a group's worth is owed."""
+        owed = self._owed + count
+        if owed >= self._release_at:
+            self._owed = 0
+            self._release(owed)
+        else:
+            self._owed = owed
+
+    def _settle(self) -> None:
+        """Give back every permit owed (before reading the pipe or waiting)."""
+        owed = self._owed
+        if owed:
+            self._owed = 0
+            self._release(owed)
+
+    def _release(self, count: int) -> None:
+        deque(starmap(self._slots.release, repeat((), count)), 0)  # one call per permit, in C
+        self._b._wake_publishers()  # once, for the whole group
 
     def _commands(self) -> None:
         """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""
@@ -436,6 +492,7 @@ class _ProcessSubscription(Subscription[T]):
 
     def _refill(self, deadline: float | None) -> bool:
         """No whole frame is buffered: read more, servicing commands meanwhile; False on timeout."""
+        self._settle()
         ctx = self._ctx
         ready = self._poller.poll(0)
         if ready:
@@ -495,6 +552,7 @@ class _ProcessSubscription(Subscription[T]):
                 break
             result = self._next()
             if result is _NEED:
+                self._settle()
                 if not self._data_poller.poll(0):
                     break
                 self._fill()
