@@ -25,14 +25,17 @@ if TYPE_CHECKING:
 
 __all__ = ["ChildContext", "current"]
 
-_local = threading.local()
+class _Local(threading.local):
+    ctx: ChildContext | None = None  # a class default: no exception raised on threads without a context
+
+
+_local = _Local()
 _command_function: Callable[[type[Any], str], Callable[..., Any]] | None = None
 
 
 def current() -> ChildContext | None:
     """The context of the runnable executing in this thread, if any."""
-    ctx: ChildContext | None = getattr(_local, "ctx", None)
-    return ctx
+    return _local.ctx
 
 
 def where() -> str:

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from puma import _attributes, _logging
 from puma._buffer import Buffer
@@ -40,8 +40,12 @@ T = TypeVar("T")
 class Environment(abc.ABC):
     """Where runnables run (threads or processes) and how buffers are made."""
 
+    @overload
+    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
+    @overload
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
     @abc.abstractmethod
-    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
         """A bounded FIFO buffer of ``size`` values of ``item_type`` named ``name``.
 
         ``item_type`` is checked with ``isinstance`` on every publish (a class,
@@ -81,7 +85,11 @@ class Environment(abc.ABC):
 class ThreadEnvironment(Environment):
     """Run runnables in threads of this process. Buffers are thread buffers."""
 
-    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+    @overload
+    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
+    @overload
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
         return ThreadBuffer(item_type, size, name)
 
     @property
@@ -146,7 +154,11 @@ class ProcessEnvironment(Environment):
     def __repr__(self) -> str:
         return f"ProcessEnvironment(start_method={self._start_method!r})"
 
-    def buffer(self, item_type: type[T] | Any, size: int, name: str) -> Buffer[T]:
+    @overload
+    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
+    @overload
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
         return ProcessBuffer(item_type, size, name, self._context)
 
     def _prepare(self, runnable: Runnable) -> None:
@@ -187,8 +199,8 @@ def _die_with_parent(parent_pid: int) -> None:
         except (OSError, AttributeError):
             pass
     pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None:
-        return
+    if pidfd_open is None or os.getppid() == parent_pid:
+        return  # the parent-death signal above already ties us to the Runner's process
     try:
         pidfd = pidfd_open(parent_pid)
     except ProcessLookupError:

@@ -20,7 +20,14 @@ from puma._errors import NotPicklableError
 
 __all__ = ["check_picklable"]
 
-_SPAWN_ONLY = (synchronize.SemLock, connection.Connection, queues.Queue)
+_SPAWN_ONLY = (
+    synchronize.SemLock,
+    synchronize.Condition,
+    synchronize.Event,
+    synchronize.Barrier,
+    connection.Connection,
+    queues.Queue,
+)
 
 
 class _Probe(pickle.Pickler):

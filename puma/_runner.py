@@ -395,6 +395,10 @@ class Runner:
                 runnable._puma_record = None
                 self._cond.notify_all()
             raise
+        if self._on_failure == "stop" and self._errors:
+            self._send_stop(record)  # the Runner is already stopping after a failure
+            if self._supervisor is not None:
+                self._supervisor.call_soon(self._close_unread_buffers)
         return runnable
 
     def start_blocking(self, runnable: R, environment: Environment | None = None, timeout: float | None = None) -> R:

@@ -325,3 +325,28 @@ class SubscribesTooEarly(puma.Runnable):
 
     def execute(self) -> None:
         self._subscription.receive(timeout=30)
+
+
+class Blocks(puma.Runnable):
+    """Has a command that blocks on a multiprocessing Event until the test sets it."""
+
+    def __init__(self, gate: Any) -> None:
+        super().__init__("blocks")
+        self.gate = gate
+        self.total = 0
+
+    @puma.run_in_child_scope
+    def block(self) -> bool:
+        return bool(self.gate.wait(60))
+
+    @puma.run_in_child_scope
+    def add(self, amount: int) -> int:
+        self.total += amount
+        return self.total
+
+    @puma.run_in_child_scope
+    def die(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def execute(self) -> None:
+        self.wait_for_stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from _helpers import Noop, ReportsWhere, WaitForCommands
+from _helpers import Blocks, Noop, ReportsWhere, WaitForCommands
 
 import puma
 
@@ -87,3 +87,48 @@ def test_command_runs_while_the_runnable_waits(env: puma.Environment) -> None:
         runner.stop()
         runner.join(timeout=30)
     assert not runner.is_alive()
+
+
+def test_a_timed_out_call_does_not_confuse_later_calls(process_env: puma.ProcessEnvironment) -> None:
+    """The runnable holds a multiprocessing Event (it crosses); a call times out, later calls still match."""
+    gate = process_env.context.Event()
+    with puma.Runner(process_env) as runner:
+        worker = runner.start_blocking(Blocks(gate))
+        with pytest.raises(TimeoutError):
+            worker.block.call(timeout=0.2)
+        gate.set()
+        assert worker.add(1) == 1
+        assert worker.add(2) == 3
+        assert worker.block() is True
+
+
+def test_many_threads_calling_at_once_each_get_their_own_answer(env: puma.Environment) -> None:
+    import threading
+
+    results: list[int] = []
+    lock = threading.Lock()
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+
+        def call_many() -> None:
+            for _ in range(25):
+                value = worker.add(1)
+                with lock:
+                    results.append(value)
+
+        threads = [threading.Thread(target=call_many) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert sorted(results) == list(range(1, 101))
+
+
+def test_a_child_dying_during_a_call_fails_the_call_not_hangs(process_env: puma.ProcessEnvironment) -> None:
+    gate = process_env.context.Event()
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(process_env) as runner:
+            worker = runner.start_blocking(Blocks(gate))
+            with pytest.raises(puma.PumaError):
+                worker.die()
+            runner.join()

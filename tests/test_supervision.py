@@ -19,6 +19,7 @@ from _helpers import (
     HoldsLock,
     Noop,
     Producer,
+    Raises,
     Squarer,
     Stuck,
     WaitForCommands,
@@ -267,3 +268,14 @@ def test_stop_frees_a_publisher_blocked_on_a_buffer_nobody_reads(env: puma.Envir
     producer.wait_status("pid", timeout=30)
     runner.close()  # raises if the producer had to be terminated as stuck
     assert not runner.is_alive()
+
+
+def test_a_runnable_started_after_a_failure_is_stopped_too(env: puma.Environment) -> None:
+    with pytest.raises(KeyError, match="first"):
+        with puma.Runner(env) as runner:
+            failing = runner.start(Raises(KeyError("first"), name="first"))
+            with pytest.raises(puma.RunnableNotRunningError):
+                failing.wait_status("never", timeout=30)
+            late = runner.start(WaitForCommands("late"))
+            runner.join(timeout=60)
+    assert not runner.is_alive(late)
