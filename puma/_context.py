@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ChildContext", "current"]
 
+
 class _Local(threading.local):
     ctx: ChildContext | None = None  # a class default: no exception raised on threads without a context
 
