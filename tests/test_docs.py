@@ -45,6 +45,9 @@ def test_demo_pipeline_gives_identical_results(args: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "received 1000 values, sum of squares 332833500 (expected 332833500)" in result.stdout
     assert "command set_offset(0) returned 0" in result.stdout
+    # every stage logs to the one console stream, named by %(runnable)s
+    for line in ("producer", "demo: produced 1000 values"), ("sink", "demo: received 1000 values"):
+        assert any(line[0] in row and line[1] in row for row in result.stderr.splitlines()), result.stderr
 
 
 def test_demo_reports_a_failure_with_its_origin() -> None:

@@ -18,6 +18,7 @@ import sys
 import time
 
 import puma
+import puma.logging
 
 log = logging.getLogger("demo")
 
@@ -87,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--fail-at", type=int, default=None)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(processName)-16s %(name)s: %(message)s")
+    # one console stream for every stage, thread or process; %(runnable)s names the stage
+    puma.logging.configure(logging.INFO, fmt="%(asctime)s %(runnable)-9s pid %(process)-6d %(name)s: %(message)s")
 
     env: puma.Environment = (
         puma.ThreadEnvironment() if args.env == "thread" else puma.ProcessEnvironment(args.start_method)
