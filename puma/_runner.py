@@ -91,18 +91,8 @@ class ChildRecord:
 
     # called from user threads ---------------------------------------------------
     def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
-        from puma._commands import command_function
-
-        command_function(type(self.runnable), name)  # fail early on a wrong name
         future: Future[Any] = Future()
-        with self._lock:
-            if self.ended:
-                raise RunnableNotRunningError(
-                    f"cannot run command {name!r}: runnable {self.name!r} has ended"
-                    + (f" ({self.error})" if self.error is not None else "")
-                )
-            call_id = next(self._calls)
-            self._futures[call_id] = future
+        call_id = self._new_call(name, future)
         link = self.link
         assert link is not None
         try:
@@ -115,15 +105,8 @@ class ChildRecord:
             raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
         return future
 
-    def call_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
-        """A blocking command call: a process child answers it straight to this thread.
-
-        Falls back to :meth:`send_command` (answered through the supervisor) for
-        thread children, and while another thread is making a direct call.
-        """
-        link = self.link
-        if not isinstance(link, ProcessLink):
-            return self.send_command(name, args, kwargs).result(timeout)
+    def _new_call(self, name: str, future: Future[Any] | None) -> int:
+        """Check the command exists and the runnable runs; number the call (and file its future)."""
         from puma._commands import command_function
 
         command_function(type(self.runnable), name)  # fail early on a wrong name
@@ -134,6 +117,20 @@ class ChildRecord:
                     + (f" ({self.error})" if self.error is not None else "")
                 )
             call_id = next(self._calls)
+            if future is not None:
+                self._futures[call_id] = future
+        return call_id
+
+    def call_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any:
+        """A blocking command call: a process child answers it straight to this thread.
+
+        Falls back to :meth:`send_command` (answered through the supervisor) for
+        thread children, and while another thread is making a direct call.
+        """
+        link = self.link
+        if not isinstance(link, ProcessLink):
+            return self.send_command(name, args, kwargs).result(timeout)
+        call_id = self._new_call(name, None)
         try:
             answer = link.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
         except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):  # TimeoutError is an OSError
