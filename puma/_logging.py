@@ -47,6 +47,7 @@ import queue
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 from puma import _context
@@ -170,6 +171,8 @@ class _Batches:
         self._getter_waiting = False
         self._putters_waiting = 0
         self.sender_thread: threading.Thread | None = None
+        self.starter: Callable[[], None] | None = None  # starts the sender on the first record
+        self._start_lock = threading.Lock()
         self.busy = False  # the sender holds records taken from here and not yet written
 
     def idle(self) -> bool:
@@ -177,6 +180,11 @@ class _Batches:
         return not self._items and not self.busy
 
     def put_nowait(self, item: Any) -> None:
+        if self.starter is not None:
+            with self._start_lock:
+                starter, self.starter = self.starter, None
+            if starter is not None:
+                starter()  # a child that never logs never starts the thread
         items = self._items
         if len(items) >= CHILD_BACKLOG and threading.current_thread() is not self.sender_thread:
             with self._cond:
@@ -312,6 +320,7 @@ _child_handler: _ChildHandler | None = None
 def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
     """In a child process: send every record to the parent, with the parent's levels."""
     global _child_batches, _child_sender, _child_handler
+    _register_fork_hook()
     _forget_listener()
     root = logging.getLogger()
     manager = logging.Logger.manager
@@ -332,7 +341,7 @@ def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
     sender = _Sender(batches, link)
     handler = _ChildHandler(batches, name)
     handler.setLevel(settings.get("floor", logging.NOTSET))
-    sender.start()
+    batches.starter = sender.start
     root.addHandler(handler)
     _child_batches, _child_sender, _child_handler = batches, sender, handler
 
@@ -443,13 +452,21 @@ def _after_fork_in_child() -> None:
         _child_batches = _child_sender = _child_handler = None
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+_fork_hook_registered = False
+
+
+def _register_fork_hook() -> None:
+    """Register the after-fork clean-up on first use (importing puma registers nothing)."""
+    global _fork_hook_registered
+    if not _fork_hook_registered and hasattr(os, "register_at_fork"):
+        _fork_hook_registered = True
+        os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def start_listener() -> None:
     """Start (or share) the parent's listener; pair with :func:`stop_listener`."""
     global _listener, _listener_users
+    _register_fork_hook()
     with _listener_lock:
         _listener_users += 1
         if _listener is None:
