@@ -165,6 +165,7 @@ class ProcessEnvironment(Environment):
         check_picklable(_attributes.for_process(runnable), runnable.name)  # what is sent, scopes applied
 
     def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        _prctl()  # resolved here, so a forked child does not pay for it
         child = _attributes.for_process(record.runnable)  # a clone with the attributes' scopes applied
         link = ProcessLink(self._context)
         process = self._context.Process(
@@ -180,6 +181,24 @@ class ProcessEnvironment(Environment):
             link.close_child_end()
 
 
+_PRCTL: list[Any] = []
+
+
+def _prctl() -> Any:
+    """libc's prctl on Linux, looked up once (before a fork, so forked children inherit it)."""
+    if not _PRCTL:
+        function = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                function = None
+        _PRCTL.append(function)
+    return _PRCTL[0]
+
+
 def _die_with_parent(parent_pid: int) -> None:
     """End this child process when the Runner's process dies, whatever the start method.
 
@@ -189,15 +208,10 @@ def _die_with_parent(parent_pid: int) -> None:
     daemon thread also blocks on a pidfd of the Runner's process and kills this
     process when it becomes readable (the process ended).  No polling.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_pdeathsig = 1
-            libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
-        except (OSError, AttributeError):
-            pass
+    prctl = _prctl()
+    if prctl is not None:
+        pr_set_pdeathsig = 1
+        prctl(pr_set_pdeathsig, signal.SIGKILL)
     pidfd_open = getattr(os, "pidfd_open", None)
     if pidfd_open is None or os.getppid() == parent_pid:
         return  # the parent-death signal above already ties us to the Runner's process
