@@ -74,12 +74,19 @@ class Environment(abc.ABC):
         return Multicaster(input, outputs, name)
 
     @abc.abstractmethod
-    def _prepare(self, runnable: Runnable) -> None:
-        """Check, in the caller's thread, that ``runnable`` can run here."""
+    def _prepare(self, runnable: Runnable) -> Runnable:
+        """Check, in the caller's thread, that ``runnable`` can run here; return what the child runs.
+
+        That is a clone of ``runnable`` with its attributes' scopes applied.
+        """
 
     @abc.abstractmethod
-    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        """Start the runnable of ``record``; set its link and thread or process."""
+    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+        """Start ``child`` (from :meth:`_prepare`) for ``record``; set its link and thread or process.
+
+        The link is set last, once the child exists: the supervisor watches a
+        record as soon as its link is set.
+        """
 
 
 class ThreadEnvironment(Environment):
@@ -99,17 +106,21 @@ class ThreadEnvironment(Environment):
     def __repr__(self) -> str:
         return "ThreadEnvironment()"
 
-    def _prepare(self, runnable: Runnable) -> None:
-        pass
+    def _prepare(self, runnable: Runnable) -> Runnable:
+        return _attributes.for_thread(runnable)  # a clone with the attributes' scopes applied
 
-    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        child = _attributes.for_thread(record.runnable)  # a clone with the attributes' scopes applied
+    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
         link = ThreadLink(to_parent)
         ctx = ChildContext(child, link, record.token)
         thread = threading.Thread(target=run_child, args=(child, ctx), name=f"puma:{record.runnable.name}", daemon=True)
-        record.link = link
         record.thread = thread
-        thread.start()
+        record.link = link  # before start: the thread may post at once
+        try:
+            thread.start()
+        except BaseException:
+            record.link = None
+            record.thread = None
+            raise
 
 
 def default_start_method() -> str:
@@ -161,24 +172,28 @@ class ProcessEnvironment(Environment):
     def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
         return ProcessBuffer(item_type, size, name, self._context)
 
-    def _prepare(self, runnable: Runnable) -> None:
-        check_picklable(_attributes.for_process(runnable), runnable.name)  # what is sent, scopes applied
+    def _prepare(self, runnable: Runnable) -> Runnable:
+        child = _attributes.for_process(runnable)  # a clone with the attributes' scopes applied
+        check_picklable(child, runnable.name)  # exactly what is sent
+        return child
 
-    def _launch(self, record: ChildRecord, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
+    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
         _prctl()  # resolved here, so a forked child does not pay for it
-        child = _attributes.for_process(record.runnable)  # a clone with the attributes' scopes applied
         link = ProcessLink(self._context)
         process = self._context.Process(
             target=_process_main,
             args=(child, link.child, record.token, _logging.child_settings(), os.getpid()),
             name=f"puma:{record.runnable.name}",
         )
-        record.link = link
-        record.process = process
         try:
             process.start()
+        except BaseException:
+            link.close()
+            raise
         finally:
             link.close_child_end()
+        record.process = process
+        record.link = link
 
 
 _PRCTL: list[Any] = []
@@ -231,16 +246,23 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _process_main(runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int) -> None:
-    """Entry point of a child process."""
+    """Entry point of a child process.
+
+    What must come before anything else is done before the child reports
+    STARTED: tying its life to the Runner's process and ignoring Ctrl-C (the
+    parent decides how children stop).  The rest of the set-up (logging,
+    faulthandler) runs after, while the parent wakes up, and before ``execute``.
+    """
     _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
-    # Ctrl-C reaches the whole process group; the parent decides how children stop.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    faulthandler.enable()
-    _logging.setup_child(log_settings, link, runnable.name)
-    ctx = ChildContext(runnable, link, token)
+
+    def setup() -> None:
+        faulthandler.enable()
+        _logging.setup_child(log_settings, link, runnable.name)
+
     try:
-        run_child(runnable, ctx)
+        run_child(runnable, ChildContext(runnable, link, token), setup)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

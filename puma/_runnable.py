@@ -206,11 +206,13 @@ class Runnable(abc.ABC):
         return record.send_command(name, args, kwargs)
 
 
-def run_child(runnable: Runnable, ctx: _context.ChildContext) -> None:
+def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[], None] | None = None) -> None:
     """Run ``runnable`` in this thread/process and report the outcome through ``ctx``.
 
-    Sends STARTED, runs ``execute``, completes every output (with the error if
-    it failed), flushes logs, then sends FINISHED with the error (or None).
+    Sends STARTED, runs ``setup`` (the rest of a child process's set-up, done
+    while the parent learns that the child runs), runs ``execute``, completes
+    every output (with the error if it failed), flushes logs, then sends
+    FINISHED with the error (or None).
     """
     link = ctx.link
     error: BaseException | None = None
@@ -218,6 +220,8 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext) -> None:
     with ctx:
         link.send((msg.STARTED, os.getpid(), threading.current_thread().name))
         try:
+            if setup is not None:
+                setup()
             _attributes.enter_child(runnable)  # child factories of scoped attributes, before any command runs
             ctx.service()
             if not ctx.stop_requested:

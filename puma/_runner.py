@@ -197,7 +197,7 @@ class _Supervisor(threading.Thread):
         self._runner = runner
         self.waker = Waker()
         self.inbox: deque[tuple[ChildRecord, tuple[Any, ...]]] = deque()
-        self.launches: deque[tuple[ChildRecord, Future[None]]] = deque()
+        self.launches: deque[tuple[ChildRecord, Runnable, Future[None]]] = deque()
         self.draining: dict[int, ProcessBuffer[Any]] = {}
         self.calls: deque[Callable[[], None]] = deque()
         self.shutdown = False
@@ -214,23 +214,27 @@ class _Supervisor(threading.Thread):
         self.inbox.append((record, message))
         self.waker.wake()
 
-    def launch(self, record: ChildRecord) -> Future[None]:
+    def launch(self, record: ChildRecord, child: Runnable) -> Future[None]:
+        """Launch ``child`` from this thread (see :meth:`Runner.start` for when that matters)."""
         future: Future[None] = Future()
-        self.launches.append((record, future))
+        self.launches.append((record, child, future))
         self.waker.wake()
         return future
+
+    def launch_here(self, record: ChildRecord, child: Runnable) -> None:
+        """Launch ``child`` from the calling thread, then have this thread watch it."""
+        record.environment._launch(record, child, lambda m: self.post(record, m))
+        self.waker.wake()
 
     def run(self) -> None:
         runner = self._runner
         while True:
             self.waker.clear()
             while self.launches:
-                record, future = self.launches.popleft()
+                record, child, future = self.launches.popleft()
                 try:
-                    record.environment._launch(record, lambda m, r=record: self.post(r, m))  # type: ignore[misc]
+                    record.environment._launch(record, child, lambda m, r=record: self.post(r, m))  # type: ignore[misc]
                 except BaseException as exc:  # noqa: BLE001 - handed to start()
-                    record.link = None
-                    record.process = None
                     future.set_exception(exc)
                 else:
                     future.set_result(None)
@@ -361,7 +365,7 @@ class Runner:
                 raise PumaError(f"this Runner is closed; cannot start runnable {runnable.name!r}")
             if runnable._puma_record is not None:
                 raise PumaError(f"runnable {runnable.name!r} was already started; make a new one to run it again")
-        env._prepare(runnable)
+        child = env._prepare(runnable)
         if env.is_process:
             for out in runnable.outputs:
                 if not out._crossable():
@@ -381,8 +385,15 @@ class Runner:
         if env.is_process and not self._logging:
             self._logging = True
             _logging.start_listener()
+        supervisor = self._ensure_supervisor()
         try:
-            self._ensure_supervisor().launch(record).result()
+            # Linux sends a child its parent-death signal when the *thread* that forked it
+            # ends, so a process is forked from a thread that lives as long as the process:
+            # the main thread (directly: the fastest start), or else the supervisor's.
+            if not env.is_process or threading.current_thread() is threading.main_thread():
+                supervisor.launch_here(record, child)
+            else:
+                supervisor.launch(record, child).result()
         except BaseException:
             for out in runnable.outputs:
                 out._register_publisher(-1)
