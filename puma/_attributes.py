@@ -979,7 +979,7 @@ def _cross(runnable: Any, thread: bool) -> Any:
     return root
 
 
-def for_thread(runnable: Any) -> Any:
+def for_thread(runnable: T) -> T:
     """The object a thread child runs: a clone of ``runnable`` with every scope applied.
 
     Unannotated attributes refer to the same objects as the parent's (Python's
@@ -987,16 +987,18 @@ def for_thread(runnable: Any) -> Any:
     absent.  Raises before anything starts if a value cannot be copied or may
     not go to a thread.
     """
-    return _cross(runnable, thread=True)
+    clone: T = _cross(runnable, thread=True)
+    return clone
 
 
-def for_process(runnable: Any) -> Any:
+def for_process(runnable: T) -> T:
     """The object to send to a process child: a clone of ``runnable`` with every scope applied.
 
     Values are not copied here: pickling (spawn, forkserver) or fork copies
     them.  Parent-only attributes are absent, so they need not pickle.
     """
-    return _cross(runnable, thread=False)
+    clone: T = _cross(runnable, thread=False)
+    return clone
 
 
 def enter_child(runnable: Any) -> None:
