@@ -24,7 +24,9 @@ one-call set-ups).  The path of a record logged in a process runnable:
 4. **Parent, listener thread.**  A ``logging.handlers.QueueListener``
    (:class:`_Listener`) unpickles each payload and re-enters every record
    into the parent's logger of the same name (``logger.handle``), so the
-   user's configuration (console, files, rotating files...) writes it.
+   user's configuration (console, files, rotating files...) writes it.  Its
+   thread starts with the first records, so children that never log cost
+   no thread (and no start-up time).
 
 Nothing is lost on a normal end: :func:`flush_child` (called when
 ``execute`` ends, before the final outcome is sent) waits until the sender has
@@ -420,6 +422,16 @@ class _Listener(logging.handlers.QueueListener):
         assert thread is not None
         thread.name = "puma-log-listener"
 
+    def put(self, item: Any) -> None:
+        """Queue ``item``, starting the thread with the first (children that never log cost no thread)."""
+        if self._thread is None:
+            self.start()
+        self.pending.put(item)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            super().stop()
+
     def handle(self, item: Any) -> None:
         _handle(item)
 
@@ -470,8 +482,7 @@ def start_listener() -> None:
     with _listener_lock:
         _listener_users += 1
         if _listener is None:
-            _listener = _Listener()
-            _listener.start()
+            _listener = _Listener()  # its thread starts with the first records
 
 
 def stop_listener() -> None:
@@ -500,7 +511,7 @@ def dispatch(item: Any) -> None:
     with _listener_lock:
         listener = _listener
         if listener is not None:
-            listener.pending.put(item)
+            listener.put(item)
             return
     _handle(item)
 
@@ -510,7 +521,7 @@ def wait_dispatched() -> None:
     marker = _Marker()
     with _listener_lock:
         listener = _listener
-        if listener is None:
-            return
+        if listener is None or listener._thread is None:
+            return  # nothing handed over yet
         listener.pending.put(marker)
     marker.event.wait()

@@ -134,8 +134,10 @@ class ChildRecord:
         try:
             answer = link.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
         except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):  # TimeoutError is an OSError
-            if link.orphaned and self.runner._supervisor is not None:
-                self.runner._supervisor.waker.wake()  # so it drains the answer that may still come
+            supervisor = self.runner._supervisor
+            if link.orphaned and supervisor is not None:
+                supervisor.rewatch = True  # so it drains the answer that may still come
+                supervisor.waker.wake()
             raise
         except OSError as exc:
             raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
@@ -201,6 +203,10 @@ class _Supervisor(threading.Thread):
         self.draining: dict[int, ProcessBuffer[Any]] = {}
         self.calls: deque[Callable[[], None]] = deque()
         self.shutdown = False
+        # What the one wait watches is rebuilt only when it may have changed (a launch,
+        # an end, a closed command pipe, an abandoned call, the draining set), so a wake
+        # per message costs nothing per child.
+        self.rewatch = True
 
     def call_soon(self, function: Callable[[], None]) -> None:
         """Run ``function`` in the supervisor thread, which owns the draining set."""
@@ -224,6 +230,7 @@ class _Supervisor(threading.Thread):
     def launch_here(self, record: ChildRecord, child: Runnable) -> None:
         """Launch ``child`` from the calling thread, then have this thread watch it."""
         record.environment._launch(record, child, lambda m: self.post(record, m))
+        self.rewatch = True
         self.waker.wake()
 
     def run(self) -> None:
@@ -231,6 +238,7 @@ class _Supervisor(threading.Thread):
         while True:
             self.waker.clear()
             while self.launches:
+                self.rewatch = True
                 record, child, future = self.launches.popleft()
                 try:
                     record.environment._launch(record, child, lambda m, r=record: self.post(r, m))  # type: ignore[misc]
@@ -243,23 +251,34 @@ class _Supervisor(threading.Thread):
                 runner._handle(record, message)
             while self.calls:
                 self.calls.popleft()()
-            live = [r for r in runner._records if not r.ended and r.link is not None]
-            if self.shutdown and not live and not self.launches:
-                return
-            handlers: dict[int, Callable[[], None]] = {}
-            for record in live:
-                link = record.link
-                if isinstance(link, ProcessLink):
-                    if record.control_open:
-                        handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
-                    handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
-                    handlers[record.process.sentinel] = lambda r=record: runner._process_exited(r)  # type: ignore[misc]
-                    if link.orphaned:  # a direct command call was abandoned; its answer may still come
-                        handlers[link.reply.fileno()] = link.drain_replies
-            for fd, buffer in list(self.draining.items()):
-                handlers[fd] = buffer._drain
-            for fd in self.waker.wait(tuple(handlers), None):
+            if self.rewatch or self.shutdown:
+                self.rewatch = False
+                live = [r for r in runner._records if not r.ended and r.link is not None]
+                if self.shutdown and not live and not self.launches:
+                    return
+                handlers = self._handlers(live)
+                fds = tuple(handlers)
+            for fd in self.waker.wait(fds, None):
                 handlers[fd]()
+                if self.rewatch:  # what is watched changed: the other ready descriptors may be stale
+                    break
+
+    def _handlers(self, live: list[ChildRecord]) -> dict[int, Callable[[], None]]:
+        """What to call when each watched descriptor is readable."""
+        runner = self._runner
+        handlers: dict[int, Callable[[], None]] = {}
+        for record in live:
+            link = record.link
+            if isinstance(link, ProcessLink):
+                if record.control_open:
+                    handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
+                handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
+                handlers[record.process.sentinel] = lambda r=record: runner._process_exited(r)  # type: ignore[misc]
+                if link.orphaned:  # a direct command call was abandoned; its answer may still come
+                    handlers[link.reply.fileno()] = link.drain_replies
+        for fd, buffer in list(self.draining.items()):
+            handlers[fd] = buffer._drain
+        return handlers
 
 
 class Runner:
@@ -623,6 +642,7 @@ class Runner:
                     return
         except (EOFError, OSError):
             record.control_open = False
+            self._rewatch()
 
     def _read_status(self, record: ChildRecord) -> None:
         link = record.link
@@ -694,6 +714,7 @@ class Runner:
         elif record.thread is not None and not record.stuck:
             record.thread.join(_KILL_GRACE)
         record.mark_ended()
+        self._rewatch()
         self._close_inputs_of(record)
         if isinstance(link, ProcessLink):
             link.close()
@@ -702,6 +723,11 @@ class Runner:
             link.close()
         with self._cond:
             self._cond.notify_all()
+
+    def _rewatch(self) -> None:
+        """What the supervisor watches changed (call from the supervisor thread)."""
+        if self._supervisor is not None:
+            self._supervisor.rewatch = True
 
     def _close_unread_buffers(self) -> None:
         """After a stop of everything: free publishers of buffers nobody ever subscribed to."""
@@ -714,6 +740,7 @@ class Runner:
                     out._close()
                     if isinstance(out, ProcessBuffer) and supervisor is not None:
                         supervisor.draining[out._reader_fd()] = out
+                        supervisor.rewatch = True
 
     def _close_inputs_of(self, record: ChildRecord) -> None:
         """The subscriber ``record`` ended: free the publishers of the buffers it read."""
@@ -729,12 +756,14 @@ class Runner:
             buffer._close()
             if isinstance(buffer, ProcessBuffer) and publishers_alive and self._supervisor is not None:
                 self._supervisor.draining[buffer._reader_fd()] = buffer
+                self._supervisor.rewatch = True
         if self._supervisor is not None:
             for fd, buffer in list(self._supervisor.draining.items()):
                 if not any(
                     not other.ended and any(out is buffer for out in other.runnable.outputs) for other in self._records
                 ):
                     del self._supervisor.draining[fd]
+                    self._supervisor.rewatch = True
 
 
 _live: weakref.WeakSet[Runner] = weakref.WeakSet()
