@@ -186,14 +186,20 @@ class ProcessEnvironment(Environment):
             name=f"puma:{record.runnable.name}",
         )
         try:
-            process.start()
+            try:
+                process.start()
+            finally:
+                link.close_child_end()
+            record.process = process
+            record.link = link  # last: the supervisor watches a record once its link is set
         except BaseException:
+            record.link = None
+            record.process = None
+            if getattr(process, "_popen", None) is not None:  # forked, then interrupted (Ctrl-C)
+                process.kill()  # nobody would supervise it: leave no orphan
+                process.join(5)
             link.close()
             raise
-        finally:
-            link.close_child_end()
-        record.process = process
-        record.link = link
 
 
 _PRCTL: list[Any] = []

@@ -134,6 +134,47 @@ def test_unpicklable_attribute_is_named_before_the_child_starts(process_env: pum
         assert runner.runnables == ()
 
 
+def test_a_launch_interrupted_after_the_fork_leaves_no_orphan(
+    process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing just after the child was forked: start() raises it and kills that child."""
+    from puma import _channels
+
+    def interrupted(self: _channels.ProcessLink) -> None:
+        raise KeyboardInterrupt
+
+    with puma.Runner(process_env) as runner:
+        monkeypatch.setattr(_channels.ProcessLink, "close_child_end", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            runner.start(WaitForCommands())
+        monkeypatch.undo()
+        assert runner.runnables == ()
+        worker = runner.start_blocking(WaitForCommands(), timeout=60)  # the Runner still works
+        assert worker.add(2) == 2
+    # the autouse leak check fails the test if the interrupted child were still alive
+
+
+def test_runnables_started_from_another_thread_are_supervised(env: puma.Environment) -> None:
+    """The main thread forks directly; any other thread hands the launch to the supervisor thread."""
+    import threading
+
+    with puma.Runner(env) as runner:
+        started: list[WaitForCommands] = []
+        thread = threading.Thread(target=lambda: started.append(runner.start_blocking(WaitForCommands(), timeout=60)))
+        thread.start()
+        thread.join(60)
+        assert started, "start_blocking from a thread did not return"
+        worker = started[0]
+        assert worker.add(5) == 5
+        if env.is_process:  # its death is seen, as for a child forked by the main thread
+            pid = runner.pid(worker)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+                runner.join()
+            assert not runner.is_alive(worker)
+
+
 def test_wait_until_running_times_out_with_a_clear_error(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         worker = runner.start(WaitForCommands())
