@@ -166,10 +166,13 @@ class Runnable(abc.ABC):
 
         The parent keeps the latest value of each key (:meth:`status`) and can
         wait for one (:meth:`wait_status`).  Statuses never crowd out errors.
+        Records this runnable logged before the status are written by the
+        parent's handlers before the parent sees the status.
         """
         if not isinstance(key, str):
             raise TypeError(f"a status key must be a str, got {type(key).__name__}")
         ctx = self._puma_context("send_status()")
+        _logging.flush_child()  # records logged before this status reach the parent first
         ctx.link.send_status((msg.STATUS, key, value))
 
     # --- parent side ------------------------------------------------------------

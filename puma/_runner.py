@@ -57,6 +57,8 @@ R = TypeVar("R", bound=Runnable)
 DEFAULT_START_TIMEOUT = 60.0
 DEFAULT_STOP_TIMEOUT = 10.0
 _KILL_GRACE = 2.0
+#: Status messages (statuses, log batches) read from one child per wake of the supervisor.
+_STATUS_BATCH = 64
 
 
 class ChildRecord:
@@ -84,6 +86,7 @@ class ChildRecord:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.control_open = True
+        self.logged = False  # log records dispatched since its last status
 
     def __repr__(self) -> str:
         state = "ended" if self.ended else "running" if self.started else "starting"
@@ -610,8 +613,12 @@ class Runner:
     def _handle(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == msg.STATUS:
+            if record.logged:  # its records logged before this status are written before it is seen
+                record.logged = False
+                _logging.wait_dispatched()
             record.set_status(message[1], message[2])
         elif kind == msg.LOG:
+            record.logged = True
             _logging.dispatch(message[1])
         elif kind == msg.RESULT:
             record.resolve(message[1], message[2], message[3])
@@ -622,7 +629,7 @@ class Runner:
                 self._cond.notify_all()
         elif kind == msg.FINISHED:
             if isinstance(record.link, ProcessLink):
-                self._read_status(record)
+                self._read_status(record, None)
                 _logging.wait_dispatched()  # its last records are written before its error is known
             error = message[1]
             if isinstance(error, SerializedError):
@@ -644,12 +651,22 @@ class Runner:
             record.control_open = False
             self._rewatch()
 
-    def _read_status(self, record: ChildRecord) -> None:
+    def _read_status(self, record: ChildRecord, limit: int | None = _STATUS_BATCH) -> None:
+        """Handle the statuses and log batches ``record`` sent: at most ``limit`` per wake.
+
+        The cap keeps one chatty child from holding the supervisor while others
+        need it (the wait wakes again at once for the rest); at the child's end
+        everything left is read (``limit=None``).
+        """
         link = record.link
         assert isinstance(link, ProcessLink)
         try:
             while link.status.poll(0):
                 self._handle(record, link.status.recv())
+                if limit is not None:
+                    limit -= 1
+                    if limit <= 0:
+                        return
         except (EOFError, OSError):
             pass
 
@@ -658,7 +675,7 @@ class Runner:
             self._read_control(record)
         if record.ended:
             return
-        self._read_status(record)
+        self._read_status(record, None)
         _logging.wait_dispatched()  # what it handed over is written before its death is known
         process = record.process
         process.join(_KILL_GRACE)

@@ -350,3 +350,16 @@ class Blocks(puma.Runnable):
 
     def execute(self) -> None:
         self.wait_for_stop()
+
+
+class FloodsStatuses(puma.Runnable):
+    """Sends statuses as fast as it can until stopped."""
+
+    def __init__(self) -> None:
+        super().__init__("flood")
+
+    def execute(self) -> None:
+        i = 0
+        while not self.stop_requested:
+            self.send_status("count", i)
+            i += 1

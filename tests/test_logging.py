@@ -341,6 +341,18 @@ def test_a_sigkilled_child_does_not_take_the_listener_down(process_env: puma.Pro
     assert numbers(logs.messages_from("after")) == list(range(10))
 
 
+@pytest.mark.parametrize("kind", ["thread", "fork", "forkserver", "spawn"])
+def test_records_logged_before_a_status_are_written_when_the_status_is_seen(kind: str) -> None:
+    env = puma.ThreadEnvironment() if kind == "thread" else puma.ProcessEnvironment(kind)
+    with puma.logging.capture(logging.INFO) as logs:
+        with puma.Runner(env) as runner:
+            chatty = runner.start(Chatty("ordered", 500, then="stop"))
+            chatty.wait_status("logged", timeout=30)
+            # no wait on the logs themselves: the status comes after them
+            assert numbers(logs.messages_from("ordered")) == list(range(500))
+            runner.stop(chatty)
+
+
 def test_the_listener_runs_while_a_runner_has_process_runnables(process_env: puma.ProcessEnvironment) -> None:
     users = _logging._listener_users  # other Runners of this process may use the listener
     with puma.Runner(process_env) as first, puma.Runner(process_env) as second:

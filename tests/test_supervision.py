@@ -16,6 +16,7 @@ from _helpers import (
     Collector,
     Dies,
     EndlessProducer,
+    FloodsStatuses,
     HoldsLock,
     Noop,
     Producer,
@@ -173,6 +174,16 @@ def test_runnables_started_from_another_thread_are_supervised(env: puma.Environm
             with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
                 runner.join()
             assert not runner.is_alive(worker)
+
+
+def test_a_child_flooding_statuses_does_not_hide_another_childs_death(process_env: puma.ProcessEnvironment) -> None:
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(process_env) as runner:
+            flood = runner.start(FloodsStatuses())
+            flood.wait_status("count", lambda n: n > 1000, timeout=30)  # the supervisor is busy reading it
+            runner.start(Dies("kill"))
+            runner.join()
+    assert flood.status("count") > 1000
 
 
 def test_wait_until_running_times_out_with_a_clear_error(env: puma.Environment) -> None:
