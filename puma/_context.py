@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from puma import _messages as msg
-from puma._errors import StopRequested
+from puma._errors import SerializedError, StopRequested, deserialize_error
 from puma._wait import Waker
 
 if TYPE_CHECKING:
@@ -83,7 +83,16 @@ class ChildContext:
                     self.stop_requested = True
                 elif kind == msg.CALL:
                     self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
+                elif kind == msg.INPUT_FAILED:
+                    self._input_failed(message[1], message[2])
         return self.stop_requested
+
+    def _input_failed(self, key: str, error: Any) -> None:
+        """A publisher of the input buffer ``key`` died mid-value: its stream ends with ``error``."""
+        failure = deserialize_error(error) if isinstance(error, SerializedError) else error
+        for buffer in self.subscribed:
+            if getattr(buffer, "_key", None) == key:
+                buffer._failure = failure  # type: ignore[attr-defined]
 
     def check_stop(self, pending: bool = False) -> None:
         """Raise :class:`StopRequested` if a stop has arrived (servicing commands meanwhile)."""

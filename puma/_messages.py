@@ -6,6 +6,7 @@ build, cheap to pickle.
 Parent to child (command channel):
     (STOP,)
     (CALL, call_id, method_name, args, kwargs, direct)   direct: answer on the reply pipe
+    (INPUT_FAILED, buffer_key, SerializedError)   a publisher of an input died mid-value
 
 Child to parent, control channel (never crowded by user traffic):
     (STARTED, pid, thread_name)
@@ -24,3 +25,4 @@ RESULT = 3
 FINISHED = 4
 STATUS = 5
 LOG = 6
+INPUT_FAILED = 7

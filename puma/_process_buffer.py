@@ -31,6 +31,15 @@ Design (see docs/architecture.md):
 * When the subscriber ends, the Runner closes the buffer: publishers get
   :class:`~puma.BufferClosedError`, and the Runner drains the pipe so a
   publisher blocked in a write is freed.
+* A process killed while it holds one of the two process-shared locks would
+  leave them held for ever, so each lock's holder writes its pid into shared
+  memory; when the Runner sees a process die it frees what that pid held
+  (:meth:`ProcessBuffer._free_locks_of`).  A value written in one ``write`` of
+  at most ``PIPE_BUF`` bytes is all there or not at all; a publisher that died
+  in the middle of a longer one left part of a value in the pipe, so the
+  stream is broken: the Runner then tells the subscriber through its command
+  channel, which ends its stream with the publisher's error once it has
+  received every whole value before it.
 * The subscriber's wait is one ``poll`` over the pipe and the runnable's
   command pipe.
 """
@@ -74,6 +83,10 @@ _PUBLISHERS = 0
 _SUBSCRIBER = 1  # runner token of the subscriber + 1; 0 = nobody yet
 _CLOSED = 2
 _WAITING = 3  # publishers asleep (or about to be) on the room semaphore
+_WRITER = 4  # pid of the process holding _lock (negated while it writes more than PIPE_BUF bytes)
+_META_HOLDER = 5  # pid of the process holding _meta
+_BROKEN = 6  # a publisher died in the middle of a value: the stream cannot be read past it
+_SHARED_SLOTS = 7
 
 _NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
 _NEED: Any = object()  # no whole frame is buffered: read the pipe
@@ -84,6 +97,30 @@ _COUNT = struct.Struct("!I")
 _BIG = 1 << 16  # pickles larger than this are written after their header, not copied onto it
 _READ_BUFFER = 1 << 18  # the subscriber's read buffer; grows for a frame that does not fit
 _COMMAND_CHECK = 0.002  # seconds: most a subscriber serving buffered values goes without looking at commands
+_ATOMIC = select.PIPE_BUF  # a pipe write of at most this many bytes is all or nothing
+_ORPHAN_WAIT = 0.5  # seconds a lock stays taken, with no holder named, before it is deemed its dead taker's
+
+
+class _Guard:
+    """A process-shared lock that writes its holder's pid into shared memory while held.
+
+    So the Runner can free it when the holder dies (see :meth:`ProcessBuffer._free_locks_of`).
+    """
+
+    __slots__ = ("_lock", "_shared", "_slot")
+
+    def __init__(self, lock: Any, shared: Any, slot: int) -> None:
+        self._lock = lock
+        self._shared = shared
+        self._slot = slot
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._shared[self._slot] = os.getpid()
+
+    def __exit__(self, *exc: object) -> None:
+        self._shared[self._slot] = 0
+        self._lock.release()
 
 
 def _write_all(fd: int, data: Any) -> None:
@@ -114,11 +151,16 @@ class ProcessBuffer(Buffer[T]):
         self._room = context.Semaphore(0)  # posted when permits come back and publishers wait
         self._lock = context.Lock()  # held while a message is written
         self._meta = context.Lock()  # guards the shared counters, never held long
-        self._shared = context.RawArray("q", 4)
+        self._shared = context.RawArray("q", _SHARED_SLOTS)
+        self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
+        self._failure: BaseException | None = None  # set in the subscriber's process: see INPUT_FAILED
+        self._meta_guard = _Guard(self._meta, self._shared, _META_HOLDER)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_check", None)
+        state.pop("_meta_guard", None)
+        state["_failure"] = None
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -126,13 +168,36 @@ class ProcessBuffer(Buffer[T]):
 
         self.__dict__.update(state)
         self._check = _checker(self._item_type)
+        self._meta_guard = _Guard(self._meta, self._shared, _META_HOLDER)
+
+    def _free_locks_of(self, pid: int) -> bool:
+        """The process ``pid`` died: free the locks it held.  False if the stream is broken.
+
+        Broken: it died in the middle of writing a value longer than one atomic
+        pipe write (now or earlier).  Called by the Runner's supervisor only.
+        """
+        shared = self._shared
+        for lock, slot in ((self._meta, _META_HOLDER), (self._lock, _WRITER)):
+            holder = shared[slot]
+            if holder in (pid, -pid):
+                if holder < 0:
+                    shared[_BROKEN] = 1
+                shared[slot] = 0
+                lock.release()
+            elif holder == 0:
+                # Free now (we take it and let go), or held by a process killed in the instant
+                # between taking it and writing its pid (or clearing its pid and letting go):
+                # then nothing of a value was half written, and letting go frees it.
+                lock.acquire(True, _ORPHAN_WAIT)
+                lock.release()
+        return not shared[_BROKEN]
 
     def _crossable(self) -> bool:
         return True
 
     def subscribe(self) -> Subscription[T]:
         ctx = _context.current()
-        with self._meta:
+        with self._meta_guard:
             if self._shared[_SUBSCRIBER]:
                 raise BufferClosedError(f"buffer {self.name!r} already has its one subscriber")
             self._shared[_SUBSCRIBER] = (ctx.token if ctx is not None else 0) + 1
@@ -148,7 +213,7 @@ class ProcessBuffer(Buffer[T]):
         return BufferStatistics(self.name, self.capacity, max(size, 0), int(self._shared[_PUBLISHERS]), -1)
 
     def _register_publisher(self, delta: int = 1) -> None:
-        with self._meta:
+        with self._meta_guard:
             self._shared[_PUBLISHERS] += delta
 
     def _open_publisher(self, owner: str) -> Publisher[T]:
@@ -167,7 +232,7 @@ class ProcessBuffer(Buffer[T]):
 
     def _wake_publishers(self, at_least: int = 0) -> None:
         """Post the room semaphore once per waiting publisher (and at least ``at_least`` times)."""
-        with self._meta:
+        with self._meta_guard:
             count = max(int(self._shared[_WAITING]), at_least)
             for _ in range(count):
                 self._room.release()
@@ -198,6 +263,8 @@ class ProcessBuffer(Buffer[T]):
         """Complete on behalf of a publisher that died; never blocks for long."""
         if self._shared[_CLOSED]:
             return True
+        if self._shared[_BROKEN]:
+            return False  # a completion frame would follow part of a value: the Runner tells the subscriber
         payload = pickle.dumps(serialize_error(error), _HIGHEST)
         frame = _HEAD.pack(len(payload) + 1, _COMPLETE) + payload
         if len(frame) > select.PIPE_BUF or not self._lock.acquire(True, 1.0):
@@ -221,6 +288,7 @@ class _ProcessPublisher(Publisher[T]):
         self._slots = buffer._slots
         self._lock = buffer._lock
         self._shared = buffer._shared
+        self._pid = os.getpid()
 
     def _closing(self) -> BaseException:
         ctx = _context.current()
@@ -244,7 +312,7 @@ class _ProcessPublisher(Publisher[T]):
             return
         ctx = _context.current()
         deadline = None if timeout is None else time.monotonic() + timeout
-        meta = self._b._meta
+        meta = self._b._meta_guard
         while True:
             if ctx is not None:
                 ctx.check_stop()
@@ -268,24 +336,31 @@ class _ProcessPublisher(Publisher[T]):
         oob: list[pickle.PickleBuffer] = []
         data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
         fd = self._fd
+        shared = self._shared
         if not oob:
             if len(data) <= _BIG:
                 frame = _HEAD.pack(len(data) + 1, kind) + data
                 with self._lock:
+                    shared[_WRITER] = self._pid if len(frame) <= _ATOMIC else -self._pid
                     _write_all(fd, frame)
+                    shared[_WRITER] = 0
             else:
                 with self._lock:
+                    shared[_WRITER] = -self._pid
                     _write_all(fd, _HEAD.pack(len(data) + 1, kind))
                     _write_all(fd, data)
+                    shared[_WRITER] = 0
             return
         # Out of band: a frame holding the buffers' sizes, the kind and the pickle; then the raw bytes.
         raws = [buf.raw() for buf in oob]
         meta = struct.pack(f"!I{len(raws)}QB", len(raws), *(r.nbytes for r in raws), kind)
         with self._lock:
+            shared[_WRITER] = -self._pid
             _write_all(fd, _HEAD.pack(len(meta) + len(data) + 1, _OOB) + meta + data)
             for raw in raws:
                 if raw.nbytes:
                     _write_all(fd, raw)
+            shared[_WRITER] = 0
 
     def publish(self, value: T, timeout: float | None = None) -> None:
         check = self._check
@@ -371,7 +446,31 @@ class _ProcessSubscription(Subscription[T]):
         return (self._fd,)
 
     def ready(self) -> bool:
-        return bool(self._items) or self._ended is not None or self._whole_frame() or bool(self._data_poller.poll(0))
+        return (
+            bool(self._items)
+            or self._ended is not None
+            or self._whole_frame()
+            or bool(self._data_poller.poll(0))
+            or self._broken(end=False)
+        )
+
+    def _broken(self, end: bool = True) -> bool:
+        """True if the stream can bring nothing more: a publisher died in the middle of a value.
+
+        Only asked when the pipe has nothing readable: every whole value before
+        the break has been received.  ``end``: end the subscription with the
+        publisher's error (from the Runner) or a :class:`~puma.BufferClosedError`.
+        """
+        failure = self._b._failure
+        if failure is None:
+            if not self._b._shared[_BROKEN]:
+                return False
+            failure = BufferClosedError(
+                f"buffer {self._b.name!r} is broken: one of its publishers died while writing a value"
+            )
+        if end:
+            self._end(failure)
+        return True
 
     def _whole_frame(self) -> bool:
         start = self._head
@@ -410,6 +509,12 @@ class _ProcessSubscription(Subscription[T]):
             view[:done] = self._view[self._head : self._head + done]
             self._head += done
         while done < len(target):  # the publisher is writing the rest now, under its lock
+            if not self._data_poller.poll(0):
+                self._wait(None)  # servicing commands: a stop, or word that the publisher died
+                if not self._data_poller.poll(0) and self._broken():
+                    assert self._ended is not None
+                    raise self._ended
+                continue
             count = os.readv(self._fd, [view[done:]])
             if count == 0:
                 raise EOFError(f"buffer {self._b.name!r}: its pipe was closed in the middle of a value")
@@ -503,10 +608,15 @@ class _ProcessSubscription(Subscription[T]):
             return True
         if ctx is not None and not ctx.fds and ctx.link.has_message():
             ctx.check_stop()  # a thread runnable reading a process buffer
+        if self._broken():
+            return True
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
         if not self._wait(remaining):
             return False
-        self._fill()
+        if self._data_poller.poll(0):
+            self._fill()
+        else:
+            self._broken()
         return True
 
     def receive(self, timeout: float | None = None) -> T:
@@ -531,7 +641,7 @@ class _ProcessSubscription(Subscription[T]):
         ctx = self._ctx
         if ctx is not None:
             poller = self._data_poller
-            return ctx.wait((self._fd,), timeout, lambda: bool(poller.poll(0)))
+            return ctx.wait((self._fd,), timeout, lambda: bool(poller.poll(0)) or self._broken(end=False))
         return bool(self._data_poller.poll(timeout))
 
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:

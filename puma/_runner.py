@@ -45,6 +45,7 @@ from puma._errors import (
     SerializedError,
     StuckRunnableError,
     deserialize_error,
+    serialize_error,
 )
 from puma._process_buffer import ProcessBuffer
 from puma._runnable import Runnable
@@ -679,6 +680,7 @@ class Runner:
         _logging.wait_dispatched()  # what it handed over is written before its death is known
         process = record.process
         process.join(_KILL_GRACE)
+        intact = self._free_locks_of(process.pid)  # before anything below takes a buffer's lock
         error: PumaError = ChildDiedError(record.name, process.pid, process.exitcode)
         if record.stuck:
             error = self._stuck_error(record)
@@ -688,9 +690,29 @@ class Runner:
         else:
             self._record_error(record, error)
         for out in record.runnable.outputs:
-            if isinstance(out, ProcessBuffer):
-                out._complete_for(record.name, error)
+            if isinstance(out, ProcessBuffer) and not (out._key in intact and out._complete_for(record.name, error)):
+                self._tell_subscriber(out, error)
         self._finish(record)
+
+    def _free_locks_of(self, pid: int) -> set[str]:
+        """Free the buffer locks a dead process held; the keys of the buffers whose streams are intact."""
+        intact: set[str] = set()
+        for other in self._records:
+            for out in other.runnable.outputs:
+                if isinstance(out, ProcessBuffer) and out._free_locks_of(pid):
+                    intact.add(out._key)
+        return intact
+
+    def _tell_subscriber(self, buffer: ProcessBuffer[Any], error: BaseException) -> None:
+        """``buffer`` cannot carry the completion (broken, or full): send its subscriber the error directly."""
+        subscriber = self._by_token.get(buffer._subscriber_token())
+        if subscriber is None or subscriber.ended or subscriber.link is None:
+            return  # nobody subscribed yet: a later subscriber finds the buffer broken
+        buffer._failure = error  # for a subscriber in this process (a thread runnable)
+        try:
+            subscriber.link.post((msg.INPUT_FAILED, buffer._key, serialize_error(error)))
+        except OSError:
+            pass  # it is gone too
 
     def _record_error(self, record: ChildRecord, error: BaseException) -> None:
         origin = getattr(error, "_puma_origin", None)

@@ -65,7 +65,7 @@ class Squarer(puma.Runnable):
 
 
 class Collector(puma.Runnable):
-    """Receives everything; reports the values (status "values") and any error it received ("error")."""
+    """Receives everything; reports "subscribed", the values ("values") and any error it received ("error")."""
 
     def __init__(self, inp: puma.Buffer[Any], name: str = "collector", reraise: bool = True) -> None:
         super().__init__(name)
@@ -75,7 +75,9 @@ class Collector(puma.Runnable):
     def execute(self) -> None:
         values: list[Any] = []
         try:
-            for value in self._in.subscribe():
+            subscription = self._in.subscribe()
+            self.send_status("subscribed", True)
+            for value in subscription:
                 if not values:
                     self.send_status("first", value)
                 values.append(value)
@@ -363,3 +365,37 @@ class FloodsStatuses(puma.Runnable):
         while not self.stop_requested:
             self.send_status("count", i)
             i += 1
+
+
+class DiesHoldingBufferLock(puma.Runnable):
+    """Publishes 0, 1, 2, then SIGKILLs itself while holding a process-shared lock of its buffer.
+
+    ``how``: "write" (inside a one-write value: the stream is intact), "write-long" (in the
+    middle of a long value: part of it is in the pipe), "meta" (the counters' lock), "gap" and
+    "meta-gap" (the lock taken, its pid not yet written down).
+    """
+
+    def __init__(self, out: puma.Buffer[int], how: str) -> None:
+        super().__init__(f"dies-holding-{how}", outputs=[out])
+        self._out = out
+        self._how = how
+
+    def execute(self) -> None:
+        from puma import _process_buffer as pb
+
+        pub = self.publisher(self._out)
+        for i in range(3):
+            pub.publish(i)
+        buffer: Any = self._out
+        if self._how == "meta":
+            buffer._meta_guard.__enter__()
+        elif self._how == "meta-gap":
+            buffer._meta.acquire()
+        else:
+            buffer._lock.acquire()
+            if self._how == "write":
+                buffer._shared[pb._WRITER] = os.getpid()
+            elif self._how == "write-long":
+                buffer._shared[pb._WRITER] = -os.getpid()
+                os.write(buffer._writer.fileno(), pb._HEAD.pack(100_001, pb._ITEM) + b"\x80" * 1000)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -15,6 +15,7 @@ import pytest
 from _helpers import (
     Collector,
     Dies,
+    DiesHoldingBufferLock,
     EndlessProducer,
     FloodsStatuses,
     HoldsLock,
@@ -174,6 +175,24 @@ def test_runnables_started_from_another_thread_are_supervised(env: puma.Environm
             with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
                 runner.join()
             assert not runner.is_alive(worker)
+
+
+@pytest.mark.parametrize("how", ["write", "write-long", "meta", "gap", "meta-gap"])
+@pytest.mark.parametrize("consumer", ["process", "thread"])
+def test_a_publisher_killed_holding_a_buffer_lock_still_ends_its_subscriber(
+    process_env: puma.ProcessEnvironment, how: str, consumer: str
+) -> None:
+    """The lock it held is freed and its error reaches the subscriber: no stuck consumer, no stop_timeout."""
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):  # alone: no StuckRunnableError beside it
+        with puma.Runner(process_env) as runner:
+            buffer = process_env.buffer(int, 10, "numbers")
+            where = puma.ThreadEnvironment() if consumer == "thread" else process_env
+            sink = runner.start(Collector(buffer, reraise=False), where)
+            sink.wait_status("subscribed", timeout=30)  # so the Runner knows it is downstream
+            runner.start(DiesHoldingBufferLock(buffer, how))
+            runner.join()
+    assert sink.status("values") == [0, 1, 2]  # every whole value before the death
+    assert sink.status("error")[0] == "ChildDiedError"
 
 
 def test_a_child_flooding_statuses_does_not_hide_another_childs_death(process_env: puma.ProcessEnvironment) -> None:
