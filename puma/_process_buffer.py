@@ -68,7 +68,7 @@ from puma._errors import (
     deserialize_error,
     serialize_error,
 )
-from puma._wait import Poller
+from puma._wait import Poller, Waker
 
 __all__ = ["ProcessBuffer"]
 
@@ -155,13 +155,21 @@ class ProcessBuffer(Buffer[T]):
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
         self._failure: BaseException | None = None  # set in the subscriber's process: see INPUT_FAILED
         self._meta_guard = _Guard(self._meta, self._shared, _META_HOLDER)
+        self._waker: Waker | None = None  # a subscription outside any runnable waits on it too
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state.pop("_check", None)
         state.pop("_meta_guard", None)
         state["_failure"] = None
+        state["_waker"] = None
         return state
+
+    def _fail(self, error: BaseException) -> None:
+        """End the stream of a subscriber in this process with ``error`` (the Runner: it is broken)."""
+        self._failure = error
+        if self._waker is not None:
+            self._waker.wake()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         from puma._buffer import _checker
@@ -639,10 +647,23 @@ class _ProcessSubscription(Subscription[T]):
     def _wait(self, timeout: float | None) -> bool:
         """Wait until the pipe is readable (servicing commands); False on timeout."""
         ctx = self._ctx
+        poller = self._data_poller
         if ctx is not None:
-            poller = self._data_poller
             return ctx.wait((self._fd,), timeout, lambda: bool(poller.poll(0)) or self._broken(end=False))
-        return bool(self._data_poller.poll(timeout))
+        # Outside any runnable (the main program): the buffer's Waker, which the Runner pokes
+        # if the stream breaks, stands in for the command channel.
+        waker = self._b._waker
+        if waker is None:
+            waker = self._b._waker = Waker()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            waker.clear()
+            if poller.poll(0) or self._broken(end=False):
+                return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            waker.wait((self._fd,), remaining)
 
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:

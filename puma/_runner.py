@@ -705,10 +705,10 @@ class Runner:
 
     def _tell_subscriber(self, buffer: ProcessBuffer[Any], error: BaseException) -> None:
         """``buffer`` cannot carry the completion (broken, or full): send its subscriber the error directly."""
+        buffer._fail(error)  # a subscriber in this process: a thread runnable, or the main program
         subscriber = self._by_token.get(buffer._subscriber_token())
         if subscriber is None or subscriber.ended or subscriber.link is None:
-            return  # nobody subscribed yet: a later subscriber finds the buffer broken
-        buffer._failure = error  # for a subscriber in this process (a thread runnable)
+            return  # the main program, or nobody yet: a later subscriber finds the buffer broken
         try:
             subscriber.link.post((msg.INPUT_FAILED, buffer._key, serialize_error(error)))
         except OSError:

@@ -195,6 +195,23 @@ def test_a_publisher_killed_holding_a_buffer_lock_still_ends_its_subscriber(
     assert sink.status("error")[0] == "ChildDiedError"
 
 
+@pytest.mark.parametrize("how", ["write", "write-long"])
+def test_the_main_program_subscribed_to_a_publisher_that_dies_mid_value_gets_its_error(
+    process_env: puma.ProcessEnvironment, how: str
+) -> None:
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(process_env) as runner:
+            buffer = process_env.buffer(int, 10, "numbers")
+            subscription = buffer.subscribe()
+            runner.start(DiesHoldingBufferLock(buffer, how))
+            received: list[int] = []
+            with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+                for value in subscription:
+                    received.append(value)
+            assert received == [0, 1, 2]
+            runner.join()
+
+
 def test_a_child_flooding_statuses_does_not_hide_another_childs_death(process_env: puma.ProcessEnvironment) -> None:
     with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
         with puma.Runner(process_env) as runner:
