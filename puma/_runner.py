@@ -88,6 +88,7 @@ class ChildRecord:
         self._cond = threading.Condition(self._lock)
         self.control_open = True
         self.logged = False  # log records dispatched since its last status
+        self.inputs = _inputs_of(runnable)  # ids of the buffers it holds but does not publish to
 
     def __repr__(self) -> str:
         state = "ended" if self.ended else "running" if self.started else "starting"
@@ -426,7 +427,7 @@ class Runner:
                 runnable._puma_record = None
                 self._cond.notify_all()
             raise
-        if self._on_failure == "stop" and self._errors:
+        if self._on_failure == "stop" and self._errors and not self._downstream_of_a_failure(record):
             self._send_stop(record)  # the Runner is already stopping after a failure
             if self._supervisor is not None:
                 self._supervisor.call_soon(self._close_unread_buffers)
@@ -732,16 +733,30 @@ class Runner:
                     self._send_stop(other)
 
     def _downstream(self, record: ChildRecord) -> set[int]:
+        """Tokens of the runnables that read, directly or not, what ``record`` publishes.
+
+        A reader is the buffer's subscriber, or a runnable holding the buffer
+        without publishing to it (it will subscribe: it may not have yet).
+        """
         found: set[int] = set()
         frontier = [record]
         while frontier:
             current = frontier.pop()
             for out in current.runnable.outputs:
+                readers = [r for r in self._records if id(out) in r.inputs]
                 token = out._subscriber_token()
-                if token and token not in found and token in self._by_token:
-                    found.add(token)
-                    frontier.append(self._by_token[token])
+                if token and token in self._by_token:
+                    readers.append(self._by_token[token])
+                for reader in readers:
+                    if reader.token not in found:
+                        found.add(reader.token)
+                        frontier.append(reader)
         return found
+
+    def _downstream_of_a_failure(self, record: ChildRecord) -> bool:
+        with self._lock:
+            failed = [r for r in self._records if r.error is not None and r is not record]
+        return any(record.token in self._downstream(f) for f in failed)
 
     def _finish(self, record: ChildRecord) -> None:
         if record.ended:
@@ -803,6 +818,26 @@ class Runner:
                 ):
                     del self._supervisor.draining[fd]
                     self._supervisor.rewatch = True
+
+
+def _inputs_of(runnable: Runnable) -> frozenset[int]:
+    """Ids of the buffers ``runnable`` holds in its attributes (or in lists, tuples, sets and
+    dicts of them) without publishing to them: the buffers it reads."""
+    outputs = {id(out) for out in runnable.outputs}
+    found: set[int] = set()
+    values = list(getattr(runnable, "__dict__", {}).values())
+    for depth in range(2):
+        nested: list[Any] = []
+        for value in values:
+            if isinstance(value, Buffer):
+                if id(value) not in outputs:
+                    found.add(id(value))
+            elif depth == 0 and isinstance(value, list | tuple | set | frozenset):
+                nested.extend(value)
+            elif depth == 0 and isinstance(value, dict):
+                nested.extend(value.values())
+        values = nested
+    return frozenset(found)
 
 
 _live: weakref.WeakSet[Runner] = weakref.WeakSet()

@@ -65,6 +65,33 @@ def test_error_travels_down_a_three_stage_pipeline_to_the_final_consumer(env: pu
     assert sink.status("values") == [i * i for i in range(50)]
 
 
+def test_error_reaches_a_consumer_that_has_not_subscribed_yet(env: puma.Environment) -> None:
+    """The Runner finds downstream runnables by the buffers they hold, not only once they subscribe."""
+    with pytest.raises(ValueError, match="cannot square 0"):
+        with puma.Runner(env) as runner:
+            raw, squared = env.buffer(int, 10, "raw"), env.buffer(int, 10, "squared")
+            runner.start(Producer(raw, 10))
+            runner.start(Squarer(raw, squared, fail_on=0))  # fails at once, likely before the sink subscribes
+            sink = runner.start(Collector(squared, reraise=False))
+            runner.join()
+    assert sink.status("error")[:2] == ("ValueError", "cannot square 0")  # not stopped: it got the error
+    assert sink.status("values") == []
+
+
+def test_a_consumer_started_after_a_failure_still_receives_it(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        raw, squared = env.buffer(int, 10, "raw"), env.buffer(int, 10, "squared")
+        runner.start(Producer(raw, 10))
+        runner.start(Squarer(raw, squared, fail_on=0))
+        with pytest.raises(ValueError, match="cannot square 0"):
+            runner.join()
+        sink = runner.start(Collector(squared, reraise=False))  # downstream of the failure: not stopped
+        unrelated = runner.start(Producer(env.buffer(int, 10, "other"), 10**9, name="unrelated"))
+        runner.join()
+    assert sink.status("error")[:2] == ("ValueError", "cannot square 0")
+    assert not runner.is_alive(unrelated)  # a runnable started after a failure is stopped
+
+
 def test_several_failures_come_out_as_one_exception_group(env: puma.Environment) -> None:
     with pytest.raises(ExceptionGroup) as info:
         with puma.Runner(env, on_failure="continue") as runner:
