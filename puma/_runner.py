@@ -134,7 +134,7 @@ class ChildRecord:
         """
         link = self.link
         if not isinstance(link, ProcessLink):
-            return self.send_command(name, args, kwargs).result(timeout)
+            return self._result(self.send_command(name, args, kwargs), timeout)
         call_id = self._new_call(name, None)
         try:
             answer = link.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
@@ -149,11 +149,20 @@ class ChildRecord:
         except Exception as exc:
             raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
         if answer is None:  # another thread is calling: take the supervisor's path
-            return self.send_command(name, args, kwargs).result(timeout)
+            return self._result(self.send_command(name, args, kwargs), timeout)
         ok, value = answer
         if ok:
             return value
         raise deserialize_error(value) if isinstance(value, SerializedError) else value
+
+    def _result(self, future: Future[Any], timeout: float | None) -> Any:
+        """The command's answer; a ``TimeoutError`` that says what timed out."""
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            if future.done():
+                raise  # the command itself raised it
+            raise TimeoutError(f"runnable {self.name!r} did not answer within {timeout} s") from None
 
     def wait_status(self, key: str, predicate: Callable[[Any], bool] | None, timeout: float | None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -102,6 +102,18 @@ def test_a_timed_out_call_does_not_confuse_later_calls(process_env: puma.Process
         assert worker.block() is True
 
 
+def test_a_timed_out_call_says_which_runnable_did_not_answer(env: puma.Environment) -> None:
+    import threading
+
+    gate = env.context.Event() if isinstance(env, puma.ProcessEnvironment) else threading.Event()
+    with puma.Runner(env) as runner:
+        worker = runner.start_blocking(Blocks(gate))
+        with pytest.raises(TimeoutError, match=r"runnable 'blocks' did not answer within 0\.2 s"):
+            worker.block.call(timeout=0.2)
+        gate.set()
+        assert worker.add(1) == 1
+
+
 def test_many_threads_calling_at_once_each_get_their_own_answer(env: puma.Environment) -> None:
     import threading
 

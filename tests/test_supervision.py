@@ -222,9 +222,11 @@ def test_a_child_flooding_statuses_does_not_hide_another_childs_death(process_en
     assert flood.status("count") > 1000
 
 
-def test_wait_until_running_times_out_with_a_clear_error(env: puma.Environment) -> None:
-    with puma.Runner(env) as runner:
+def test_wait_until_running_times_out_with_a_clear_error(process_env: puma.ProcessEnvironment) -> None:
+    with puma.Runner(process_env) as runner:
         worker = runner.start(WaitForCommands())
+        with pytest.raises(TimeoutError, match="runnable 'worker' did not start within 0 s"):
+            runner.wait_until_running(worker, timeout=0)  # a process needs more than no time at all
         runner.wait_until_running(worker, timeout=60)
         assert runner.is_alive(worker)
         assert runner.pid(worker) is not None
