@@ -88,6 +88,10 @@ class Environment(abc.ABC):
         record as soon as its link is set.
         """
 
+    @abc.abstractmethod
+    def _abandon(self, record: ChildRecord) -> None:
+        """Undo a launch nobody will supervise (it failed half-way): leave no orphan behind."""
+
 
 class ThreadEnvironment(Environment):
     """Run runnables in threads of this process. Buffers are thread buffers."""
@@ -118,9 +122,12 @@ class ThreadEnvironment(Environment):
         try:
             thread.start()
         except BaseException:
-            record.link = None
-            record.thread = None
+            self._abandon(record)
             raise
+
+    def _abandon(self, record: ChildRecord) -> None:
+        record.link = None  # a thread cannot be killed: one that runs ends with its stop request
+        record.thread = None
 
 
 def default_start_method() -> str:
@@ -190,16 +197,22 @@ class ProcessEnvironment(Environment):
                 process.start()
             finally:
                 link.close_child_end()
-            record.process = process
-            record.link = link  # last: the supervisor watches a record once its link is set
         except BaseException:
-            record.link = None
-            record.process = None
-            if getattr(process, "_popen", None) is not None:  # forked, then interrupted (Ctrl-C)
-                process.kill()  # nobody would supervise it: leave no orphan
-                process.join(5)
-            link.close()
+            record.process, record.link = process, link
+            self._abandon(record)  # forked, then interrupted (Ctrl-C)?
             raise
+        record.process = process
+        record.link = link  # last: the supervisor watches a record once its link is set
+
+    def _abandon(self, record: ChildRecord) -> None:
+        process, link = record.process, record.link
+        record.link = None
+        record.process = None
+        if process is not None and getattr(process, "_popen", None) is not None:
+            process.kill()  # nobody would supervise it
+            process.join(5)
+        if link is not None:
+            link.close()
 
 
 _PRCTL: list[Any] = []

@@ -30,6 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from multiprocessing.connection import wait as wait_for
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -87,6 +88,10 @@ class ChildRecord:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.control_open = True
+        # True while the thread in start_blocking() reads the child's STARTED itself (one hop
+        # fewer than through the supervisor); the supervisor leaves its control pipe and
+        # sentinel alone meanwhile.
+        self.start_claimed = False
         self.logged = False  # log records dispatched since its last status
         self.inputs = _inputs_of(runnable)  # ids of the buffers it holds but does not publish to
 
@@ -244,6 +249,20 @@ class _Supervisor(threading.Thread):
     def launch_here(self, record: ChildRecord, child: Runnable) -> None:
         """Launch ``child`` from the calling thread, then have this thread watch it."""
         record.environment._launch(record, child, lambda m: self.post(record, m))
+        self.launched(record)
+
+    def launched(self, record: ChildRecord) -> None:
+        """Watch ``record``, launched by another thread.
+
+        A record whose start is claimed is watched in full once :meth:`watch`
+        is called, when the claim ends: no wake-up now.
+        """
+        self.rewatch = True
+        if not record.start_claimed:
+            self.waker.wake()
+
+    def watch(self) -> None:
+        """Rebuild what this thread watches (e.g. a start claim ended)."""
         self.rewatch = True
         self.waker.wake()
 
@@ -284,6 +303,9 @@ class _Supervisor(threading.Thread):
         for record in live:
             link = record.link
             if isinstance(link, ProcessLink):
+                if record.start_claimed:  # the starting thread reads STARTED (or sees the death) itself
+                    handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
+                    continue
                 if record.control_open:
                     handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
                 handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
@@ -390,6 +412,11 @@ class Runner:
                 cross (the message names it).
             PumaError: the runnable was already started, or the Runner is closed.
         """
+        self._start(runnable, environment, claim=False)
+        return runnable
+
+    def _start(self, runnable: Runnable, environment: Environment | None, claim: bool) -> ChildRecord:
+        """Launch ``runnable``; ``claim``: the caller reads a process child's STARTED itself."""
         if not isinstance(runnable, Runnable):
             raise TypeError(f"Runner.start() takes a puma.Runnable, not {type(runnable).__name__}")
         env = environment if environment is not None else self._environment
@@ -418,16 +445,10 @@ class Runner:
         if env.is_process and not self._logging:
             self._logging = True
             _logging.start_listener()
-        supervisor = self._ensure_supervisor()
         try:
-            # Linux sends a child its parent-death signal when the *thread* that forked it
-            # ends, so a process is forked from a thread that lives as long as the process:
-            # the main thread (directly: the fastest start), or else the supervisor's.
-            if not env.is_process or threading.current_thread() is threading.main_thread():
-                supervisor.launch_here(record, child)
-            else:
-                supervisor.launch(record, child).result()
+            self._launch(record, child, env, claim)
         except BaseException:
+            record.start_claimed = False
             for out in runnable.outputs:
                 out._register_publisher(-1)
             with self._cond:
@@ -440,13 +461,66 @@ class Runner:
             self._send_stop(record)  # the Runner is already stopping after a failure
             if self._supervisor is not None:
                 self._supervisor.call_soon(self._close_unread_buffers)
-        return runnable
+        return record
+
+    def _launch(self, record: ChildRecord, child: Runnable, env: Environment, claim: bool) -> None:
+        """Launch ``child`` in the right thread; have the supervisor watch it.
+
+        ``claim``: the caller (start_blocking) reads a process child's STARTED.
+        """
+        # Linux sends a child its parent-death signal when the *thread* that forked it
+        # ends, so a process is forked from a thread that lives as long as the process:
+        # the main thread (directly: the fastest start), or else the supervisor's.
+        if env.is_process and threading.current_thread() is threading.main_thread():
+            record.start_claimed = claim
+            env._launch(record, child, _no_messages)
+            try:  # started after the fork: a Runner's first child does not wait for it
+                self._ensure_supervisor().launched(record)
+            except BaseException:
+                env._abandon(record)
+                raise
+        else:
+            supervisor = self._ensure_supervisor()
+            if env.is_process:
+                supervisor.launch(record, child).result()
+            else:
+                supervisor.launch_here(record, child)
 
     def start_blocking(self, runnable: R, environment: Environment | None = None, timeout: float | None = None) -> R:
         """Launch ``runnable`` and wait until it runs (see :meth:`wait_until_running`)."""
-        self.start(runnable, environment)
-        self.wait_until_running(runnable, timeout)
+        limit = self._start_timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        record = self._start(runnable, environment, claim=True)
+        if record.start_claimed:
+            self._wait_started_here(record, deadline)
+        self._wait_running(record, deadline, limit)
         return runnable
+
+    def _wait_started_here(self, record: ChildRecord, deadline: float) -> None:
+        """Read a process child's first message (STARTED) in this thread, not through the supervisor.
+
+        One thread hop fewer on every ``start_blocking``.  Ends the claim in any
+        case: a child that dies first, a timeout or Ctrl-C leave the rest (the
+        death's report, the later STARTED) to the supervisor, which
+        :meth:`wait_until_running` then waits on.
+        """
+        link = record.link
+        assert isinstance(link, ProcessLink)
+        try:
+            remaining = deadline - time.monotonic()
+            if remaining > 0 and link.control in wait_for([link.control, record.process.sentinel], remaining):
+                message = link.control.recv()  # the child's first message: one small frame, all there
+                if message[0] == msg.STARTED:
+                    self._handle(record, message)
+                else:  # not expected; the supervisor handles whatever it is
+                    assert self._supervisor is not None
+                    self._supervisor.post(record, message)
+        except (EOFError, OSError):
+            pass  # it died before starting: the supervisor reports it
+        finally:
+            record.start_claimed = False
+            assert self._supervisor is not None
+            self._supervisor.watch()
 
     def wait_until_running(self, runnable: Runnable, timeout: float | None = None) -> None:
         """Wait until ``runnable`` has started executing.
@@ -457,7 +531,9 @@ class Runner:
         """
         record = self._record(runnable)
         limit = self._start_timeout if timeout is None else timeout
-        deadline = time.monotonic() + limit
+        self._wait_running(record, time.monotonic() + limit, limit)
+
+    def _wait_running(self, record: ChildRecord, deadline: float, limit: float) -> None:
         with self._cond:
             while not record.started and not record.ended:
                 remaining = deadline - time.monotonic()
@@ -827,6 +903,11 @@ class Runner:
                 ):
                     del self._supervisor.draining[fd]
                     self._supervisor.rewatch = True
+
+
+def _no_messages(message: tuple[Any, ...]) -> None:
+    """The ``to_parent`` of a process launch: a process child talks through its pipes."""
+    raise AssertionError(f"a process child's message went through memory: {message[0]}")
 
 
 def _inputs_of(runnable: Runnable) -> frozenset[int]:

@@ -65,12 +65,76 @@ def test_kill_9_mid_stream_stops_the_pipeline_and_reports_it(process_env: puma.P
     assert sink.status("values") is not None  # the consumer ended and reported
 
 
-def test_child_that_dies_before_starting_does_not_hang_start_blocking() -> None:
-    """Under spawn the runnable is unpickled in the child; a failing unpickle kills it before 'started'."""
-    env = puma.ProcessEnvironment("spawn")
-    with pytest.raises(puma.ChildDiedError, match="exited with code 1"):
-        with puma.Runner(env) as runner:
-            runner.start_blocking(_BrokenOnArrival(), timeout=60)
+def test_child_that_dies_before_starting_does_not_hang_start_blocking(
+    process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start_blocking reports the death (not a timeout), and the Runner has seen it too.
+
+    Under spawn and forkserver the runnable is unpickled in the child, and a
+    failing unpickle kills it before 'started'.  A forked child unpickles
+    nothing, so there the child's first step is made to exit.
+    """
+    runnable: puma.Runnable = _BrokenOnArrival()
+    exitcode = 1
+    if process_env.start_method == "fork":
+        from puma import _environment
+
+        monkeypatch.setattr(_environment, "_die_with_parent", lambda parent_pid: os._exit(3))
+        runnable, exitcode = Noop(), 3
+    with pytest.raises(puma.ChildDiedError, match=f"exited with code {exitcode}") as info:
+        with puma.Runner(process_env) as runner:
+            try:
+                runner.start_blocking(runnable, timeout=60)
+            finally:
+                monkeypatch.undo()
+    assert info.value.exitcode == exitcode
+    assert not runner.is_alive(runnable)
+
+
+def test_start_blocking_that_times_out_leaves_the_child_supervised(process_env: puma.ProcessEnvironment) -> None:
+    """The STARTED that comes after the timeout still reaches the Runner, and the child works."""
+    with puma.Runner(process_env) as runner:
+        worker = WaitForCommands()
+        with pytest.raises(TimeoutError, match="runnable 'worker' did not start within 0 s"):
+            runner.start_blocking(worker, timeout=0)  # a process needs more than no time at all
+        runner.wait_until_running(worker, timeout=60)
+        assert worker.add(3) == 3
+        pid = runner.pid(worker)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # and its death is seen
+        with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+            runner.join(timeout=60)
+
+
+def test_a_child_killed_right_after_start_blocking_is_reported(process_env: puma.ProcessEnvironment) -> None:
+    with puma.Runner(process_env) as runner:
+        worker = runner.start_blocking(WaitForCommands(), timeout=60)
+        pid = runner.pid(worker)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(puma.ChildDiedError, match="SIGKILL") as info:
+            runner.join(timeout=60)
+    assert info.value.pid == pid
+
+
+def test_ctrl_c_while_start_blocking_waits_leaves_the_child_supervised(
+    process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C landing while start_blocking waits for the child: the Runner still watches it, then stops it."""
+    from puma import _runner
+
+    def interrupted(*args: object) -> list[object]:
+        raise KeyboardInterrupt
+
+    with puma.Runner(process_env) as runner:
+        monkeypatch.setattr(_runner, "wait_for", interrupted)
+        worker = WaitForCommands()
+        with pytest.raises(KeyboardInterrupt):
+            runner.start_blocking(worker)
+        monkeypatch.undo()
+        runner.wait_until_running(worker, timeout=60)
+        assert worker.add(4) == 4
+    assert not runner.is_alive(worker)
 
 
 class _Explodes:
