@@ -57,10 +57,19 @@ class ChildContext:
         self.stop_requested = False
         self.publishers: dict[int, Publisher[Any]] = {}
         self.subscribed: list[Buffer[Any]] = []
-        self.note = ""
+        self._note = ""
+
+    @property
+    def note(self) -> str:
+        """'raised in runnable 'name' (process 123, thread MainThread)', for errors raised here.
+
+        Made when first needed (from the runnable's own thread), not at start.
+        """
+        if not self._note:
+            self._note = f"raised in runnable {self.name!r} ({where()})"
+        return self._note
 
     def __enter__(self) -> ChildContext:
-        self.note = f"raised in runnable {self.name!r} ({where()})"
         _local.ctx = self
         return self
 

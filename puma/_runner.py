@@ -254,12 +254,12 @@ class _Supervisor(threading.Thread):
     def launched(self, record: ChildRecord) -> None:
         """Watch ``record``, launched by another thread.
 
-        A record whose start is claimed is watched in full once :meth:`watch`
-        is called, when the claim ends: no wake-up now.
+        A record whose start is claimed is watched once :meth:`watch` is
+        called, when the claim ends; until then there is nothing to watch (its
+        first message is STARTED, read by the claimer).
         """
-        self.rewatch = True
         if not record.start_claimed:
-            self.waker.wake()
+            self.watch()
 
     def watch(self) -> None:
         """Rebuild what this thread watches (e.g. a start claim ended)."""
@@ -304,7 +304,6 @@ class _Supervisor(threading.Thread):
             link = record.link
             if isinstance(link, ProcessLink):
                 if record.start_claimed:  # the starting thread reads STARTED (or sees the death) itself
-                    handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
                     continue
                 if record.control_open:
                     handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]

@@ -79,7 +79,7 @@ def test_child_that_dies_before_starting_does_not_hang_start_blocking(
     if process_env.start_method == "fork":
         from puma import _environment
 
-        monkeypatch.setattr(_environment, "_die_with_parent", lambda parent_pid: os._exit(3))
+        monkeypatch.setattr(_environment, "_set_signal", lambda signalnum, handler: os._exit(3))
         runnable, exitcode = Noop(), 3
     with pytest.raises(puma.ChildDiedError, match=f"exited with code {exitcode}") as info:
         with puma.Runner(process_env) as runner:
@@ -364,6 +364,38 @@ def test_children_die_with_their_parent(method: str) -> None:
     for leftover in alive:
         leftover.kill()
     assert not alive, f"orphans after the parent died: {alive}"
+
+
+_EXITS_AT_ONCE_SCRIPT = """
+import os, sys, puma
+from _helpers import WaitForCommands
+if __name__ == "__main__":
+    runner = puma.Runner(puma.ProcessEnvironment(sys.argv[1]))
+    worker = runner.start_blocking(WaitForCommands(), timeout=60)
+    print(runner.pid(worker), flush=True)
+    os._exit(0)  # at once: the child may not have tied itself to this process yet
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_child_whose_parent_exits_right_after_start_blocking_ends_too(method: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _EXITS_AT_ONCE_SCRIPT, method],
+        cwd=str(HERE),
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(HERE)},
+    )
+    out, _err = proc.communicate(timeout=60)
+    child_pid = int(out)
+    try:
+        child = psutil.Process(child_pid)
+    except psutil.NoSuchProcess:
+        return  # already gone
+    _gone, alive = psutil.wait_procs([child], timeout=10)
+    for leftover in alive:
+        leftover.kill()
+    assert not alive, f"orphan after the parent exited: {child_pid}"
 
 
 def test_importing_puma_changes_nothing_global() -> None:
