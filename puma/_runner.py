@@ -4,8 +4,9 @@ One supervisor thread per Runner blocks in a single wait over every child's
 control pipe, status pipe and process sentinel, plus a wake-up for thread
 children and requests from the caller.  It:
 
-* launches children (so Linux's parent-death signal is tied to a thread that
-  outlives them);
+* launches process children for callers other than the main thread (Linux's
+  parent-death signal is tied to the thread that forked, which must outlive
+  the child; the main thread forks its own);
 * delivers command results to futures, keeps statuses, hands log records to
   the log listener;
 * notices a child's end: a FINISHED message, or a sentinel that fires without
@@ -17,7 +18,9 @@ children and requests from the caller.  It:
 * when a subscriber ends, closes its buffer so publishers are not left
   blocked, and drains it.
 
-The caller's thread waits on a condition for starts and ends; nothing polls.
+The caller's thread waits on a condition for starts and ends, except that
+``start_blocking`` in the main thread reads a process child's STARTED itself
+(see :meth:`Runner._wait_started_here`); nothing polls.
 """
 
 from __future__ import annotations
