@@ -68,7 +68,11 @@ class RunnableNotRunningError(PumaError):
 
 
 class CommandError(PumaError):
-    """A command could not be delivered or did not answer in time."""
+    """A command could not be delivered: its arguments cannot be sent to the child.
+
+    A command that is delivered but not answered in time raises ``TimeoutError``;
+    one sent to a runnable that has ended raises :class:`RunnableNotRunningError`.
+    """
 
 
 class NotPicklableError(PumaError, TypeError):
@@ -170,7 +174,10 @@ class SerializedError:
 
 
 def _freeze_one(exc: BaseException, link: str) -> _Frozen:
-    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    module = type(exc).__module__
+    if module == "__mp_main__":  # the main script, as spawn and forkserver children import it
+        module = "__main__"
+    type_name = f"{module}.{type(exc).__qualname__}"
     formatted = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, chain=False))
     try:
         message = str(exc)

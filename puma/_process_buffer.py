@@ -195,9 +195,12 @@ class ProcessBuffer(Buffer[T]):
             elif holder == 0:
                 # Free now (we take it and let go), or held by a process killed in the instant
                 # between taking it and writing its pid (or clearing its pid and letting go):
-                # then nothing of a value was half written, and letting go frees it.
-                lock.acquire(True, _ORPHAN_WAIT)
-                lock.release()
+                # then nothing of a value was half written, and letting go frees it.  A live
+                # process that took it meanwhile names itself at once: its lock is left alone.
+                if lock.acquire(True, _ORPHAN_WAIT):
+                    lock.release()
+                elif shared[slot] == 0:
+                    lock.release()
         return not shared[_BROKEN]
 
     def _crossable(self) -> bool:

@@ -44,6 +44,7 @@ from puma._channels import ProcessLink, ThreadLink
 from puma._environment import Environment, ThreadEnvironment
 from puma._errors import (
     ChildDiedError,
+    CommandError,
     PumaError,
     RunnableNotRunningError,
     SerializedError,
@@ -83,6 +84,7 @@ class ChildRecord:
         self.ended = False
         self.stop_sent = False
         self.stuck = False
+        self.killed = False  # stuck, and SIGTERM did not end it
         self.error: BaseException | None = None
         self.stopped = False
         self.statuses: dict[str, Any] = {}
@@ -115,7 +117,9 @@ class ChildRecord:
                 self._futures.pop(call_id, None)
             if isinstance(exc, OSError):
                 raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
-            raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
+            raise CommandError(
+                f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}"
+            ) from exc
         return future
 
     def _new_call(self, name: str, future: Future[Any] | None) -> int:
@@ -155,7 +159,9 @@ class ChildRecord:
         except OSError as exc:
             raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc
         except Exception as exc:
-            raise PumaError(f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}") from exc
+            raise CommandError(
+                f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}"
+            ) from exc
         if answer is None:  # another thread is calling: take the supervisor's path
             return self._result(self.send_command(name, args, kwargs), timeout)
         ok, value = answer
@@ -671,14 +677,16 @@ class Runner:
         if not self._wait_all_ended(_KILL_GRACE):
             for record in stuck:
                 if not record.ended and record.process is not None:
+                    record.killed = True
                     record.process.kill()
             self._wait_all_ended(_KILL_GRACE)
 
     def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
         if record.process is not None:
+            how = f"killed (SIGTERM did not end it within {_KILL_GRACE} s)" if record.killed else "terminated"
             return StuckRunnableError(
                 f"runnable {record.name!r} (pid {record.pid}) did not end within {self._stop_timeout} s "
-                "of being asked to stop; it was terminated"
+                f"of being asked to stop; it was {how}"
             )
         return StuckRunnableError(
             f"runnable {record.name!r} (a thread) did not end within {self._stop_timeout} s of being asked "

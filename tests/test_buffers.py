@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from _helpers import (
@@ -182,3 +184,41 @@ def test_subscribing_outside_execute_is_a_clear_error(env: puma.Environment) -> 
         with puma.Runner(env) as runner:
             runner.start(SubscribesTooEarly(env.buffer(int, 2, "early")))
             runner.join()
+
+
+def _holds_the_write_lock(buffer: puma.Buffer[int], taken: object, named: object, done: object) -> None:
+    """Take the buffer's write lock, name itself only when told, hold it until told (a live writer)."""
+    from puma._process_buffer import _WRITER
+
+    buffer._lock.acquire()  # type: ignore[attr-defined]
+    taken.set()  # type: ignore[attr-defined]
+    named.wait(30)  # type: ignore[attr-defined]
+    buffer._shared[_WRITER] = os.getpid()  # type: ignore[attr-defined]
+    done.wait(30)  # type: ignore[attr-defined]
+    buffer._shared[_WRITER] = 0  # type: ignore[attr-defined]
+    buffer._lock.release()  # raises if someone else let it go meanwhile  # type: ignore[attr-defined]
+
+
+def test_another_childs_death_never_frees_a_live_writers_lock() -> None:
+    """When any child dies the Runner frees the locks the dead one held, and only those.
+
+    A live writer caught between taking the lock and naming itself keeps it.
+    """
+    import threading
+
+    env = puma.ProcessEnvironment("fork")
+    buffer = env.buffer(int, 4, "numbers")
+    taken, named, done = env.context.Event(), env.context.Event(), env.context.Event()
+    writer = env.context.Process(target=_holds_the_write_lock, args=(buffer, taken, named, done))
+    writer.start()
+    try:
+        assert taken.wait(30)
+        freeing = threading.Thread(target=buffer._free_locks_of, args=(2**22 + 1,))  # type: ignore[attr-defined]
+        freeing.start()
+        named.set()  # names itself while the Runner looks at the lock
+        freeing.join(30)
+        assert not buffer._lock.acquire(False), "the live writer's lock was freed"  # type: ignore[attr-defined]
+    finally:
+        done.set()
+        writer.join(30)
+    assert writer.exitcode == 0  # its own release worked

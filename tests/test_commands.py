@@ -61,6 +61,18 @@ def test_unpicklable_command_result_is_an_error_not_a_hang(process_env: puma.Pro
         assert worker.add(1) == 1
 
 
+def test_command_arguments_that_cannot_be_sent_are_a_clear_error(process_env: puma.ProcessEnvironment) -> None:
+    import threading
+
+    with puma.Runner(process_env) as runner:
+        worker = runner.start_blocking(WaitForCommands())
+        with pytest.raises(puma.CommandError, match="command 'add' to runnable 'worker': its arguments cannot be sent"):
+            worker.add(threading.Lock())  # type: ignore[arg-type]
+        with pytest.raises(puma.CommandError, match="its arguments cannot be sent"):
+            worker.add.submit(threading.Lock())  # type: ignore[arg-type]
+        assert worker.add(1) == 1  # nothing half-sent: the runnable still serves
+
+
 def test_statuses_latest_and_waited_for(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         reporter = runner.start(ReportsWhere())

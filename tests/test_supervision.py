@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -179,6 +180,27 @@ def test_stuck_child_is_terminated_and_reported(env: puma.Environment) -> None:
         assert not psutil.pid_exists(stuck.status("pid")) or psutil.Process(stuck.status("pid")).status() == "zombie"
 
 
+class _IgnoresTerm(puma.Runnable):
+    """Stuck, and deaf to SIGTERM: only SIGKILL ends it."""
+
+    def __init__(self) -> None:
+        super().__init__("deaf")
+
+    def execute(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.send_status("pid", os.getpid())
+        threading.Event().wait()
+
+
+def test_a_stuck_child_deaf_to_sigterm_is_killed_and_reported_so(process_env: puma.ProcessEnvironment) -> None:
+    runner = puma.Runner(process_env, stop_timeout=0.5)
+    deaf = runner.start(_IgnoresTerm())
+    pid = deaf.wait_status("pid", timeout=60)
+    with pytest.raises(puma.StuckRunnableError, match=r"it was killed \(SIGTERM did not end it"):
+        runner.close()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
 def test_starting_the_same_runnable_twice_is_refused(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         noop = runner.start(Noop())
@@ -222,7 +244,6 @@ def test_a_launch_interrupted_after_the_fork_leaves_no_orphan(
 
 def test_runnables_started_from_another_thread_are_supervised(env: puma.Environment) -> None:
     """The main thread forks directly; any other thread hands the launch to the supervisor thread."""
-    import threading
 
     with puma.Runner(env) as runner:
         started: list[WaitForCommands] = []
