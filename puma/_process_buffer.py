@@ -197,10 +197,8 @@ class ProcessBuffer(Buffer[T]):
                 # between taking it and writing its pid (or clearing its pid and letting go):
                 # then nothing of a value was half written, and letting go frees it.  A live
                 # process that took it meanwhile names itself at once: its lock is left alone.
-                if lock.acquire(True, _ORPHAN_WAIT):
-                    lock.release()
-                elif shared[slot] == 0:
-                    lock.release()
+                if lock.acquire(True, _ORPHAN_WAIT) or shared[slot] == 0:
+                    lock.release()  # ours now, or its taker is deemed dead
         return not shared[_BROKEN]
 
     def _crossable(self) -> bool:
