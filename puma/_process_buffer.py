@@ -192,13 +192,12 @@ class ProcessBuffer(Buffer[T]):
                     shared[_BROKEN] = 1
                 shared[slot] = 0
                 lock.release()
-            elif holder == 0:
-                # Free now (we take it and let go), or held by a process killed in the instant
-                # between taking it and writing its pid (or clearing its pid and letting go):
-                # then nothing of a value was half written, and letting go frees it.  A live
-                # process that took it meanwhile names itself at once: its lock is left alone.
-                if lock.acquire(True, _ORPHAN_WAIT) or shared[slot] == 0:
-                    lock.release()  # ours now, or its taker is deemed dead
+            # Else free now (we take it and let go), or held by a process killed in the instant
+            # between taking it and writing its pid (or clearing its pid and letting go): then
+            # nothing of a value was half written, and letting go frees it.  A live process that
+            # took it meanwhile names itself at once: its lock is left alone.
+            elif holder == 0 and (lock.acquire(True, _ORPHAN_WAIT) or shared[slot] == 0):
+                lock.release()  # ours now, or its taker is deemed dead
         return not shared[_BROKEN]
 
     def _crossable(self) -> bool:
