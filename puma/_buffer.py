@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from puma._errors import BufferClosedError, BufferCompleted
+from puma._errors import BufferClosedError, BufferCompleted, StopRequested
 
 __all__ = ["Buffer", "BufferStatistics", "Publisher", "Subscription"]
 
@@ -177,6 +177,20 @@ class Publisher(abc.ABC, Generic[T]):
         if self._completed:
             return BufferClosedError(f"buffer {self._buffer.name!r}: publisher {self._owner!r} has already completed")
         return BufferClosedError(f"buffer {self._buffer.name!r}: its subscriber has ended; nothing reads it any more")
+
+    def _closing(self) -> BaseException:
+        """What to raise on a closed buffer: a stop request that came first, else the closed error.
+
+        When everything stops, a subscriber may end (and the buffer close) before
+        the publisher has read its own stop; that is a stop, not an error.
+        Call it holding no lock: it runs pending commands.
+        """
+        from puma import _context
+
+        ctx = _context.current()
+        if ctx is not None and ctx.service():
+            return StopRequested()
+        return self._closed_error()
 
     @abc.abstractmethod
     def publish(self, value: T, timeout: float | None = None) -> None:

@@ -24,10 +24,13 @@ Design (see docs/architecture.md):
   in that slow regime); publishers may find the buffer full that many values
   early, never late.
 * A publisher that finds no permit never sleeps on the permits themselves: it
-  counts itself as waiting and sleeps on a second "room" semaphore, which the
-  subscriber posts once after giving back a group (the Runner too, to
-  interrupt or close).  One wake-up then finds room for a batch, and giving
-  permits back costs no system call (no sleeper on them to wake).
+  counts itself as waiting and sleeps on a "room" pipe, where the subscriber
+  writes one token per waiting publisher after giving back a group (the
+  Runner too, to interrupt or close).  One wake-up then finds room for a
+  batch, and giving permits back costs no system call (no sleeper on them to
+  wake).  In a runnable that sleep is the runnable's one wait, over the room
+  pipe and its command pipe, so a producer held back by a slow consumer still
+  runs its commands and sees its stop.
 * When the subscriber ends, the Runner closes the buffer: publishers get
   :class:`~puma.BufferClosedError`, and the Runner drains the pipe so a
   publisher blocked in a write is freed.
@@ -64,7 +67,6 @@ from puma._errors import (
     BufferEmpty,
     BufferFull,
     SerializedError,
-    StopRequested,
     deserialize_error,
     serialize_error,
 )
@@ -148,7 +150,13 @@ class ProcessBuffer(Buffer[T]):
         _live.add(self)
         self._reader, self._writer = context.Pipe(duplex=False)
         self._slots = context.Semaphore(size)
-        self._room = context.Semaphore(0)  # posted when permits come back and publishers wait
+        # "Room" tokens, one byte each, written when permits come back and publishers wait. A
+        # pipe, not a semaphore, so a waiting publisher in a runnable waits on it and on its
+        # command pipe in one poll. Both ends non-blocking: a token read by another waiter
+        # first is not waited for, and a full pipe already holds tokens enough.
+        self._room_reader, self._room_writer = context.Pipe(duplex=False)
+        os.set_blocking(self._room_reader.fileno(), False)
+        os.set_blocking(self._room_writer.fileno(), False)
         self._lock = context.Lock()  # held while a message is written
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", _SHARED_SLOTS)
@@ -239,11 +247,14 @@ class ProcessBuffer(Buffer[T]):
         self._wake_publishers(max(int(self._shared[_PUBLISHERS]), 1))
 
     def _wake_publishers(self, at_least: int = 0) -> None:
-        """Post the room semaphore once per waiting publisher (and at least ``at_least`` times)."""
+        """Write a room token per waiting publisher (and at least ``at_least``)."""
         with self._meta_guard:
             count = max(int(self._shared[_WAITING]), at_least)
-            for _ in range(count):
-                self._room.release()
+            if count:
+                try:
+                    os.write(self._room_writer.fileno(), bytes(count))
+                except BlockingIOError:
+                    pass  # the pipe is full of tokens: every waiter finds one
 
     def _close(self) -> None:
         self._shared[_CLOSED] = 1
@@ -297,20 +308,16 @@ class _ProcessPublisher(Publisher[T]):
         self._lock = buffer._lock
         self._shared = buffer._shared
         self._pid = os.getpid()
-
-    def _closing(self) -> BaseException:
-        ctx = _context.current()
-        if ctx is not None and ctx.service():
-            return StopRequested()
-        return self._closed_error()
+        self._room_fd = buffer._room_reader.fileno()
+        self._room_poller: Poller | None = None
 
     def _take_slot(self, timeout: float | None) -> None:
         """Take one permit, waiting if the buffer is full; raise if that fails.
 
-        The wait is on the room semaphore, not on the permits (see the module
+        The wait is on the room pipe, not on the permits (see the module
         notes): count ourselves as waiting and look for a permit under the
         meta lock, so a subscriber giving permits back either leaves one for
-        that look or sees us waiting and posts the room semaphore.
+        that look or sees us waiting and writes a room token.
         """
         shared = self._shared
         if self._completed or shared[_CLOSED]:
@@ -325,7 +332,7 @@ class _ProcessPublisher(Publisher[T]):
             if ctx is not None:
                 ctx.check_stop()
             if shared[_CLOSED]:
-                raise self._closed_error()
+                raise self._closing()
             remaining = None if deadline is None else deadline - time.monotonic()
             with meta:
                 if slots.acquire(False):
@@ -334,10 +341,30 @@ class _ProcessPublisher(Publisher[T]):
                     raise BufferFull(f"buffer {self._b.name!r} stayed full for {timeout} s")
                 shared[_WAITING] += 1
             try:
-                self._b._room.acquire(True, remaining)  # a stale post only makes us look again
+                self._wait_for_room(ctx, remaining)
             finally:
                 with meta:
                     shared[_WAITING] -= 1
+
+    def _wait_for_room(self, ctx: _context.ChildContext | None, timeout: float | None) -> None:
+        """Sleep until a room token comes (taking it), or a command or stop for our runnable, or ``timeout``.
+
+        In a runnable this is the runnable's one wait, so its commands run while
+        the buffer is full.  A stale token only makes the caller look again.
+        """
+        room = self._room_fd
+        if ctx is not None:
+            ctx.waker.clear()
+            ready = ctx.waker.wait((room, *ctx.fds), timeout)
+        else:
+            if self._room_poller is None:
+                self._room_poller = Poller((room,))
+            ready = self._room_poller.poll(timeout)
+        if room in ready:
+            try:
+                os.read(room, 1)
+            except BlockingIOError:
+                pass  # another waiter took it
 
     def _write(self, value: Any, kind: int) -> None:
         """Pickle ``value`` and write it as one frame (plus its out-of-band buffers)."""

@@ -1,8 +1,9 @@
 """A buffer between threads of one process: a deque under a lock.
 
 Publishing appends and wakes the subscriber's :class:`~puma._wait.Waker` (the
-one wait of the runnable that subscribed).  A full buffer blocks publishers on
-a condition; a stop request wakes them through :meth:`_interrupt_publishers`.
+one wait of the runnable that subscribed).  A publisher that finds the buffer
+full waits for room in its own runnable's one wait (so its commands run and
+its stop is seen meanwhile), or on a condition outside any runnable.
 A thread buffer cannot be sent to a child process: trying names the attribute.
 """
 
@@ -39,7 +40,8 @@ class ThreadBuffer(Buffer[T]):
     def __init__(self, item_type: type[T] | Any, size: int, name: str) -> None:
         super().__init__(item_type, size, name)
         self._lock = threading.Lock()
-        self._not_full = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)  # publishers outside any runnable wait here
+        self._room_waiters: list[Waker] = []  # the one waits of publishers in runnables, waiting for room
         self._items: deque[Any] = deque()
         self._waker: Waker | None = None
         self._publishers = 0
@@ -86,13 +88,19 @@ class ThreadBuffer(Buffer[T]):
 
     def _interrupt_publishers(self) -> None:
         with self._lock:
-            self._not_full.notify_all()
+            self._room_made()
 
     def _close(self) -> None:
         with self._lock:
             self._closed = True
             self._items.clear()
-            self._not_full.notify_all()
+            self._room_made()
+
+    def _room_made(self) -> None:
+        """Wake every waiting publisher (call with the lock held)."""
+        self._not_full.notify_all()
+        for waker in self._room_waiters:
+            waker.wake()
 
     def _wake(self) -> None:
         waker = self._waker
@@ -122,13 +130,43 @@ class _ThreadPublisher(Publisher[T]):
                 raise BufferFull(f"buffer {b.name!r} stayed full for {timeout} s")
 
     def _wait_for_room(self, timeout: float | None) -> bool:
-        b = self._b
+        """Wait until the buffer has room (True) or ``timeout`` passes (False).
+
+        In a runnable the wait is the runnable's one wait, so its commands run
+        and its stop is seen while it waits; elsewhere, the buffer's condition.
+        """
         ctx = _context.current()
+        if ctx is None:
+            return self._wait_for_room_outside(timeout)
+        b = self._b
         deadline = None if timeout is None else time.monotonic() + timeout
+        waker = ctx.waker
         while True:
-            if ctx is not None:
-                ctx.check_stop()
+            waker.clear()
+            ctx.check_stop()
             with b._lock:
+                closed = self._completed or b._closed
+                if not closed:
+                    if len(b._items) < b._capacity:
+                        return True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    b._room_waiters.append(waker)
+            if closed:
+                raise self._closing()  # outside the lock: it runs pending commands
+            try:
+                waker.wait(ctx.fds, remaining)  # room, a command, a stop, or the deadline
+            finally:
+                with b._lock:
+                    b._room_waiters.remove(waker)
+
+    def _wait_for_room_outside(self, timeout: float | None) -> bool:
+        """:meth:`_wait_for_room` for a publisher outside any runnable (the main program)."""
+        b = self._b
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with b._lock:
+            while True:
                 if self._completed or b._closed:
                     raise self._closed_error()
                 if len(b._items) < b._capacity:
@@ -144,11 +182,13 @@ class _ThreadPublisher(Publisher[T]):
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
         with b._lock:
-            if self._completed or b._closed:
-                raise self._closed_error()
-            if len(b._items) >= b._capacity:
-                return False
-            b._items.append(value)
+            closed = self._completed or b._closed
+            if not closed:
+                if len(b._items) >= b._capacity:
+                    return False
+                b._items.append(value)
+        if closed:
+            raise self._closing()
         b._wake()
         return True
 
@@ -163,12 +203,13 @@ class _ThreadPublisher(Publisher[T]):
         start = 0
         while start < len(pending):
             with b._lock:
-                if self._completed or b._closed:
-                    raise self._closed_error()
-                room = b._capacity - len(b._items)
+                closed = self._completed or b._closed
+                room = 0 if closed else b._capacity - len(b._items)
                 if room > 0:
                     b._items.extend(pending[start : start + room])
                     start += room
+            if closed:
+                raise self._closing()
             if room > 0:
                 b._wake()
             elif not self._wait_for_room(timeout):
@@ -205,6 +246,8 @@ class _ThreadSubscription(Subscription[T]):
         with b._lock:
             item = b._items.popleft()
             b._not_full.notify()
+            for waker in b._room_waiters:
+                waker.wake()
         return item
 
     def _handle_complete(self, mark: _Complete) -> BaseException | None:
@@ -268,5 +311,5 @@ class _ThreadSubscription(Subscription[T]):
                 if type(item) is _Complete:
                     break
                 out.append(b._items.popleft())
-            b._not_full.notify_all()
+            b._room_made()
         return out

@@ -73,6 +73,57 @@ def test_command_arguments_that_cannot_be_sent_are_a_clear_error(process_env: pu
         assert worker.add(1) == 1  # nothing half-sent: the runnable still serves
 
 
+class _HeldBack(puma.Runnable):
+    """Publishes until its buffer is full (nobody reads it), then is held there by back-pressure."""
+
+    def __init__(self, out: puma.Buffer[int], batch: bool) -> None:
+        super().__init__("held-back", outputs=[out])
+        self._out = out
+        self._batch = batch
+        self.rate = 1
+
+    @puma.run_in_child_scope
+    def set_rate(self, rate: int) -> int:
+        self.rate = rate
+        return rate
+
+    def execute(self) -> None:
+        pub = self.publisher(self._out)
+        pub.publish_many(range(4))  # the buffer holds 4: full now
+        self.send_status("full", True)
+        while True:
+            if self._batch:
+                pub.publish_many([self.rate] * 3)
+            else:
+                pub.publish(self.rate)
+
+
+class _NeverReads(puma.Runnable):
+    def __init__(self, inp: puma.Buffer[int]) -> None:
+        super().__init__("never-reads")
+        self._in = inp
+
+    def execute(self) -> None:
+        self._in.subscribe()
+        self.send_status("subscribed", True)
+        self.wait_for_stop()
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["publish", "publish_many"])
+def test_a_producer_held_back_by_a_full_buffer_still_runs_its_commands(env: puma.Environment, batch: bool) -> None:
+    """Its wait for room is its one wait: commands run there, and a stop ends it cleanly."""
+    with puma.Runner(env) as runner:
+        buffer = env.buffer(int, 4, "numbers")
+        runner.start(_NeverReads(buffer)).wait_status("subscribed", timeout=30)
+        producer = runner.start(_HeldBack(buffer, batch))
+        producer.wait_status("full", timeout=30)
+        assert producer.set_rate.call(5, timeout=30) == 5
+        assert producer.set_rate.submit(7).result(timeout=30) == 7
+        runner.stop()
+        runner.join(timeout=30)  # a stop, not an error: neither fails
+    assert not runner.is_alive()
+
+
 def test_statuses_latest_and_waited_for(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         reporter = runner.start(ReportsWhere())
