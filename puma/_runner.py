@@ -612,6 +612,8 @@ class Runner:
             self._closed = True
         try:
             self.stop()
+            if self._supervisor is not None:
+                self._supervisor.call_soon(self._close_main_program_inputs)
             self._wait_all_ended(self._stop_timeout)
         finally:
             self._terminate_stuck()
@@ -880,16 +882,30 @@ class Runner:
 
     def _close_unread_buffers(self) -> None:
         """After a stop of everything: free publishers of buffers nobody ever subscribed to."""
+        self._close_outputs_where(lambda out: not out._is_subscribed())
+
+    def _close_outputs_where(self, closing: Callable[[Buffer[Any]], bool]) -> None:
+        """Close the outputs of running runnables that ``closing`` picks (draining process buffers)."""
         supervisor = self._supervisor
         for other in self._records:
             if other.ended:
                 continue
             for out in other.runnable.outputs:
-                if not out._is_subscribed():
+                if closing(out):
                     out._close()
                     if isinstance(out, ProcessBuffer) and supervisor is not None:
                         supervisor.draining[out._reader_fd()] = out
                         supervisor.rewatch = True
+
+    def _close_main_program_inputs(self) -> None:
+        """On close: the main program reads no more; free publishers of the buffers it subscribed to.
+
+        A publisher blocked in the middle of writing a large value into a full
+        pipe cannot see its stop until somebody reads; the supervisor drains
+        the pipe instead, so the stop is seen and the close does not end in a
+        false :class:`~puma.StuckRunnableError`.
+        """
+        self._close_outputs_where(lambda out: out._is_subscribed() and out._subscriber_token() == 0)
 
     def _close_inputs_of(self, record: ChildRecord) -> None:
         """The subscriber ``record`` ended: free the publishers of the buffers it read."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import subprocess
@@ -199,6 +200,34 @@ def test_a_stuck_child_deaf_to_sigterm_is_killed_and_reported_so(process_env: pu
     with pytest.raises(puma.StuckRunnableError, match=r"it was killed \(SIGTERM did not end it"):
         runner.close()
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+class _BigValues(puma.Runnable):
+    """Publishes values far larger than a pipe holds, until stopped."""
+
+    def __init__(self, out: puma.Buffer[bytes]) -> None:
+        super().__init__("big-values", outputs=[out])
+        self._out = out
+
+    def execute(self) -> None:
+        pub = self.publisher(self._out)
+        for count in itertools.count():
+            self.send_status("publishing", count)
+            pub.publish(b"y" * 500_000)
+
+
+def test_leaving_the_runner_while_the_main_program_stops_reading_is_clean(env: puma.Environment) -> None:
+    """The publisher is blocked mid-way through writing a large value: the Runner frees it on close.
+
+    (Not a StuckRunnableError after stop_timeout: nobody would read the rest of that value.)
+    """
+    with puma.Runner(env, stop_timeout=20) as runner:
+        buffer = env.buffer(bytes, 4, "big")
+        values = buffer.subscribe()
+        producer = runner.start(_BigValues(buffer))
+        assert len(values.receive(timeout=30)) == 500_000
+        producer.wait_status("publishing", lambda count: count >= 1, timeout=30)  # writes more than a pipe holds
+    assert not runner.is_alive()
 
 
 def test_starting_the_same_runnable_twice_is_refused(env: puma.Environment) -> None:
