@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import pickle
 import select
+import socket
 import struct
 import threading
 import time
@@ -300,12 +301,89 @@ class ProcessLink:
         self._call_poll: Any = None  # select.poll over the reply pipe and that self-pipe
         self._reply_reader: _FrameReader | None = None
         self.orphaned = False  # a direct call was abandoned: its answer may still come
+        # Commands are written without blocking: what the pipe cannot take now waits in _out
+        # (whole frames, the first perhaps partly written) and is written when it can be, by
+        # the supervisor (which watches the pipe for room while anything waits: on_pending
+        # tells it) or by the next sender.  So no sender, the supervisor least of all, ever
+        # blocks on a child that does not read its commands.  _queued and _sent count bytes.
+        self._sender = socket.socket(fileno=os.dup(self.control.fileno()))
+        self._out = bytearray()
+        self._queued = 0
+        self._sent = 0
+        self._send_poll: Any = None
+        self.on_pending: Callable[[], None] | None = None
 
-    def post(self, message: tuple[Any, ...]) -> None:
-        """Send a command to the child (a closed pipe means the child is gone)."""
+    @property
+    def pending(self) -> bool:
+        """True while commands wait for room in the pipe."""
+        return bool(self._out)
+
+    def post(self, message: tuple[Any, ...]) -> int:
+        """Send a command to the child without blocking; return where its frame ends (see :meth:`_wait_sent`).
+
+        Raises ``OSError`` if the child is gone (or the link closed), and a
+        pickling error if the message cannot be sent; nothing is sent then.
+        """
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        n = len(data)
+        header = _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
         with self._lock:
-            _send_frame(self.control.fileno(), data)
+            if self._closed:
+                raise OSError("the link to the child is closed")
+            was_pending = bool(self._out)
+            self._out += header
+            self._out += data
+            self._queued += len(header) + n
+            end = self._queued
+            if not was_pending:
+                self._write_out()
+            pending = bool(self._out)
+        if pending and not was_pending and self.on_pending is not None:
+            self.on_pending()
+        return end
+
+    def flush(self) -> None:
+        """Write what the pipe takes now of the commands waiting (the supervisor, when it has room)."""
+        with self._lock:
+            if self._out and not self._closed:
+                try:
+                    self._write_out()
+                except OSError:
+                    self._out.clear()  # the child is gone: nobody reads them
+        if not self._out and self.on_pending is not None:
+            self.on_pending()  # nothing waits any more: the supervisor stops watching for room
+
+    def _write_out(self) -> None:
+        """Write from ``_out`` until it is empty or the pipe is full (hold ``_lock``)."""
+        out = self._out
+        while out:
+            try:
+                written = self._sender.send(out, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            del out[:written]
+            self._sent += written
+
+    def _wait_sent(self, end: int, deadline: float | None) -> bool:
+        """Wait until the pipe has taken every byte up to ``end`` (writing meanwhile); False at ``deadline``."""
+        if self._sent >= end:
+            return True
+        if self._send_poll is None:
+            self._send_poll = select.poll()
+            self._send_poll.register(self.control.fileno(), select.POLLOUT)
+            if self._wake_fds is not None:
+                self._send_poll.register(self._wake_fds[0], select.POLLIN)
+        while True:
+            with self._lock:
+                if self._closed:
+                    raise OSError("the link to the child is closed")
+                self._write_out()
+                if self._sent >= end:
+                    return True
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return False
+            self._send_poll.poll(-1 if remaining is None else int(remaining * 1000) + 1)
 
     def call(self, message: tuple[Any, ...], timeout: float | None, name: str) -> tuple[bool, Any] | None:
         """Send a direct CALL and wait, in this thread, for its answer ``(ok, value)``.
@@ -331,9 +409,11 @@ class ProcessLink:
             reply_fd = self.reply.fileno()
             assert reader is not None
             call_id = message[1]
-            self.post(message)
-            sent = True
             deadline = None if timeout is None else time.monotonic() + timeout
+            end = self.post(message)
+            sent = True
+            if not self._wait_sent(end, deadline):  # the child takes no commands: the rest waits in _out
+                raise TimeoutError(f"runnable {name!r} did not take the command within {timeout} s")
             readable = closed = False
             while True:
                 try:
@@ -414,6 +494,9 @@ class ProcessLink:
         self.child.close()
 
     def close(self) -> None:
+        with self._lock:
+            self._out.clear()
+            self._sender.close()
         self.control.close()
         self.status.close()
         with self._guard:

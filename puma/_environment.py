@@ -23,7 +23,7 @@ from puma import _attributes, _logging
 from puma._buffer import Buffer
 from puma._channels import ProcessChildLink, ProcessLink, ThreadLink
 from puma._context import ChildContext
-from puma._pickling import check_picklable
+from puma._pickling import Sealed, check_picklable
 from puma._process_buffer import ProcessBuffer
 from puma._runnable import Runnable, run_child
 from puma._thread_buffer import ThreadBuffer
@@ -118,6 +118,7 @@ class ThreadEnvironment(Environment):
         ctx = ChildContext(child, link, record.token)
         thread = threading.Thread(target=run_child, args=(child, ctx), name=f"puma:{record.runnable.name}", daemon=True)
         record.thread = thread
+        record.pid = os.getpid()
         record.link = link  # before start: the thread may post at once
         try:
             thread.start()
@@ -187,9 +188,13 @@ class ProcessEnvironment(Environment):
     def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
         _prctl()  # resolved here, so a forked child does not pay for it
         link = ProcessLink(self._context)
+        link.on_pending = record.runner._commands_pending
+        # A forked child inherits the runnable as it is; others get it sealed (see Sealed).
+        sent = child if self._start_method == "fork" else Sealed(child)
         process = self._context.Process(
             target=_process_main,
-            args=(child, link.child, record.token, _logging.child_settings(), os.getpid()),
+            args=(sent, link.child, record.token, _logging.child_settings(), os.getpid()),
+            kwargs={"name": record.name},
             name=f"puma:{record.runnable.name}",
         )
         try:
@@ -202,6 +207,7 @@ class ProcessEnvironment(Environment):
             self._abandon(record)  # forked, then interrupted (Ctrl-C)?
             raise
         record.process = process
+        record.pid = process.pid  # known now, before the child reports STARTED
         record.link = link  # last: the supervisor watches a record once its link is set
 
     def _abandon(self, record: ChildRecord) -> None:
@@ -279,17 +285,29 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="puma-parent-watch", daemon=True).start()
 
 
-def _process_main(runnable: Runnable, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int) -> None:
+def _process_main(
+    sent: Runnable | Sealed, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int, *, name: str
+) -> None:
     """Entry point of a child process.
 
     Only what must come first is done before the child reports STARTED:
-    ignoring Ctrl-C (the parent decides how children stop).  The rest of the
-    set-up runs after, while the parent wakes up, and before ``execute``:
-    tying the child's life to the Runner's process (which also catches a
-    parent that died before then), logging, faulthandler.
+    ignoring Ctrl-C (the parent decides how children stop), and opening a
+    sealed runnable (a failure there is reported as the runnable's error, in
+    place of STARTED).  The rest of the set-up runs after, while the parent
+    wakes up, and before ``execute``: tying the child's life to the Runner's
+    process (which also catches a parent that died before then), logging,
+    faulthandler.
     """
     _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
+    try:
+        runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
+        _die_with_parent(parent_pid)
+        exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
+        exc._puma_origin = f"{name}:{os.getpid()}:rebuild"  # type: ignore[attr-defined]
+        link.send_finished(exc, False)
+        return
 
     def setup() -> None:
         _die_with_parent(parent_pid)

@@ -18,7 +18,7 @@ from puma import _attributes
 from puma._buffer import Buffer, Subscription
 from puma._errors import NotPicklableError
 
-__all__ = ["check_picklable"]
+__all__ = ["Sealed", "check_picklable"]
 
 _SPAWN_ONLY = (
     synchronize.SemLock,
@@ -106,3 +106,41 @@ def check_picklable(obj: Any, name: str) -> None:
         "(puma.parent_only, or a child factory: see docs/attributes.md)."
     )
     raise NotPicklableError(message) from cause
+
+
+class Sealed:
+    """A runnable on its way to a spawn or forkserver child, opened there under puma's control.
+
+    multiprocessing unpickles a process's arguments before any of puma's code
+    runs in the child, so a runnable that cannot be rebuilt there (its class
+    lives in a notebook or in a module the child cannot import, or its
+    ``__setstate__`` raises) would kill the child with nothing but a traceback
+    on stderr.  Sealed, it is pickled inside the parent's pickling of the
+    process (so buffers, locks and pipes in it cross as usual) and travels as
+    bytes; the child unpickles those bytes itself, in :meth:`open`, and reports
+    a failure as the runnable's error.
+    """
+
+    __slots__ = ("_data", "_obj")
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+        self._data: bytes | None = None
+
+    def __reduce__(self) -> tuple[Any, tuple[bytes]]:
+        from multiprocessing.reduction import ForkingPickler
+
+        return (_sealed, (bytes(ForkingPickler.dumps(self._obj)),))
+
+    def open(self) -> Any:
+        """The object (unpickled here, the first time)."""
+        if self._data is not None:
+            self._obj = pickle.loads(self._data)
+            self._data = None
+        return self._obj
+
+
+def _sealed(data: bytes) -> Sealed:
+    sealed = Sealed(None)
+    sealed._data = data
+    return sealed

@@ -85,6 +85,7 @@ class ChildRecord:
         self.stop_sent = False
         self.stuck = False
         self.killed = False  # stuck, and SIGTERM did not end it
+        self.finished = False  # a process child reported its end (FINISHED) and is exiting
         self.error: BaseException | None = None
         self.stopped = False
         self.statuses: dict[str, Any] = {}
@@ -128,7 +129,7 @@ class ChildRecord:
 
         command_function(type(self.runnable), name)  # fail early on a wrong name
         with self._lock:
-            if self.ended:
+            if self.ended or self.finished:
                 raise RunnableNotRunningError(
                     f"cannot run command {name!r}: runnable {self.name!r} has ended"
                     + (f" ({self.error})" if self.error is not None else "")
@@ -298,23 +299,31 @@ class _Supervisor(threading.Thread):
                 live = [r for r in runner._records if not r.ended and r.link is not None]
                 if self.shutdown and not live and not self.launches:
                     return
-                handlers = self._handlers(live)
+                handlers, writable = self._handlers(live)
                 fds = tuple(handlers)
-            for fd in self.waker.wait(fds, None):
+            for fd in self.waker.wait(fds, None, writable):
                 handlers[fd]()
                 if self.rewatch:  # what is watched changed: the other ready descriptors may be stale
                     break
 
-    def _handlers(self, live: list[ChildRecord]) -> dict[int, Callable[[], None]]:
-        """What to call when each watched descriptor is readable."""
+    def _handlers(self, live: list[ChildRecord]) -> tuple[dict[int, Callable[[], None]], tuple[int, ...]]:
+        """What to call when each watched descriptor is ready; the descriptors watched for room too.
+
+        Those are the command pipes of children with commands waiting to be
+        written: their handler writes what fits, and reads what came.
+        """
         runner = self._runner
         handlers: dict[int, Callable[[], None]] = {}
+        writable: list[int] = []
         for record in live:
             link = record.link
             if isinstance(link, ProcessLink):
                 if record.start_claimed:  # the starting thread reads STARTED (or sees the death) itself
                     continue
-                if record.control_open:
+                if record.control_open and link.pending:
+                    writable.append(link.control.fileno())
+                    handlers[link.control.fileno()] = lambda r=record: runner._serve_control(r)  # type: ignore[misc]
+                elif record.control_open:
                     handlers[link.control.fileno()] = lambda r=record: runner._read_control(r)  # type: ignore[misc]
                 handlers[link.status.fileno()] = lambda r=record: runner._read_status(r)  # type: ignore[misc]
                 handlers[record.process.sentinel] = lambda r=record: runner._process_exited(r)  # type: ignore[misc]
@@ -322,7 +331,7 @@ class _Supervisor(threading.Thread):
                     handlers[link.reply.fileno()] = link.drain_replies
         for fd, buffer in list(self.draining.items()):
             handlers[fd] = buffer._drain
-        return handlers
+        return handlers, tuple(writable)
 
 
 class Runner:
@@ -564,7 +573,7 @@ class Runner:
         return tuple(r.runnable for r in self._records)
 
     def pid(self, runnable: Runnable) -> int | None:
-        """The process id ``runnable`` runs in (the parent's for threads), once started."""
+        """The process id ``runnable`` runs in (the parent's for threads), known as soon as :meth:`start` returns."""
         return self._record(runnable).pid
 
     def check_for_exceptions(self) -> None:
@@ -684,6 +693,11 @@ class Runner:
             self._wait_all_ended(_KILL_GRACE)
 
     def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
+        if record.process is not None and record.finished:
+            return StuckRunnableError(
+                f"runnable {record.name!r} (pid {record.pid}) finished, but its process did not exit within "
+                f"{self._stop_timeout} s (a non-daemon thread still running?); it was terminated"
+            )
         if record.process is not None:
             how = f"killed (SIGTERM did not end it within {_KILL_GRACE} s)" if record.killed else "terminated"
             return StuckRunnableError(
@@ -736,7 +750,25 @@ class Runner:
             record.stopped = message[2]
             if error is not None:
                 self._record_error(record, error)
-            self._finish(record)
+                if not record.started:  # it never ran (it could not be rebuilt): end its streams for it
+                    self._complete_outputs_for(record, error, None)
+            if record.process is None:
+                self._finish(record)
+                return
+            # A process has ended once it has exited, which may take a while yet (atexit
+            # handlers, a non-daemon thread, a busy machine): its sentinel says when.  What
+            # it read is freed now, since it reads no more.
+            record.finished = True
+            self._close_inputs_of(record)
+            if record.process.exitcode is not None:
+                self._finish(record)
+
+    def _serve_control(self, record: ChildRecord) -> None:
+        """The command pipe has room (write the commands waiting) or messages (read them)."""
+        link = record.link
+        assert isinstance(link, ProcessLink)
+        link.flush()
+        self._read_control(record)
 
     def _read_control(self, record: ChildRecord) -> None:
         link = record.link
@@ -774,6 +806,11 @@ class Runner:
             self._read_control(record)
         if record.ended:
             return
+        if record.finished:  # it reported its end before exiting
+            if record.stuck:
+                self._record_error(record, self._stuck_error(record))
+            self._finish(record)
+            return
         self._read_status(record, None)
         _logging.wait_dispatched()  # what it handed over is written before its death is known
         process = record.process
@@ -787,10 +824,20 @@ class Runner:
             record.stopped = True
         else:
             self._record_error(record, error)
-        for out in record.runnable.outputs:
-            if isinstance(out, ProcessBuffer) and not (out._key in intact and out._complete_for(record.name, error)):
-                self._tell_subscriber(out, error)
+        self._complete_outputs_for(record, error, intact)
         self._finish(record)
+
+    def _complete_outputs_for(self, record: ChildRecord, error: BaseException, intact: set[str] | None) -> None:
+        """Complete the outputs of a process child that could not, with ``error``.
+
+        ``intact``: keys of the buffers whose streams can still take a completion
+        (None: all of them); a subscriber of any other is told directly.
+        """
+        for out in record.runnable.outputs:
+            if not isinstance(out, ProcessBuffer):
+                continue
+            if not ((intact is None or out._key in intact) and out._complete_for(record.name, error)):
+                self._tell_subscriber(out, error)
 
     def _free_locks_of(self, pid: int) -> set[str]:
         """Free the buffer locks a dead process held; the keys of the buffers whose streams are intact."""
@@ -866,14 +913,22 @@ class Runner:
             record.thread.join(_KILL_GRACE)
         record.mark_ended()
         self._rewatch()
-        self._close_inputs_of(record)
+        if not record.finished:  # else done when it reported its end
+            self._close_inputs_of(record)
         if isinstance(link, ProcessLink):
             link.close()
-            record.process.close()
+            if record.process.exitcode is not None:  # it has: the sentinel fired (join() reaps it)
+                record.process.close()
         elif isinstance(link, ThreadLink):
             link.close()
         with self._cond:
             self._cond.notify_all()
+
+    def _commands_pending(self) -> None:
+        """A child's command pipe is full, or no longer: the supervisor watches it for room, or stops."""
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.watch()
 
     def _rewatch(self) -> None:
         """What the supervisor watches changed (call from the supervisor thread)."""

@@ -29,28 +29,34 @@ _FD_SETSIZE = 1024  # select()'s limit on Linux and macOS
 
 
 class _Poller:
-    """Readability of a fixed set of file descriptors, one system call per wait."""
+    """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
-    __slots__ = ("_fds", "_poll", "_select")
+    __slots__ = ("_fds", "_poll", "_select", "_writable")
 
-    def __init__(self, fds: Sequence[int]) -> None:
+    def __init__(self, fds: Sequence[int], writable: Sequence[int] = ()) -> None:
         self._fds = list(fds)
+        self._writable = list(writable)
         self._poll = None
         # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
         # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
-        self._select = all(fd < _FD_SETSIZE for fd in self._fds)
+        self._select = all(fd < _FD_SETSIZE for fd in (*self._fds, *self._writable))
         if hasattr(select, "poll"):
             self._poll = select.poll()
+            masks: dict[int, int] = {}
             for fd in self._fds:
-                self._poll.register(fd, select.POLLIN | select.POLLPRI)
+                masks[fd] = select.POLLIN | select.POLLPRI
+            for fd in self._writable:
+                masks[fd] = masks.get(fd, 0) | select.POLLOUT
+            for fd, mask in masks.items():
+                self._poll.register(fd, mask)
 
     def poll(self, timeout: float | None) -> list[int]:
-        """The readable (or hung-up) descriptors, waiting at most ``timeout`` seconds."""
+        """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]
-        ready, _, _ = select.select(self._fds, [], [], timeout)
-        return ready
+        ready, writable, _ = select.select(self._fds, self._writable, [], timeout)
+        return ready + [fd for fd in writable if fd not in ready] if writable else ready
 
 
 Poller = _Poller
@@ -73,6 +79,7 @@ class Waker:
         "_fd_waiting",
         "_pending",
         "_poll_key",
+        "_poll_writable",
         "_poller",
         "_rfd",
         "_wfd",
@@ -86,6 +93,7 @@ class Waker:
         self._wfd = -1
         self._byte_sent = False
         self._poll_key: tuple[int, ...] = ()
+        self._poll_writable: Sequence[int] = ()
         self._poller: _Poller | None = None
 
     def wake(self) -> None:
@@ -115,19 +123,20 @@ class Waker:
         """True if :meth:`wake` ran since the last :meth:`clear`."""
         return self._pending
 
-    def wait(self, fds: Sequence[int] = (), timeout: float | None = None) -> list[int]:
+    def wait(self, fds: Sequence[int] = (), timeout: float | None = None, writable: Sequence[int] = ()) -> list[int]:
         """Block until woken, one of the file descriptors ``fds`` is readable, or ``timeout``.
 
-        Returns the readable members of ``fds`` (empty when woken or timed out).
+        Returns the readable members of ``fds`` (empty when woken or timed out),
+        and the members of ``writable`` that can be written to.
         """
-        if not fds:
+        if not fds and not writable:
             with self._cond:
                 if not self._pending:
                     self._cond.wait(timeout)
             return []
         poller = self._poller
-        if fds != self._poll_key or poller is None:
-            poller = self._new_poller(tuple(fds))
+        if fds != self._poll_key or writable != self._poll_writable or poller is None:
+            poller = self._new_poller(tuple(fds), tuple(writable))
         # No lock on this path (see wake): announce the wait, then look at _pending.
         self._fd_waiting = True
         try:
@@ -145,14 +154,15 @@ class Waker:
             return [fd for fd in ready if fd != rfd]
         return ready
 
-    def _new_poller(self, key: tuple[int, ...]) -> _Poller:
+    def _new_poller(self, key: tuple[int, ...], writable: tuple[int, ...]) -> _Poller:
         with self._cond:
             if self._rfd < 0:
                 self._rfd, self._wfd = os.pipe()
                 os.set_blocking(self._wfd, False)
                 os.set_blocking(self._rfd, False)
-            self._poller = poller = _Poller([*key, self._rfd])
+            self._poller = poller = _Poller([*key, self._rfd], writable)
             self._poll_key = key
+            self._poll_writable = writable
         return poller
 
     def close(self) -> None:

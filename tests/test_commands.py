@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
 import pytest
-from _helpers import Blocks, Noop, ReportsWhere, WaitForCommands
+from _helpers import Blocks, Dies, Noop, ReportsWhere, WaitForCommands
 
 import puma
 
@@ -121,6 +123,63 @@ def test_a_producer_held_back_by_a_full_buffer_still_runs_its_commands(env: puma
         assert producer.set_rate.submit(7).result(timeout=30) == 7
         runner.stop()
         runner.join(timeout=30)  # a stop, not an error: neither fails
+    assert not runner.is_alive()
+
+
+class _DeafUntilTold(puma.Runnable):
+    """Takes no commands until its gate opens (busy in its own work), then serves them until stopped."""
+
+    def __init__(self, gate: Any) -> None:
+        super().__init__("deaf")
+        self._gate = gate
+
+    @puma.run_in_child_scope
+    def take(self, data: bytes) -> int:
+        return len(data)
+
+    def execute(self) -> None:
+        self.send_status("busy", True)
+        self._gate.wait(60)
+        self.wait_for_stop()
+
+
+def _gate(env: puma.Environment) -> Any:
+    return env.context.Event() if isinstance(env, puma.ProcessEnvironment) else threading.Event()
+
+
+_BIG = b"x" * 2_000_000  # far more than a pipe holds
+
+
+def test_a_command_to_a_runnable_that_takes_none_times_out_and_is_delivered_later(env: puma.Environment) -> None:
+    """Its timeout holds even while the command is too big for the pipe; nothing is lost or torn."""
+    gate = _gate(env)
+    with puma.Runner(env) as runner:
+        deaf = runner.start_blocking(_DeafUntilTold(gate))
+        deaf.wait_status("busy", timeout=30)
+        with pytest.raises(TimeoutError, match="runnable 'deaf' did not"):
+            deaf.take.call(_BIG, timeout=0.2)
+        later = deaf.take.submit(_BIG)  # queued, not blocking
+        assert not later.done()
+        gate.set()
+        assert later.result(timeout=30) == len(_BIG)
+        assert deaf.take(b"ok") == 2  # the stream of commands is intact
+
+
+def test_a_child_jammed_with_commands_does_not_stall_supervision(process_env: puma.ProcessEnvironment) -> None:
+    """Another child's death is reported at once; the stop to the jammed one waits its turn, not the Runner."""
+    gate = _gate(process_env)
+    with puma.Runner(process_env) as runner:
+        deaf = runner.start_blocking(_DeafUntilTold(gate))
+        deaf.wait_status("busy", timeout=30)
+        jam = [deaf.take.submit(_BIG) for _ in range(3)]
+        dies = runner.start(Dies("exit"))
+        with pytest.raises(puma.RunnableNotRunningError):
+            dies.wait_status("never sent", timeout=60)  # returns (raising) once its death is handled
+        with pytest.raises(puma.ChildDiedError, match="exited with code 3"):
+            runner.check_for_exceptions()
+        gate.set()  # now it reads its commands, the stop the failure sent it among them
+        assert [f.result(timeout=30) for f in jam] == [len(_BIG)] * 3
+        runner.join(timeout=30)
     assert not runner.is_alive()
 
 

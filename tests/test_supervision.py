@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import psutil
@@ -72,25 +73,73 @@ def test_child_that_dies_before_starting_does_not_hang_start_blocking(
 ) -> None:
     """start_blocking reports the death (not a timeout), and the Runner has seen it too.
 
-    Under spawn and forkserver the runnable is unpickled in the child, and a
-    failing unpickle kills it before 'started'.  A forked child unpickles
+    Under spawn and forkserver the runnable is unpickled in the child, and an
+    unpickle that exits kills it before 'started'.  A forked child unpickles
     nothing, so there the child's first step is made to exit.
     """
-    runnable: puma.Runnable = _BrokenOnArrival()
-    exitcode = 1
+    runnable: puma.Runnable = _ExitsOnArrival()
     if process_env.start_method == "fork":
         from puma import _environment
 
         monkeypatch.setattr(_environment, "_set_signal", lambda signalnum, handler: os._exit(3))
-        runnable, exitcode = Noop(), 3
-    with pytest.raises(puma.ChildDiedError, match=f"exited with code {exitcode}") as info:
+        runnable = Noop()
+    with pytest.raises(puma.ChildDiedError, match="exited with code 3") as info:
         with puma.Runner(process_env) as runner:
             try:
                 runner.start_blocking(runnable, timeout=60)
             finally:
                 monkeypatch.undo()
-    assert info.value.exitcode == exitcode
+    assert info.value.exitcode == 3
     assert not runner.is_alive(runnable)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])  # a forked child unpickles nothing
+@pytest.mark.parametrize("consumer", ["process", "thread"])
+def test_a_runnable_the_child_cannot_rebuild_fails_with_the_real_cause(method: str, consumer: str) -> None:
+    """Not a bare exit code: the unpickling error itself, with its traceback, and downstream ends."""
+    env = puma.ProcessEnvironment(method)
+    with pytest.raises(RuntimeError, match="cannot be rebuilt in the child") as info:
+        with puma.Runner(env) as runner:
+            buffer = env.buffer(int, 4, "numbers")
+            sink = runner.start(
+                Collector(buffer, reraise=False), env if consumer == "process" else puma.ThreadEnvironment()
+            )
+            runner.start_blocking(_BrokenOnArrival(buffer), timeout=60)
+    assert any("raised while rebuilding runnable 'broken-on-arrival'" in note for note in info.value.__notes__)
+    assert "_explode" in "".join(traceback.format_exception(info.value))  # the child's own frames
+    assert sink.status("error")[:2] == ("RuntimeError", "cannot be rebuilt in the child")  # it ended, told why
+
+
+class _Exits:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (os._exit, (3,))
+
+
+class _ExitsOnArrival(puma.Runnable):
+    def __init__(self) -> None:
+        super().__init__("exits-on-arrival")
+        self.part = _Exits()
+
+    def execute(self) -> None:
+        pass
+
+
+class _Explodes:
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_explode, ())
+
+
+def _explode() -> None:
+    raise RuntimeError("cannot be rebuilt in the child")
+
+
+class _BrokenOnArrival(puma.Runnable):
+    def __init__(self, out: puma.Buffer[int]) -> None:
+        super().__init__("broken-on-arrival", outputs=[out])
+        self.part = _Explodes()
+
+    def execute(self) -> None:
+        pass
 
 
 def test_start_blocking_that_times_out_leaves_the_child_supervised(process_env: puma.ProcessEnvironment) -> None:
@@ -137,24 +186,6 @@ def test_ctrl_c_while_start_blocking_waits_leaves_the_child_supervised(
         runner.wait_until_running(worker, timeout=60)
         assert worker.add(4) == 4
     assert not runner.is_alive(worker)
-
-
-class _Explodes:
-    def __reduce__(self) -> tuple[object, ...]:
-        return (_explode, ())
-
-
-def _explode() -> None:
-    raise RuntimeError("cannot be rebuilt in the child")
-
-
-class _BrokenOnArrival(puma.Runnable):
-    def __init__(self) -> None:
-        super().__init__("broken-on-arrival")
-        self.part = _Explodes()
-
-    def execute(self) -> None:
-        pass
 
 
 def test_stop_ends_a_running_pipeline_cleanly(env: puma.Environment) -> None:
@@ -227,6 +258,53 @@ def test_leaving_the_runner_while_the_main_program_stops_reading_is_clean(env: p
         producer = runner.start(_BigValues(buffer))
         assert len(values.receive(timeout=30)) == 500_000
         producer.wait_status("publishing", lambda count: count >= 1, timeout=30)  # writes more than a pipe holds
+    assert not runner.is_alive()
+
+
+class _LingersAfterItsEnd(puma.Runnable):
+    """Returns from execute leaving a non-daemon thread behind: its process exits when the gate opens."""
+
+    def __init__(self, gate: object) -> None:
+        super().__init__("lingers")
+        self._gate = gate
+
+    @puma.run_in_child_scope
+    def ping(self) -> int:
+        return 1
+
+    def execute(self) -> None:
+        threading.Thread(target=self._gate.wait, args=(60,)).start()  # type: ignore[attr-defined]
+        self.send_status("returning", True)
+
+
+def test_a_process_that_exits_slowly_after_its_runnable_ends_is_waited_for(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    """It counts as running until it has exited; supervision carries on meanwhile (not a crash)."""
+    gate = process_env.context.Event()
+    with puma.Runner(process_env) as runner:
+        lingering = runner.start(_LingersAfterItsEnd(gate))
+        lingering.wait_status("returning", timeout=30)
+        with pytest.raises(TimeoutError):
+            runner.join(timeout=3)  # longer than the Runner once waited for an exit before giving up
+        with pytest.raises(puma.RunnableNotRunningError, match="has ended"):
+            lingering.ping()
+        assert runner.start_blocking(WaitForCommands(), timeout=60).add(1) == 1  # the supervisor works
+        gate.set()
+        runner.stop()
+        runner.join(timeout=30)
+    assert not runner.is_alive()
+
+
+def test_a_process_that_never_exits_after_its_runnable_ends_is_terminated_and_reported(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    gate = process_env.context.Event()
+    runner = puma.Runner(process_env, stop_timeout=0.5)
+    lingering = runner.start(_LingersAfterItsEnd(gate))
+    lingering.wait_status("returning", timeout=30)
+    with pytest.raises(puma.StuckRunnableError, match="finished, but its process did not exit within 0.5 s"):
+        runner.close()
     assert not runner.is_alive()
 
 
@@ -515,3 +593,11 @@ def test_a_runnable_started_after_a_failure_is_stopped_too(env: puma.Environment
             late = runner.start(WaitForCommands("late"))
             runner.join(timeout=60)
     assert not runner.is_alive(late)
+
+
+def test_pid_is_known_as_soon_as_start_returns(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        worker = runner.start(WaitForCommands())
+        pid = runner.pid(worker)
+        assert pid is not None
+        assert worker.where() == pid  # the process it runs in
