@@ -84,7 +84,7 @@ _OOB = 3
 _PUBLISHERS = 0
 _SUBSCRIBER = 1  # runner token of the subscriber + 1; 0 = nobody yet
 _CLOSED = 2
-_WAITING = 3  # publishers asleep (or about to be) on the room semaphore
+_WAITING = 3  # publishers asleep (or about to be) on the room pipe
 _WRITER = 4  # pid of the process holding _lock (negated while it writes more than PIPE_BUF bytes)
 _META_HOLDER = 5  # pid of the process holding _meta
 _BROKEN = 6  # a publisher died in the middle of a value: the stream cannot be read past it
