@@ -307,6 +307,9 @@ class ProcessLink:
         # tells it) or by the next sender.  So no sender, the supervisor least of all, ever
         # blocks on a child that does not read its commands.  _queued and _sent count bytes.
         self._sender = socket.socket(fileno=os.dup(self.control.fileno()))
+        self._sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
+        # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
+        self._failed: OSError | None = None  # the child is gone: what writing to it raised
         self._out = bytearray()
         self._queued = 0
         self._sent = 0
@@ -324,34 +327,50 @@ class ProcessLink:
         Raises ``OSError`` if the child is gone (or the link closed), and a
         pickling error if the message cannot be sent; nothing is sent then.
         """
+        return self._post(message)[0]
+
+    def _post(self, message: tuple[Any, ...]) -> tuple[int, int]:
+        """:meth:`post`, returning where the frame ends and its length."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         n = len(data)
         header = _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
         with self._lock:
             if self._closed:
                 raise OSError("the link to the child is closed")
+            if self._failed is not None:
+                raise self._failed
             was_pending = bool(self._out)
             self._out += header
             self._out += data
-            self._queued += len(header) + n
+            size = len(header) + n
+            self._queued += size
             end = self._queued
             if not was_pending:
-                self._write_out()
+                self._write_out_or_fail()
             pending = bool(self._out)
         if pending and not was_pending and self.on_pending is not None:
             self.on_pending()
-        return end
+        return end, size
 
     def flush(self) -> None:
         """Write what the pipe takes now of the commands waiting (the supervisor, when it has room)."""
         with self._lock:
             if self._out and not self._closed:
                 try:
-                    self._write_out()
+                    self._write_out_or_fail()
                 except OSError:
-                    self._out.clear()  # the child is gone: nobody reads them
+                    pass  # the child is gone; its end is reported from its sentinel
         if not self._out and self.on_pending is not None:
             self.on_pending()  # nothing waits any more: the supervisor stops watching for room
+
+    def _write_out_or_fail(self) -> None:
+        """:meth:`_write_out`; when the child is gone, drop what waits and fail later sends too."""
+        try:
+            self._write_out()
+        except OSError as exc:
+            self._failed = exc
+            self._out.clear()  # nobody reads them
+            raise
 
     def _write_out(self) -> None:
         """Write from ``_out`` until it is empty or the pipe is full (hold ``_lock``)."""
@@ -364,10 +383,15 @@ class ProcessLink:
             del out[:written]
             self._sent += written
 
-    def _wait_sent(self, end: int, deadline: float | None) -> bool:
-        """Wait until the pipe has taken every byte up to ``end`` (writing meanwhile); False at ``deadline``."""
+    def _wait_sent(self, end: int, size: int, deadline: float | None) -> str:
+        """Wait until the pipe has taken the frame of ``size`` bytes ending at ``end``, writing meanwhile.
+
+        Returns "sent"; or, at ``deadline``, "withdrawn" (none of it was
+        written yet: it is taken back, as if never sent) or "queued" (begun:
+        the rest is written later).  Raises ``OSError`` when the child is gone.
+        """
         if self._sent >= end:
-            return True
+            return "sent"
         if self._send_poll is None:
             self._send_poll = select.poll()
             self._send_poll.register(self.control.fileno(), select.POLLOUT)
@@ -377,12 +401,19 @@ class ProcessLink:
             with self._lock:
                 if self._closed:
                     raise OSError("the link to the child is closed")
-                self._write_out()
+                if self._failed is not None:
+                    raise self._failed
+                self._write_out_or_fail()
                 if self._sent >= end:
-                    return True
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                return False
+                    return "sent"
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    start = end - size
+                    if self._sent > start:
+                        return "queued"
+                    del self._out[start - self._sent : end - self._sent]  # frames after it move up
+                    self._queued -= size
+                    return "withdrawn"
             self._send_poll.poll(-1 if remaining is None else int(remaining * 1000) + 1)
 
     def call(self, message: tuple[Any, ...], timeout: float | None, name: str) -> tuple[bool, Any] | None:
@@ -410,9 +441,11 @@ class ProcessLink:
             assert reader is not None
             call_id = message[1]
             deadline = None if timeout is None else time.monotonic() + timeout
-            end = self.post(message)
+            end, size = self._post(message)
             sent = True
-            if not self._wait_sent(end, deadline):  # the child takes no commands: the rest waits in _out
+            delivery = self._wait_sent(end, size, deadline)
+            if delivery != "sent":  # the child takes no commands
+                sent = delivery == "queued"  # then its answer may still come
                 raise TimeoutError(f"runnable {name!r} did not take the command within {timeout} s")
             readable = closed = False
             while True:

@@ -305,7 +305,10 @@ def _process_main(
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
         _die_with_parent(parent_pid)
         exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
-        exc._puma_origin = f"{name}:{os.getpid()}:rebuild"  # type: ignore[attr-defined]
+        try:
+            exc._puma_origin = f"{name}:{os.getpid()}:rebuild"  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - an exception without a __dict__ is reported all the same
+            pass
         link.send_finished(exc, False)
         return
 

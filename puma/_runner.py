@@ -522,22 +522,32 @@ class Runner:
         :meth:`wait_until_running` then waits on.
         """
         link = record.link
-        assert isinstance(link, ProcessLink)
+        supervisor = self._supervisor
+        assert isinstance(link, ProcessLink) and supervisor is not None
+        handed_over = False
         try:
             remaining = deadline - time.monotonic()
             if remaining > 0 and link.control in wait_for([link.control, record.process.sentinel], remaining):
                 message = link.control.recv()  # the child's first message: one small frame, all there
                 if message[0] == msg.STARTED:
                     self._handle(record, message)
-                else:  # not expected; the supervisor handles whatever it is
-                    assert self._supervisor is not None
-                    self._supervisor.post(record, message)
+                else:  # FINISHED: it could not start (see _pickling.Sealed)
+                    # The claim passes to the supervisor with the message, so the child's
+                    # exit is not seen before what it said: no death reported in its place.
+                    supervisor.call_soon(lambda: self._take_over(record, message))
+                    handed_over = True
         except (EOFError, OSError):
             pass  # it died before starting: the supervisor reports it
         finally:
-            record.start_claimed = False
-            assert self._supervisor is not None
-            self._supervisor.watch()
+            if not handed_over:
+                record.start_claimed = False
+                supervisor.watch()
+
+    def _take_over(self, record: ChildRecord, message: tuple[Any, ...]) -> None:
+        """In the supervisor: handle a claimed child's first message, then watch it as any other."""
+        self._handle(record, message)
+        record.start_claimed = False
+        self._rewatch()
 
     def wait_until_running(self, runnable: Runnable, timeout: float | None = None) -> None:
         """Wait until ``runnable`` has started executing.
@@ -741,6 +751,8 @@ class Runner:
                 record.started = True
                 self._cond.notify_all()
         elif kind == msg.FINISHED:
+            if record.ended:
+                return  # already handled (its death was seen first)
             if isinstance(record.link, ProcessLink):
                 self._read_status(record, None)
                 _logging.wait_dispatched()  # its last records are written before its error is known

@@ -132,10 +132,20 @@ class _DeafUntilTold(puma.Runnable):
     def __init__(self, gate: Any) -> None:
         super().__init__("deaf")
         self._gate = gate
+        self.taken = 0
 
     @puma.run_in_child_scope
     def take(self, data: bytes) -> int:
+        self.taken += 1
         return len(data)
+
+    @puma.run_in_child_scope
+    def taken_so_far(self) -> int:
+        return self.taken
+
+    @puma.run_in_child_scope
+    def give(self, size: int) -> bytes:
+        return b"z" * size
 
     def execute(self) -> None:
         self.send_status("busy", True)
@@ -163,6 +173,40 @@ def test_a_command_to_a_runnable_that_takes_none_times_out_and_is_delivered_late
         gate.set()
         assert later.result(timeout=30) == len(_BIG)
         assert deaf.take(b"ok") == 2  # the stream of commands is intact
+
+
+def test_a_call_that_times_out_before_any_of_it_was_sent_is_withdrawn(process_env: puma.ProcessEnvironment) -> None:
+    """Queued behind a jam and never begun: it never runs (a call that was begun may still run)."""
+    gate = _gate(process_env)
+    with puma.Runner(process_env) as runner:
+        deaf = runner.start_blocking(_DeafUntilTold(gate))
+        deaf.wait_status("busy", timeout=30)
+        jam = deaf.take.submit(_BIG)
+        with pytest.raises(TimeoutError, match="did not take the command"):
+            deaf.take.call(b"small", timeout=0.2)
+        gate.set()
+        assert jam.result(timeout=30) == len(_BIG)
+        assert deaf.taken_so_far() == 1  # the jam only
+        assert deaf.take(b"ok") == 2
+
+
+def test_commands_work_whatever_the_default_socket_timeout(
+    process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A program's socket.setdefaulttimeout() does not leak into puma's pipes."""
+    import socket
+
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(0.5)
+    try:
+        gate = _gate(process_env)
+        gate.set()
+        with puma.Runner(process_env) as runner:
+            worker = runner.start_blocking(_DeafUntilTold(gate))
+            assert worker.take(_BIG) == len(_BIG)
+            assert len(worker.give.submit(1_000_000).result(timeout=30)) == 1_000_000  # a big answer, read whole
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def test_a_child_jammed_with_commands_does_not_stall_supervision(process_env: puma.ProcessEnvironment) -> None:

@@ -414,14 +414,45 @@ def test_a_child_flooding_statuses_does_not_hide_another_childs_death(process_en
     assert flood.status("count") > 1000
 
 
-def test_wait_until_running_times_out_with_a_clear_error(process_env: puma.ProcessEnvironment) -> None:
+def _passes_the_gate(gate: object) -> int:
+    gate.wait(60)  # type: ignore[attr-defined]
+    return 0
+
+
+class _Gated:
+    """Unpickles (in a spawn or forkserver child) only once the gate opens."""
+
+    def __init__(self, gate: object) -> None:
+        self.gate = gate
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_passes_the_gate, (self.gate,))
+
+
+class _ArrivesWhenTold(WaitForCommands):
+    def __init__(self, gate: object) -> None:
+        super().__init__()
+        self.part = _Gated(gate)
+
+
+def test_wait_until_running_times_out_with_a_clear_error(
+    process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The child is held before it can start (while it is rebuilt; a forked child, at its first step)."""
+    gate = process_env.context.Event()
+    if process_env.start_method == "fork":
+        from puma import _environment
+
+        monkeypatch.setattr(_environment, "_set_signal", lambda signalnum, handler: gate.wait(60))
     with puma.Runner(process_env) as runner:
-        worker = runner.start(WaitForCommands())
-        with pytest.raises(TimeoutError, match="runnable 'worker' did not start within 0 s"):
-            runner.wait_until_running(worker, timeout=0)  # a process needs more than no time at all
+        worker = runner.start(_ArrivesWhenTold(gate))
+        monkeypatch.undo()
+        with pytest.raises(TimeoutError, match="runnable 'worker' did not start within 0.2 s"):
+            runner.wait_until_running(worker, timeout=0.2)
+        gate.set()
         runner.wait_until_running(worker, timeout=60)
         assert runner.is_alive(worker)
-        assert runner.pid(worker) is not None
+        assert worker.add(1) == 1
 
 
 def test_runner_rejects_bad_options() -> None:
