@@ -955,7 +955,7 @@ class Runner:
         """Close the outputs of running runnables that ``closing`` picks (draining process buffers)."""
         supervisor = self._supervisor
         for other in self._records:
-            if other.ended:
+            if other.ended or other.finished:  # a runnable that has finished publishes no more
                 continue
             for out in other.runnable.outputs:
                 if closing(out):
