@@ -330,6 +330,7 @@ class _ProcessPublisher(Publisher[T]):
         meta = self._b._meta_guard
         while True:
             if ctx is not None:
+                ctx.waker.clear()  # before looking: a thread runnable's command wakes it after this
                 ctx.check_stop()
             if shared[_CLOSED]:
                 raise self._closing()
@@ -354,8 +355,7 @@ class _ProcessPublisher(Publisher[T]):
         """
         room = self._room_fd
         if ctx is not None:
-            ctx.waker.clear()
-            ready = ctx.waker.wait((room, *ctx.fds), timeout)
+            ready = ctx.waker.wait((room, *ctx.fds), timeout)  # cleared by the caller before it looked
         else:
             if self._room_poller is None:
                 self._room_poller = Poller((room,))

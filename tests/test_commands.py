@@ -227,6 +227,21 @@ def test_a_child_jammed_with_commands_does_not_stall_supervision(process_env: pu
     assert not runner.is_alive()
 
 
+def test_a_thread_producer_held_back_by_a_full_process_buffer_still_runs_its_commands(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    """The mixed case: the thread runnable's commands come through its Waker, the room through a pipe."""
+    with puma.Runner(process_env) as runner:
+        buffer = process_env.buffer(int, 4, "numbers")
+        runner.start(_NeverReads(buffer)).wait_status("subscribed", timeout=30)
+        producer = runner.start(_HeldBack(buffer, batch=False), puma.ThreadEnvironment())
+        producer.wait_status("full", timeout=30)
+        for rate in range(20):  # each one must wake it where it waits
+            assert producer.set_rate.call(rate, timeout=30) == rate
+        runner.stop()
+        runner.join(timeout=30)
+
+
 def test_statuses_latest_and_waited_for(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         reporter = runner.start(ReportsWhere())
