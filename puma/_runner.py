@@ -95,8 +95,7 @@ class ChildRecord:
         self._cond = threading.Condition(self._lock)
         self.control_open = True
         # True while the thread in start_blocking() reads the child's STARTED itself (one hop
-        # fewer than through the supervisor); the supervisor leaves its control pipe and
-        # sentinel alone meanwhile.
+        # fewer than through the supervisor); the supervisor does not watch the child meanwhile.
         self.start_claimed = False
         self.logged = False  # log records dispatched since its last status
         self.inputs = _inputs_of(runnable)  # ids of the buffers it holds but does not publish to
