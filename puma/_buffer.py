@@ -222,10 +222,15 @@ class Publisher(abc.ABC, Generic[T]):
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        from puma import _context
         from puma._errors import StopRequested
 
-        if isinstance(exc, StopRequested | GeneratorExit | KeyboardInterrupt):
-            exc = None
+        if isinstance(exc, StopRequested | GeneratorExit) or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+            exc = None  # a stop, or a clean exit: the stream just ends
+        if exc is not None:
+            ctx = _context.current()
+            if ctx is not None:
+                ctx.own(exc)  # the copy downstream and the one reported are one error
         self.complete(exc)
 
 

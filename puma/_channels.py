@@ -147,7 +147,7 @@ class ChildLink(Protocol):
     def receive_all(self) -> list[tuple[Any, ...]]: ...
     def send(self, message: tuple[Any, ...]) -> None: ...
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None: ...
-    def send_error(self, call_id: int, error: Exception, note: str, direct: bool = False) -> None: ...
+    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None: ...
     def send_status(self, message: tuple[Any, ...]) -> None: ...
     def send_finished(self, error: BaseException | None, stopped: bool) -> None: ...
 
@@ -184,7 +184,7 @@ class ThreadLink:
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
         self._to_parent((msg.RESULT, call_id, True, result))
 
-    def send_error(self, call_id: int, error: Exception, note: str, direct: bool = False) -> None:
+    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None:
         self._to_parent((msg.RESULT, call_id, False, serialize_error(error, note)))
 
     send_status = send
@@ -250,7 +250,7 @@ class ProcessChildLink:
             data = pickle.dumps((msg.RESULT, call_id, False, serialize_error(error, note)))
         self._answer(data, direct)
 
-    def send_error(self, call_id: int, error: Exception, note: str, direct: bool = False) -> None:
+    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None:
         data = pickle.dumps(
             (msg.RESULT, call_id, False, serialize_error(error, note)), protocol=pickle.HIGHEST_PROTOCOL
         )

@@ -73,6 +73,21 @@ class ChildContext:
         _local.ctx = self
         return self
 
+    def own(self, exc: BaseException) -> None:
+        """Mark ``exc`` as raised in this runnable (a note naming it, an origin), unless it came from upstream.
+
+        Done where the error is first seen, so every copy of it (the one a
+        publisher completes its stream with, the one reported to the parent) is
+        recognised as one error.
+        """
+        if hasattr(exc, "_puma_origin"):  # raised here already, or received from upstream
+            return
+        exc.add_note(self.note)
+        try:
+            exc._puma_origin = f"{self.name}:{os.getpid()}:{id(exc)}"  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - an exception without a __dict__
+            pass
+
     def __exit__(self, *exc: object) -> None:
         _local.ctx = None
 
@@ -148,7 +163,9 @@ class ChildContext:
         try:
             function = _command_function(type(self.runnable), name)
             result = function(self.runnable, *args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - the caller gets it back, the runnable goes on
+        except StopRequested:
+            raise  # the command waited in puma and a stop came: the runnable stops
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it back (even SystemExit), the runnable goes on
             self.link.send_error(call_id, exc, self.note, direct)
             return
         self.link.send_result(call_id, result, self.note, direct)

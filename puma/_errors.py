@@ -91,14 +91,15 @@ class ChildDiedError(PumaError):
         exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
     """
 
-    def __init__(self, runnable: str, pid: int | None, exitcode: int | None) -> None:
+    def __init__(self, runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> None:
         self.runnable = runnable
         self.pid = pid
         self.exitcode = exitcode
-        super().__init__(describe_exit(runnable, pid, exitcode))
+        self.before_start = before_start
+        super().__init__(describe_exit(runnable, pid, exitcode, before_start))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.runnable, self.pid, self.exitcode), self.__dict__)
+        return (type(self), (self.runnable, self.pid, self.exitcode, self.before_start), self.__dict__)
 
 
 class StuckRunnableError(PumaError):
@@ -133,11 +134,17 @@ _CAUSES = {
 }
 
 
-def describe_exit(runnable: str, pid: int | None, exitcode: int | None) -> str:
+def describe_exit(runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> str:
     """A one-line account of how a child process ended, naming signal and likely cause."""
     where = f"runnable {runnable!r} (pid {pid})"
     if exitcode is None:
         return f"{where} ended without reporting"
+    if exitcode > 0 and before_start:
+        return (
+            f"{where} exited with code {exitcode} before it started: the child's Python failed while "
+            "preparing it (its stderr says why); under spawn and forkserver the usual cause is a main "
+            'script without the `if __name__ == "__main__":` guard, or one that fails when the child imports it'
+        )
     if exitcode < 0:
         try:
             sig = signal.Signals(-exitcode)

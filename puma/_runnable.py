@@ -233,14 +233,13 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
                 stopped = True
         except StopRequested:
             stopped = True
+        except SystemExit as exc:
+            if exc.code not in (None, 0):  # sys.exit() / sys.exit(0): a clean end, as in a script
+                ctx.own(exc)
+                error = exc
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            ctx.own(exc)
             error = exc
-            if not hasattr(exc, "_puma_origin"):  # raised here, not received from upstream
-                exc.add_note(ctx.note)
-                try:
-                    exc._puma_origin = f"{runnable.name}:{os.getpid()}:{id(exc)}"  # type: ignore[attr-defined]
-                except Exception:  # noqa: BLE001, S110 - an exception without a __dict__
-                    pass
         for out in runnable.outputs:
             try:
                 pub = ctx.publishers.get(id(out))

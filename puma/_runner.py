@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import sys
 import threading
 import time
+import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -83,6 +85,7 @@ class ChildRecord:
         self.started = False
         self.ended = False
         self.stop_sent = False
+        self.stop_sent_at: float | None = None
         self.stuck = False
         self.killed = False  # stuck, and SIGTERM did not end it
         self.finished = False  # a process child reported its end (FINISHED) and is exiting
@@ -409,6 +412,14 @@ class Runner:
             if isinstance(exc, KeyboardInterrupt):
                 return  # Ctrl-C wins; children are stopped
             members = list(child_errors.exceptions) if isinstance(child_errors, BaseExceptionGroup) else [child_errors]
+            # The body may be raising a runnable's own error (received from a buffer it read):
+            # that one is not a second failure.
+            origin = getattr(exc, "_puma_origin", None)
+            members = [
+                m for m in members if m is not exc and (origin is None or getattr(m, "_puma_origin", None) != origin)
+            ]
+            if not members:
+                return  # the body's exception goes on
             raise BaseExceptionGroup("the Runner's body and its runnables failed", [exc, *members]) from None
 
     # --- starting ----------------------------------------------------------------
@@ -608,15 +619,29 @@ class Runner:
         ``TimeoutError`` if runnables are still running then.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while any(not r.ended for r in self._records):
-                if self._unreported() and self._on_failure == "stop":
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    alive = [r.name for r in self._records if not r.ended]
-                    raise TimeoutError(f"runnables still running after {timeout} s: {alive}")
-                self._cond.wait(remaining)
+        while True:
+            overdue: list[ChildRecord] = []
+            with self._cond:
+                while any(not r.ended for r in self._records):
+                    if self._unreported() and self._on_failure == "stop":
+                        break
+                    now = time.monotonic()
+                    remaining = None if deadline is None else deadline - now
+                    if remaining is not None and remaining <= 0:
+                        alive = [r.name for r in self._records if not r.ended]
+                        raise TimeoutError(f"runnables still running after {timeout} s: {alive}")
+                    # A runnable asked to stop has stop_timeout to end (the wait is bounded then).
+                    stops = self._stop_deadlines()
+                    overdue = [r for r, due in stops if due <= now]
+                    if overdue:
+                        break
+                    if stops:
+                        first = min(due for _r, due in stops) - now
+                        remaining = first if remaining is None else min(remaining, first)
+                    self._cond.wait(remaining)
+            if not overdue:
+                break
+            self._terminate_stuck(overdue)
         if self._unreported():
             self._wait_all_ended(self._stop_timeout)
             self._raise_errors()
@@ -664,6 +689,7 @@ class Runner:
             if record.ended or record.stop_sent or record.link is None:
                 return
             record.stop_sent = True
+            record.stop_sent_at = time.monotonic()
         try:
             record.link.post((msg.STOP,))
         except OSError:
@@ -681,9 +707,17 @@ class Runner:
                 self._cond.wait(remaining)
         return True
 
-    def _terminate_stuck(self) -> None:
-        """Terminate, then kill, children still running after their stop timeout; report them."""
-        stuck = [r for r in self._records if not r.ended and r.link is not None]
+    def _stop_deadlines(self) -> list[tuple[ChildRecord, float]]:
+        """Runnables asked to stop and not ended yet, with when their stop_timeout runs out."""
+        return [
+            (r, r.stop_sent_at + self._stop_timeout)
+            for r in self._records
+            if r.stop_sent_at is not None and not r.ended and not r.stuck
+        ]
+
+    def _terminate_stuck(self, records: list[ChildRecord] | None = None) -> None:
+        """Terminate, then kill, children (``records``, or all) still running after their stop timeout; report them."""
+        stuck = [r for r in (self._records if records is None else records) if not r.ended and r.link is not None]
         supervisor = self._supervisor
         if not stuck or supervisor is None:
             return
@@ -827,7 +861,7 @@ class Runner:
         process = record.process
         process.join(_KILL_GRACE)
         intact = self._free_locks_of(process.pid)  # before anything below takes a buffer's lock
-        error: PumaError = ChildDiedError(record.name, process.pid, process.exitcode)
+        error: PumaError = ChildDiedError(record.name, process.pid, process.exitcode, not record.started)
         if record.stuck:
             error = self._stuck_error(record)
         error._puma_origin = f"{record.name}:{process.pid}:died"  # type: ignore[attr-defined]
@@ -1035,10 +1069,17 @@ def _track(runner: Runner) -> None:
 
 
 def _close_all() -> None:
-    """At interpreter exit: stop children of Runners nobody closed, leaving no orphans."""
+    """At interpreter exit: stop children of Runners nobody closed, leaving no orphans.
+
+    What their runnables raised is written to stderr: exiting anyway, but not silently.
+    """
     for runner in list(_live):
         if not runner._closed:
             try:
                 runner.close()
-            except BaseException:  # noqa: BLE001, S110 - exiting anyway
-                pass
+            except BaseException as exc:  # noqa: BLE001 - reported, not raised: the interpreter is exiting
+                try:
+                    print("puma: a Runner was left open until exit; closing it raised:", file=sys.stderr)
+                    traceback.print_exception(exc, file=sys.stderr)
+                except BaseException:  # noqa: BLE001, S110 - stderr may be gone
+                    pass
