@@ -223,9 +223,9 @@ class Publisher(abc.ABC, Generic[T]):
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
         from puma import _context
-        from puma._errors import StopRequested
+        from puma._errors import StopRequested, is_clean_exit
 
-        if isinstance(exc, StopRequested | GeneratorExit) or (isinstance(exc, SystemExit) and exc.code in (None, 0)):
+        if exc is not None and (isinstance(exc, StopRequested | GeneratorExit) or is_clean_exit(exc)):
             exc = None  # a stop, or a clean exit: the stream just ends
         if exc is not None:
             ctx = _context.current()

@@ -56,10 +56,15 @@ _READ = 1 << 16  # a read takes at most this much, unless a big message needs mo
 _MOST_READ = 1 << 22
 
 
+def _header(n: int) -> bytes:
+    """The Connection frame header of an ``n``-byte message."""
+    return _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
+
+
 def _send_frame(fd: int, data: bytes) -> None:
     """Write ``data`` as one Connection frame (readable by ``Connection.recv_bytes``)."""
     n = len(data)
-    header = _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
+    header = _header(n)
     if n <= _INLINE:
         _write_all(fd, header + data)
     else:
@@ -321,19 +326,18 @@ class ProcessLink:
         """True while commands wait for room in the pipe."""
         return bool(self._out)
 
-    def post(self, message: tuple[Any, ...]) -> int:
-        """Send a command to the child without blocking; return where its frame ends (see :meth:`_wait_sent`).
+    def post(self, message: tuple[Any, ...]) -> None:
+        """Send a command to the child without blocking.
 
         Raises ``OSError`` if the child is gone (or the link closed), and a
         pickling error if the message cannot be sent; nothing is sent then.
         """
-        return self._post(message)[0]
+        self._post(message)
 
     def _post(self, message: tuple[Any, ...]) -> tuple[int, int]:
-        """:meth:`post`, returning where the frame ends and its length."""
+        """:meth:`post`, returning where the frame ends in the byte stream and its length (see :meth:`_wait_sent`)."""
         data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        n = len(data)
-        header = _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
+        header = _header(len(data))
         with self._lock:
             if self._closed:
                 raise OSError("the link to the child is closed")
@@ -342,7 +346,7 @@ class ProcessLink:
             was_pending = bool(self._out)
             self._out += header
             self._out += data
-            size = len(header) + n
+            size = len(header) + len(data)
             self._queued += size
             end = self._queued
             if not was_pending:

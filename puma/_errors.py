@@ -134,6 +134,11 @@ _CAUSES = {
 }
 
 
+def is_clean_exit(exc: BaseException) -> bool:
+    """``sys.exit()`` or ``sys.exit(0)``: a runnable ending cleanly, as a script would."""
+    return isinstance(exc, SystemExit) and exc.code in (None, 0)
+
+
 def describe_exit(runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> str:
     """A one-line account of how a child process ended, naming signal and likely cause."""
     where = f"runnable {runnable!r} (pid {pid})"

@@ -23,7 +23,7 @@ from puma import _attributes, _context, _logging
 from puma import _messages as msg
 from puma._attributes import ScopedAttribute, parent_only, unmanaged
 from puma._buffer import Buffer, Publisher
-from puma._errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested
+from puma._errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested, is_clean_exit
 
 if TYPE_CHECKING:
     from puma._runner import ChildRecord
@@ -233,13 +233,10 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
                 stopped = True
         except StopRequested:
             stopped = True
-        except SystemExit as exc:
-            if exc.code not in (None, 0):  # sys.exit() / sys.exit(0): a clean end, as in a script
+        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
+            if not is_clean_exit(exc):
                 ctx.own(exc)
                 error = exc
-        except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
-            ctx.own(exc)
-            error = exc
         for out in runnable.outputs:
             try:
                 pub = ctx.publishers.get(id(out))
