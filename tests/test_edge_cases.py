@@ -132,7 +132,11 @@ def test_errors_of_a_runner_left_open_until_exit_are_written_to_stderr() -> None
         from _helpers import Raises
         if __name__ == "__main__":
             runner = puma.Runner(puma.ProcessEnvironment(sys.argv[1]))
-            runner.start(Raises(ValueError("nobody closed me")))
+            raises = runner.start(Raises(ValueError("nobody closed me")))
+            try:
+                raises.wait_status("never sent", timeout=60)  # returns (raising) once it has failed
+            except puma.RunnableNotRunningError:
+                pass
         """,
         "fork",
     )
