@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
             if args.quick:
                 ticks = rate // 4
             table.extend(measure(where, rate, ticks, runs, args.start_method, not args.alternate))
-    name = puma._ticking.tick_clock_name()
+    name = puma._ready.ticking.tick_clock_name()
     print(f"tick clock: time.{name}: {time.get_clock_info(name)}")
     print("mode: " + ("alternate (one after the other)" if args.alternate else "paired (at the same time)"))
     print(f"{os.cpu_count()} CPUs; load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

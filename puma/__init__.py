@@ -21,11 +21,8 @@ from puma._attributes import (
     scope_specific,
     unmanaged,
 )
-from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
-from puma._command_driven import CommandDrivenRunnable
-from puma._commands import BoundCommand, run_in_child_scope
-from puma._environment import Environment, ProcessEnvironment, ThreadEnvironment
-from puma._errors import (
+from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._core.errors import (
     BufferClosedError,
     BufferCompleted,
     BufferEmpty,
@@ -39,11 +36,14 @@ from puma._errors import (
     StopRequested,
     StuckRunnableError,
 )
-from puma._multicaster import Multicaster
-from puma._runnable import Runnable
-from puma._runner import Runner
-from puma._servicing import BufferSubscriber, MultiBufferServicingRunnable, SingleBufferServicingRunnable
-from puma._ticking import tick_clock
+from puma._environments.base import Environment, ProcessEnvironment, ThreadEnvironment
+from puma._ready.command_driven import CommandDrivenRunnable
+from puma._ready.multicaster import Multicaster
+from puma._ready.servicing import BufferSubscriber, MultiBufferServicingRunnable, SingleBufferServicingRunnable
+from puma._ready.ticking import tick_clock
+from puma._runnable.commands import BoundCommand, run_in_child_scope
+from puma._runnable.runnable import Runnable
+from puma._runner.runner import Runner
 
 __version__ = "0.1.0"
 

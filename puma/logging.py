@@ -34,8 +34,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from puma import _logging
-from puma._logging import RunnableFilter
+from puma._core import logs as _logging
+from puma._core.logs import RunnableFilter
 
 __all__ = [
     "DEFAULT_FORMAT",

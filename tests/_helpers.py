@@ -381,7 +381,7 @@ class DiesHoldingBufferLock(puma.Runnable):
         self._how = how
 
     def execute(self) -> None:
-        from puma import _process_buffer as pb
+        from puma._buffers import process as pb
 
         pub = self.publisher(self._out)
         for i in range(3):

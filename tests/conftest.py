@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 import puma
-from puma._process_buffer import live_process_buffers
+from puma._buffers.process import live_process_buffers
 
 START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
 ENVIRONMENTS = ["thread", *START_METHODS]

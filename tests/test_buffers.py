@@ -188,7 +188,7 @@ def test_subscribing_outside_execute_is_a_clear_error(env: puma.Environment) -> 
 
 def _holds_the_write_lock(buffer: puma.Buffer[int], taken: object, named: object, done: object) -> None:
     """Take the buffer's write lock, name itself only when told, hold it until told (a live writer)."""
-    from puma._process_buffer import _WRITER
+    from puma._buffers.process import _WRITER
 
     buffer._lock.acquire()  # type: ignore[attr-defined]
     taken.set()  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import pytest
 
 import puma
 import puma.logging
-from puma import _logging
+from puma._core import logs as _logging
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import puma
-from puma._ticking import TickSchedule, tick_clock_name
+from puma._ready.ticking import TickSchedule, tick_clock_name
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -52,8 +52,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-from puma import _context
-from puma import _messages as msg
+from puma._core import messages as msg
+from puma._runnable import context as _context
 
 __all__ = [
     "RunnableFilter",

@@ -6,8 +6,8 @@ comes from :meth:`Buffer.subscribe`.  The stream ends once every publisher
 has completed; an error given to :meth:`Publisher.complete` is raised to the
 subscriber (with its original traceback) when it reaches it.
 
-Two implementations share this face: :class:`~puma._thread_buffer.ThreadBuffer`
-(a deque under a lock) and :class:`~puma._process_buffer.ProcessBuffer` (a pipe
+Two implementations share this face: :class:`~puma._buffers.thread.ThreadBuffer`
+(a deque under a lock) and :class:`~puma._buffers.process.ProcessBuffer` (a pipe
 bounded by a semaphore).  Environments make the right one.
 """
 
@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from puma._errors import BufferClosedError, BufferCompleted, StopRequested
+from puma._core.errors import BufferClosedError, BufferCompleted, StopRequested
 
 __all__ = ["Buffer", "BufferStatistics", "Publisher", "Subscription"]
 
@@ -185,7 +185,7 @@ class Publisher(abc.ABC, Generic[T]):
         the publisher has read its own stop; that is a stop, not an error.
         Call it holding no lock: it runs pending commands.
         """
-        from puma import _context
+        from puma._runnable import context as _context
 
         ctx = _context.current()
         if ctx is not None and ctx.service():
@@ -222,8 +222,8 @@ class Publisher(abc.ABC, Generic[T]):
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        from puma import _context
-        from puma._errors import StopRequested, is_clean_exit
+        from puma._core.errors import StopRequested, is_clean_exit
+        from puma._runnable import context as _context
 
         if exc is not None and (isinstance(exc, StopRequested | GeneratorExit) or is_clean_exit(exc)):
             exc = None  # a stop, or a clean exit: the stream just ends
@@ -251,7 +251,7 @@ class Subscription(abc.ABC, Generic[T]):
         return self._buffer
 
     def __reduce__(self) -> Any:
-        from puma._errors import NotPicklableError
+        from puma._core.errors import NotPicklableError
 
         raise NotPicklableError(
             f"a subscription of buffer {self._buffer.name!r} cannot be sent to a process: "

@@ -6,8 +6,8 @@ import copy
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from puma._buffer import Buffer
-from puma._servicing import DEFAULT_BATCH_SIZE, SingleBufferServicingRunnable
+from puma._buffers.base import Buffer
+from puma._ready.servicing import DEFAULT_BATCH_SIZE, SingleBufferServicingRunnable
 
 __all__ = ["Multicaster"]
 

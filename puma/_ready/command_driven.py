@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from puma._buffer import Buffer
-from puma._servicing import ServicingRunnable
+from puma._buffers.base import Buffer
+from puma._ready.servicing import ServicingRunnable
 
 __all__ = ["CommandDrivenRunnable"]
 

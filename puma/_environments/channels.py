@@ -7,7 +7,7 @@ is separate from the status channel so that no amount of user traffic can
 crowd out the final error; neither ever drops a message (pipes block instead).
 
 * :class:`ThreadLink`: in-memory; the child's messages go straight into the
-  supervisor's inbox, the parent's wake the child's :class:`~puma._wait.Waker`.
+  supervisor's inbox, the parent's wake the child's :class:`~puma._core.waiting.Waker`.
 * :class:`ProcessLink` / :class:`ProcessChildLink`: a duplex pipe for commands
   and control, a one-way pipe for statuses, and a one-way "reply" pipe for the
   answers to blocking command calls.
@@ -43,9 +43,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, Protocol
 
-from puma import _messages as msg
-from puma._errors import NotPicklableError, RunnableNotRunningError, serialize_error
-from puma._wait import Poller, Waker
+from puma._core import messages as msg
+from puma._core.errors import NotPicklableError, RunnableNotRunningError, serialize_error
+from puma._core.waiting import Poller, Waker
 
 __all__ = ["ChildLink", "ProcessChildLink", "ProcessLink", "ThreadLink"]
 

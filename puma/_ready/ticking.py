@@ -33,9 +33,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
-from puma._buffer import Buffer
-from puma._commands import run_in_child_scope
-from puma._runnable import Runnable
+from puma._buffers.base import Buffer
+from puma._runnable.commands import run_in_child_scope
+from puma._runnable.runnable import Runnable
 
 __all__ = ["TickSchedule", "TickingRunnable", "tick_clock", "tick_clock_name"]
 

@@ -39,12 +39,11 @@ from multiprocessing.connection import wait as wait_for
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from puma import _logging
-from puma import _messages as msg
-from puma._buffer import Buffer
-from puma._channels import ProcessLink, ThreadLink
-from puma._environment import Environment, ThreadEnvironment
-from puma._errors import (
+from puma._buffers.base import Buffer
+from puma._buffers.process import ProcessBuffer
+from puma._core import logs as _logging
+from puma._core import messages as msg
+from puma._core.errors import (
     ChildDiedError,
     CommandError,
     PumaError,
@@ -54,9 +53,10 @@ from puma._errors import (
     deserialize_error,
     serialize_error,
 )
-from puma._process_buffer import ProcessBuffer
-from puma._runnable import Runnable
-from puma._wait import Waker
+from puma._core.waiting import Waker
+from puma._environments.base import Environment, ThreadEnvironment
+from puma._environments.channels import ProcessLink, ThreadLink
+from puma._runnable.runnable import Runnable
 
 __all__ = ["ChildRecord", "Runner"]
 
@@ -127,7 +127,7 @@ class ChildRecord:
 
     def _new_call(self, name: str, future: Future[Any] | None) -> int:
         """Check the command exists and the runnable runs; number the call (and file its future)."""
-        from puma._commands import command_function
+        from puma._runnable.commands import command_function
 
         command_function(type(self.runnable), name)  # fail early on a wrong name
         with self._lock:

@@ -5,7 +5,7 @@
 * :class:`SingleBufferServicingRunnable`: one input; override ``on_value``.
 
 Both block in one wait over all their inputs, their commands and their next
-tick deadline (see :mod:`puma._ticking`), so an idle runnable costs nothing
+tick deadline (see :mod:`puma._ready.ticking`), so an idle runnable costs nothing
 and never polls.  Values are taken in batches of at most ``batch_size`` per
 input, round-robin between inputs; pending commands and due ticks are handled
 between batches, so a command never waits behind a backlog: at most
@@ -26,10 +26,10 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, Protocol, TypeVar, runtime_checkable
 
-from puma import _context
-from puma._buffer import Buffer, Publisher, Subscription
-from puma._errors import BufferCompleted, BufferEmpty, PumaError
-from puma._ticking import TickingRunnable, TickSchedule, tick_clock
+from puma._buffers.base import Buffer, Publisher, Subscription
+from puma._core.errors import BufferCompleted, BufferEmpty, PumaError
+from puma._ready.ticking import TickingRunnable, TickSchedule, tick_clock
+from puma._runnable import context as _context
 
 __all__ = ["BufferSubscriber", "MultiBufferServicingRunnable", "ServicingRunnable", "SingleBufferServicingRunnable"]
 

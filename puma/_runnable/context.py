@@ -14,14 +14,14 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from puma import _messages as msg
-from puma._errors import SerializedError, StopRequested, deserialize_error
-from puma._wait import Waker
+from puma._core import messages as msg
+from puma._core.errors import SerializedError, StopRequested, deserialize_error
+from puma._core.waiting import Waker
 
 if TYPE_CHECKING:
-    from puma._buffer import Buffer, Publisher
-    from puma._channels import ChildLink
-    from puma._runnable import Runnable
+    from puma._buffers.base import Buffer, Publisher
+    from puma._environments.channels import ChildLink
+    from puma._runnable.runnable import Runnable
 
 __all__ = ["ChildContext", "current"]
 
@@ -157,7 +157,7 @@ class ChildContext:
         """Run one command and send its answer (``direct``: to the caller waiting on the reply pipe)."""
         global _command_function
         if _command_function is None:
-            from puma._commands import command_function  # here: _commands imports this module
+            from puma._runnable.commands import command_function  # here: _commands imports this module
 
             _command_function = command_function
         try:

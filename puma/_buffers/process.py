@@ -60,9 +60,8 @@ from collections.abc import Iterable
 from itertools import repeat, starmap, takewhile
 from typing import Any, TypeVar
 
-from puma import _context
-from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
-from puma._errors import (
+from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._core.errors import (
     BufferClosedError,
     BufferEmpty,
     BufferFull,
@@ -70,7 +69,8 @@ from puma._errors import (
     deserialize_error,
     serialize_error,
 )
-from puma._wait import Poller, Waker
+from puma._core.waiting import Poller, Waker
+from puma._runnable import context as _context
 
 __all__ = ["ProcessBuffer"]
 
@@ -180,7 +180,7 @@ class ProcessBuffer(Buffer[T]):
             self._waker.wake()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from puma._buffer import _checker
+        from puma._buffers.base import _checker
 
         self.__dict__.update(state)
         self._check = _checker(self._item_type)

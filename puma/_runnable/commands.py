@@ -22,10 +22,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from puma import _context
+from puma._runnable import context as _context
 
 if TYPE_CHECKING:
-    from puma._runnable import Runnable
+    from puma._runnable.runnable import Runnable
 
 __all__ = ["BoundCommand", "ChildScopeMethod", "command_function", "run_in_child_scope"]
 

@@ -19,18 +19,19 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from puma import _attributes, _logging
-from puma._buffer import Buffer
-from puma._channels import ProcessChildLink, ProcessLink, ThreadLink
-from puma._context import ChildContext
-from puma._pickling import Sealed, check_picklable
-from puma._process_buffer import ProcessBuffer
-from puma._runnable import Runnable, run_child
-from puma._thread_buffer import ThreadBuffer
+from puma import _attributes
+from puma._buffers.base import Buffer
+from puma._buffers.process import ProcessBuffer
+from puma._buffers.thread import ThreadBuffer
+from puma._core import logs as _logging
+from puma._environments.channels import ProcessChildLink, ProcessLink, ThreadLink
+from puma._environments.pickling import Sealed, check_picklable
+from puma._runnable.context import ChildContext
+from puma._runnable.runnable import Runnable, run_child
 
 if TYPE_CHECKING:
-    from puma._multicaster import Multicaster
-    from puma._runner import ChildRecord, Runner
+    from puma._ready.multicaster import Multicaster
+    from puma._runner.runner import ChildRecord, Runner
 
 __all__ = ["Environment", "ProcessEnvironment", "ThreadEnvironment"]
 
@@ -59,7 +60,7 @@ class Environment(abc.ABC):
 
     def runner(self, **options: Any) -> Runner:
         """A :class:`~puma.Runner` whose runnables run here (``options`` as for ``Runner``)."""
-        from puma._runner import Runner
+        from puma._runner.runner import Runner
 
         return Runner(self, **options)
 
@@ -69,7 +70,7 @@ class Environment(abc.ABC):
         See :class:`~puma.Multicaster`: outputs complete when the input does
         (with its error, if any), and the slowest output sets the pace.
         """
-        from puma._multicaster import Multicaster
+        from puma._ready.multicaster import Multicaster
 
         return Multicaster(input, outputs, name)
 

@@ -19,14 +19,16 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from puma import _attributes, _context, _logging
-from puma import _messages as msg
+from puma import _attributes
 from puma._attributes import ScopedAttribute, parent_only, unmanaged
-from puma._buffer import Buffer, Publisher
-from puma._errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested, is_clean_exit
+from puma._buffers.base import Buffer, Publisher
+from puma._core import logs as _logging
+from puma._core import messages as msg
+from puma._core.errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested, is_clean_exit
+from puma._runnable import context as _context
 
 if TYPE_CHECKING:
-    from puma._runner import ChildRecord
+    from puma._runner.runner import ChildRecord
 
 __all__ = ["Runnable"]
 

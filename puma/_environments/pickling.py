@@ -15,8 +15,8 @@ from multiprocessing import connection, queues, synchronize
 from typing import Any
 
 from puma import _attributes
-from puma._buffer import Buffer, Subscription
-from puma._errors import NotPicklableError
+from puma._buffers.base import Buffer, Subscription
+from puma._core.errors import NotPicklableError
 
 __all__ = ["Sealed", "check_picklable"]
 

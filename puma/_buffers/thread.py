@@ -1,6 +1,6 @@
 """A buffer between threads of one process: a deque under a lock.
 
-Publishing appends and wakes the subscriber's :class:`~puma._wait.Waker` (the
+Publishing appends and wakes the subscriber's :class:`~puma._core.waiting.Waker` (the
 one wait of the runnable that subscribed).  A publisher that finds the buffer
 full waits for room in its own runnable's one wait (so its commands run and
 its stop is seen meanwhile), or on a condition outside any runnable.
@@ -15,10 +15,10 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any, TypeVar
 
-from puma import _context
-from puma._buffer import Buffer, BufferStatistics, Publisher, Subscription
-from puma._errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
-from puma._wait import Waker
+from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
+from puma._core.waiting import Waker
+from puma._runnable import context as _context
 
 __all__ = ["ThreadBuffer"]
 

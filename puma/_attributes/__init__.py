@@ -53,9 +53,9 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, overload
 
-from puma import _context
-from puma._buffer import Buffer
-from puma._errors import NotPicklableError, PumaError
+from puma._buffers.base import Buffer
+from puma._core.errors import NotPicklableError, PumaError
+from puma._runnable import context as _context
 
 __all__ = [
     "STATE_KEY",
@@ -640,7 +640,7 @@ def _birth_class(cls: type) -> type:
 
 
 def _is_runnable(cls: type) -> bool:
-    from puma._runnable import Runnable
+    from puma._runnable.runnable import Runnable
 
     return issubclass(cls, Runnable)
 
