@@ -62,11 +62,11 @@ class Sink(puma.SingleBufferServicingRunnable[Any]):
 
 # --- tests -------------------------------------------------------------------------------------------
 def test_every_output_gets_every_value_in_order(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         source = env.buffer(int, 8, "source")
         outs = [env.buffer(int, 5, f"out-{i}") for i in range(3)]
         sinks = [runner.start(Sink(out, f"sink-{i}")) for i, out in enumerate(outs)]
-        runner.start(env.multicaster(source, outs))
+        runner.start(puma.Multicaster(source, outs))
         runner.start(Numbers(source, 300))
         runner.join()
     for sink in sinks:
@@ -77,13 +77,13 @@ def test_every_output_gets_every_value_in_order(env: puma.Environment) -> None:
 def test_an_input_error_completes_every_output_with_it(kind: str) -> None:
     env = puma.ThreadEnvironment() if kind == "thread" else puma.ProcessEnvironment(kind)
     with pytest.raises(KeyError, match="the source broke"):
-        with env.runner() as runner:
+        with puma.Runner(env) as runner:
             source = env.buffer(int, 8, "source")
             outs = [env.buffer(int, 5, f"out-{i}") for i in range(2)]
             sinks = [runner.start(Sink(out, f"sink-{i}")) for i, out in enumerate(outs)]
             for sink in sinks:
                 sink.wait_status("ready", timeout=30)  # subscribed: the Runner knows them as downstream
-            runner.start(env.multicaster(source, outs, name="fan-out"))
+            runner.start(puma.Multicaster(source, outs, name="fan-out"))
             runner.start(Numbers(source, 20, fail=True))
             runner.join()
     for sink in sinks:
@@ -94,7 +94,7 @@ def test_a_slow_output_holds_back_the_input(env: puma.Environment) -> None:
     """While one consumer does not read, the source can run ahead by the buffers' room only."""
     c_in, c_fast, c_slow, batch, count = 4, 4, 3, 4, 200
     gate = make_gate(env)
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         source = env.buffer(int, c_in, "source")
         fast, slow = env.buffer(int, c_fast, "fast"), env.buffer(int, c_slow, "slow")
         fast_sink = runner.start(Sink(fast, "fast-sink"))
@@ -115,7 +115,7 @@ def test_a_slow_output_holds_back_the_input(env: puma.Environment) -> None:
 def test_threads_share_values_unless_asked_to_copy() -> None:
     env = puma.ThreadEnvironment()
     for copy_values in (False, True):
-        with env.runner() as runner:
+        with puma.Runner(env) as runner:
             source = env.buffer(list, 4, "source")
             outs = [env.buffer(list, 4, f"out-{i}") for i in range(2)]
             sinks = [runner.start(Sink(out, f"sink-{i}")) for i, out in enumerate(outs)]
@@ -144,18 +144,18 @@ def test_a_multicaster_needs_distinct_outputs() -> None:
     env = puma.ThreadEnvironment()
     source, out = env.buffer(int, 2, "source"), env.buffer(int, 2, "out")
     with pytest.raises(ValueError, match="at least one"):
-        env.multicaster(source, [])
+        puma.Multicaster(source, [])
     with pytest.raises(ValueError, match="twice"):
-        env.multicaster(source, [out, out])
+        puma.Multicaster(source, [out, out])
     with pytest.raises(ValueError, match="input"):
-        env.multicaster(source, [source])
+        puma.Multicaster(source, [source])
 
 
 def test_environments_make_everything_a_program_needs(env: puma.Environment) -> None:
     source, out = env.buffer(int, 2, "source"), env.buffer(int, 2, "out")
-    multicaster = env.multicaster(source, [out], name="copy")
+    multicaster = puma.Multicaster(source, [out], name="copy")
     assert isinstance(multicaster, puma.Multicaster) and multicaster.name == "copy"
     assert multicaster.input is source and multicaster.outputs == (out,)
-    runner = env.runner(stop_timeout=5.0)
+    runner = puma.Runner(env, stop_timeout=5.0)
     assert isinstance(runner, puma.Runner) and runner.environment is env
     runner.close()

@@ -228,7 +228,7 @@ class Counting(puma.Runnable):
 
 # --- single input ----------------------------------------------------------------------------------
 def test_single_publishes_what_on_value_returns_in_order(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         raw, doubled = env.buffer(int, 8, "raw"), env.buffer(int, 8, "doubled")
         runner.start(Producer(raw, 300))
         runner.start(Double(raw, doubled))
@@ -240,7 +240,7 @@ def test_single_publishes_what_on_value_returns_in_order(env: puma.Environment) 
 
 # --- several inputs --------------------------------------------------------------------------------
 def test_multi_keeps_each_inputs_order_and_routes_to_its_subscriber(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         a, b, c = (env.buffer(object, 4, name) for name in ("a", "b", "c"))
         runner.start(TaggedProducer(a, "a", 200))
         runner.start(TaggedProducer(b, "b", 150))
@@ -270,7 +270,7 @@ class TaggedProducer(puma.Runnable):
 
 
 def test_multi_ends_when_all_inputs_have_completed_by_default(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         a, b = env.buffer(int, 4, "a"), env.buffer(int, 4, "b")
         runner.start(Producer(a, 3, name="producer-a"))
         emitter = runner.start(Emitter(b))
@@ -283,7 +283,7 @@ def test_multi_ends_when_all_inputs_have_completed_by_default(env: puma.Environm
 
 
 def test_multi_can_end_when_any_input_completes(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         a, b = env.buffer(int, 4, "a"), env.buffer(int, 4, "b")
         runner.start(Producer(a, 3, name="producer-a"))
         runner.start(Emitter(b))  # publishes nothing, never completes
@@ -321,7 +321,7 @@ def test_an_error_travels_down_a_chain_and_reaches_the_parent_once(
     """Producer -> first -> relay-1 -> relay-2 -> sink; the first stage fails on value 5."""
     env = thread_or_process
     with pytest.raises(ValueError) as info:
-        with env.runner() as runner:
+        with puma.Runner(env) as runner:
             raw, one, two, three = (env.buffer(int, 4, name) for name in ("raw", "one", "two", "three"))
             # Downstream first, subscribed before anything fails: the Runner knows them as downstream.
             sink = runner.start(Sink(three))
@@ -350,7 +350,7 @@ def test_an_error_travels_down_a_chain_and_reaches_the_parent_once(
 def test_an_error_in_a_subscriber_ends_the_multi_and_is_passed_on(thread_or_process: puma.Environment) -> None:
     env = thread_or_process
     with pytest.raises(ZeroDivisionError):
-        with env.runner() as runner:
+        with puma.Runner(env) as runner:
             a, b, out = env.buffer(int, 4, "a"), env.buffer(int, 4, "b"), env.buffer(int, 4, "out")
             sink = runner.start(Sink(out))
             sink.wait_status("ready", timeout=30)
@@ -379,7 +379,7 @@ def test_a_command_does_not_wait_behind_an_input_backlog(env: puma.Environment) 
     batch = 8
     backlog = 400
     gate = make_gate(env)
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         inp = env.buffer(int, backlog, "backlog")
         filler = runner.start(Filler(inp, 3 * backlog))
         gated = runner.start(Gated(inp, gate, batch_size=batch))
@@ -394,7 +394,7 @@ def test_a_command_does_not_wait_behind_an_input_backlog(env: puma.Environment) 
 
 def test_commands_and_ticks_interleave_with_heavy_traffic(thread_or_process: puma.Environment) -> None:
     env = thread_or_process
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         inp = env.buffer(int, 256, "traffic")
         runner.start(Counting(inp))
         counter = runner.start(Counter(inp))
@@ -411,7 +411,7 @@ def test_commands_and_ticks_interleave_with_heavy_traffic(thread_or_process: pum
 
 
 def test_finish_ends_a_command_driven_runnable_normally(env: puma.Environment) -> None:
-    with env.runner() as runner:
+    with puma.Runner(env) as runner:
         out = env.buffer(int, 8, "out")
         emitter = runner.start(Emitter(out))
         collector = runner.start(Collector(out))

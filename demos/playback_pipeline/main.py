@@ -197,14 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         path = os.path.join(tmp, "recording.csv")
         write_recording(path, frames)
         print(f"recording: {frames} frames, played at {rate:g} Hz")
-        with env.runner() as runner:
+        with puma.Runner(env) as runner:
             raw: puma.Buffer[Frame] = env.buffer(Frame, 16, "raw")
             smooth: puma.Buffer[Frame] = env.buffer(Frame, 16, "smooth")
             to_recorder: puma.Buffer[Frame] = env.buffer(Frame, 16, "to-recorder")
             to_statistics: puma.Buffer[Frame] = env.buffer(Frame, 16, "to-statistics")
             recorder = runner.start(Recorder(to_recorder))
             stats = runner.start(Statistics(to_statistics))
-            runner.start(env.multicaster(smooth, [to_recorder, to_statistics]))
+            runner.start(puma.Multicaster(smooth, [to_recorder, to_statistics]))
             runner.start(Smoother(raw, smooth))
             source = runner.start(PlaybackSource(raw, path, rate))
 

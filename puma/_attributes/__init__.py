@@ -54,8 +54,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Self, TypeVar, overload
 
 from puma._buffers.base import Buffer
+from puma._core import current as _context
 from puma._core.errors import NotPicklableError, PumaError
-from puma._runnable import context as _context
 
 __all__ = [
     "STATE_KEY",
@@ -640,9 +640,8 @@ def _birth_class(cls: type) -> type:
 
 
 def _is_runnable(cls: type) -> bool:
-    from puma._runnable.runnable import Runnable
-
-    return issubclass(cls, Runnable)
+    """Runnables say so with a class flag (this layer sits below the runnable's)."""
+    return bool(getattr(cls, "_puma_handle", False))
 
 
 def install_seal(cls: type[Any]) -> None:

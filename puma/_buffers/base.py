@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from puma._core.errors import BufferClosedError, BufferCompleted, StopRequested
+from puma._core import current as _context
+from puma._core.errors import BufferClosedError, BufferCompleted, NotPicklableError, StopRequested, is_clean_exit
 
 __all__ = ["Buffer", "BufferStatistics", "Publisher", "Subscription"]
 
@@ -185,8 +186,6 @@ class Publisher(abc.ABC, Generic[T]):
         the publisher has read its own stop; that is a stop, not an error.
         Call it holding no lock: it runs pending commands.
         """
-        from puma._runnable import context as _context
-
         ctx = _context.current()
         if ctx is not None and ctx.service():
             return StopRequested()
@@ -222,8 +221,7 @@ class Publisher(abc.ABC, Generic[T]):
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        from puma._core.errors import StopRequested, is_clean_exit
-        from puma._runnable import context as _context
+        from puma._core.errors import StopRequested
 
         if exc is not None and (isinstance(exc, StopRequested | GeneratorExit) or is_clean_exit(exc)):
             exc = None  # a stop, or a clean exit: the stream just ends
@@ -251,8 +249,6 @@ class Subscription(abc.ABC, Generic[T]):
         return self._buffer
 
     def __reduce__(self) -> Any:
-        from puma._core.errors import NotPicklableError
-
         raise NotPicklableError(
             f"a subscription of buffer {self._buffer.name!r} cannot be sent to a process: "
             "call subscribe() inside execute()"

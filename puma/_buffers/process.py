@@ -60,7 +60,8 @@ from collections.abc import Iterable
 from itertools import repeat, starmap, takewhile
 from typing import Any, TypeVar
 
-from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription, _checker
+from puma._core import current as _context
 from puma._core.errors import (
     BufferClosedError,
     BufferEmpty,
@@ -70,7 +71,6 @@ from puma._core.errors import (
     serialize_error,
 )
 from puma._core.waiting import Poller, Waker
-from puma._runnable import context as _context
 
 __all__ = ["ProcessBuffer"]
 
@@ -180,8 +180,6 @@ class ProcessBuffer(Buffer[T]):
             self._waker.wake()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from puma._buffers.base import _checker
-
         self.__dict__.update(state)
         self._check = _checker(self._item_type)
         self._meta_guard = _Guard(self._meta, self._shared, _META_HOLDER)
@@ -347,7 +345,7 @@ class _ProcessPublisher(Publisher[T]):
                 with meta:
                     shared[_WAITING] -= 1
 
-    def _wait_for_room(self, ctx: _context.ChildContext | None, timeout: float | None) -> None:
+    def _wait_for_room(self, ctx: _context.Context | None, timeout: float | None) -> None:
         """Sleep until a room token comes (taking it), or a command or stop for our runnable, or ``timeout``.
 
         In a runnable this is the runnable's one wait, so its commands run while
@@ -456,7 +454,7 @@ class _ProcessPublisher(Publisher[T]):
 
 
 class _ProcessSubscription(Subscription[T]):
-    def __init__(self, buffer: ProcessBuffer[T], ctx: _context.ChildContext | None) -> None:
+    def __init__(self, buffer: ProcessBuffer[T], ctx: _context.Context | None) -> None:
         super().__init__(buffer)
         self._b = buffer
         self._reader = buffer._reader  # keeps the descriptor open
@@ -641,7 +639,7 @@ class _ProcessSubscription(Subscription[T]):
             if self._fd in ready:
                 self._fill()
             return True
-        if ctx is not None and not ctx.fds and ctx.link.has_message():
+        if ctx is not None and not ctx.fds and ctx.has_command():
             ctx.check_stop()  # a thread runnable reading a process buffer
         if self._broken():
             return True

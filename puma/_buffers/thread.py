@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
 from puma._core.waiting import Waker
-from puma._runnable import context as _context
 
 __all__ = ["ThreadBuffer"]
 
@@ -262,7 +262,7 @@ class _ThreadSubscription(Subscription[T]):
 
     def receive(self, timeout: float | None = None) -> T:
         ctx = self._ctx
-        if ctx is not None and ctx.link.has_message():
+        if ctx is not None and ctx.has_command():
             ctx.check_stop()  # a stop is seen even while values keep coming
         while True:
             if self._ended is not None:

@@ -52,8 +52,8 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+from puma._core import current as _context
 from puma._core import messages as msg
-from puma._runnable import context as _context
 
 __all__ = [
     "RunnableFilter",

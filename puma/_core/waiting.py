@@ -20,12 +20,60 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["Poller", "Waker"]
+__all__ = ["Deadline", "Poller", "Waker"]
 
 _FD_SETSIZE = 1024  # select()'s limit on Linux and macOS
+
+
+class Deadline:
+    """When a wait of ``timeout`` seconds (``None``: no limit) started now runs out.
+
+    The one place deadline arithmetic is written: ``remaining()`` is the time
+    left (``None`` for no limit, never below 0), ``expired`` says it ran out.
+    """
+
+    __slots__ = ("_at", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self._at = None if timeout is None else time.monotonic() + timeout
+
+    @classmethod
+    def at(cls, when: float | None) -> Deadline:
+        """A deadline at the monotonic time ``when`` (``None``: no limit)."""
+        deadline = cls(None)
+        if when is not None:
+            deadline._at = when
+            deadline.timeout = max(when - time.monotonic(), 0.0)
+        return deadline
+
+    @property
+    def when(self) -> float | None:
+        """The monotonic time it runs out (``None``: never)."""
+        return self._at
+
+    def remaining(self) -> float | None:
+        """Seconds left (0.0 once expired); ``None`` if there is no limit."""
+        at = self._at
+        if at is None:
+            return None
+        return max(at - time.monotonic(), 0.0)
+
+    @property
+    def expired(self) -> bool:
+        """True once the deadline has passed."""
+        return self._at is not None and time.monotonic() >= self._at
+
+    def earliest(self, other: float | None) -> float | None:
+        """The time left until this deadline or ``other`` seconds from now, whichever comes first."""
+        left = self.remaining()
+        if other is None:
+            return left
+        return other if left is None else min(left, other)
 
 
 class _Poller:

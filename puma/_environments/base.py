@@ -16,7 +16,7 @@ import select
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from puma import _attributes
@@ -30,8 +30,7 @@ from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
 
 if TYPE_CHECKING:
-    from puma._ready.multicaster import Multicaster
-    from puma._runner.runner import ChildRecord, Runner
+    from puma._runner.runner import ChildRecord
 
 __all__ = ["Environment", "ProcessEnvironment", "ThreadEnvironment"]
 
@@ -57,22 +56,6 @@ class Environment(abc.ABC):
     @abc.abstractmethod
     def is_process(self) -> bool:
         """True if runnables run in child processes."""
-
-    def runner(self, **options: Any) -> Runner:
-        """A :class:`~puma.Runner` whose runnables run here (``options`` as for ``Runner``)."""
-        from puma._runner.runner import Runner
-
-        return Runner(self, **options)
-
-    def multicaster(self, input: Buffer[T], outputs: Sequence[Buffer[T]], name: str = "multicaster") -> Multicaster[T]:
-        """A runnable copying every value of ``input`` to each of ``outputs`` (start it with the Runner).
-
-        See :class:`~puma.Multicaster`: outputs complete when the input does
-        (with its error, if any), and the slowest output sets the pace.
-        """
-        from puma._ready.multicaster import Multicaster
-
-        return Multicaster(input, outputs, name)
 
     @abc.abstractmethod
     def _prepare(self, runnable: Runnable) -> Runnable:

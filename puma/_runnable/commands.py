@@ -22,7 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
-from puma._runnable import context as _context
+from puma._core import current as _context
 
 if TYPE_CHECKING:
     from puma._runnable.runnable import Runnable

@@ -9,45 +9,45 @@ their own data, and to raise :class:`~puma.StopRequested` when asked to stop.
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from puma._buffers.base import Buffer, Publisher
+from puma._core import current as _current
 from puma._core import messages as msg
+from puma._core.current import where
 from puma._core.errors import SerializedError, StopRequested, deserialize_error
-from puma._core.waiting import Waker
+from puma._core.waiting import Deadline, Waker
+from puma._runnable.commands import command_function
 
-if TYPE_CHECKING:
-    from puma._buffers.base import Buffer, Publisher
-    from puma._environments.channels import ChildLink
-    from puma._runnable.runnable import Runnable
-
-__all__ = ["ChildContext", "current"]
+__all__ = ["ChildContext", "ChildLink", "current"]
 
 
-class _Local(threading.local):
-    ctx: ChildContext | None = None  # a class default: no exception raised on threads without a context
+class ChildLink(Protocol):
+    """What a running runnable uses to talk to its Runner (each environment provides one)."""
 
+    waker: Waker
+    fds: tuple[int, ...]
 
-_local = _Local()
-_command_function: Callable[[type[Any], str], Callable[..., Any]] | None = None
+    def has_message(self) -> bool: ...
+    def receive_all(self) -> list[tuple[Any, ...]]: ...
+    def send(self, message: tuple[Any, ...]) -> None: ...
+    def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None: ...
+    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None: ...
+    def send_status(self, message: tuple[Any, ...]) -> None: ...
+    def send_finished(self, error: BaseException | None, stopped: bool) -> None: ...
 
 
 def current() -> ChildContext | None:
     """The context of the runnable executing in this thread, if any."""
-    return _local.ctx
-
-
-def where() -> str:
-    """'process 123, thread MainThread' for messages and notes."""
-    return f"process {os.getpid()}, thread {threading.current_thread().name}"
+    ctx = _current.current()
+    return ctx if isinstance(ctx, ChildContext) else None
 
 
 class ChildContext:
     """Everything a running runnable needs from puma, on the child side."""
 
-    def __init__(self, runnable: Runnable, link: ChildLink, token: int) -> None:
+    def __init__(self, runnable: Any, link: ChildLink, token: int) -> None:
         self.runnable = runnable
         self.name = runnable.name
         self.link = link
@@ -70,7 +70,7 @@ class ChildContext:
         return self._note
 
     def __enter__(self) -> ChildContext:
-        _local.ctx = self
+        _current.set_current(self)
         return self
 
     def own(self, exc: BaseException) -> None:
@@ -89,7 +89,16 @@ class ChildContext:
             pass
 
     def __exit__(self, *exc: object) -> None:
-        _local.ctx = None
+        _current.set_current(None)
+
+    @property
+    def in_runnable(self) -> bool:
+        """Always True: this is a runnable's context."""
+        return True
+
+    def has_command(self) -> bool:
+        """True if a message from the parent waits to be serviced."""
+        return self.link.has_message()
 
     def service(self, pending: bool = False) -> bool:
         """Handle every message from the parent there now; return the stop flag.
@@ -128,7 +137,7 @@ class ChildContext:
 
         Raises :class:`StopRequested` when a stop arrives first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         control = self.fds  # a process runnable's command pipe; () for a thread runnable
         all_fds = control + fds
         waker = self.waker
@@ -140,11 +149,9 @@ class ChildContext:
                 self.check_stop(pending)
             if ready():
                 return True
-            remaining = None
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
+            remaining = deadline.remaining()
+            if remaining is not None and remaining <= 0:
+                return False
             readable = waker.wait(all_fds, remaining)
             # Commands reach a process runnable only through its command pipe: when
             # only data woke us, there is nothing to service (and no poll to pay).
@@ -155,13 +162,8 @@ class ChildContext:
         self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], direct: bool = False
     ) -> None:
         """Run one command and send its answer (``direct``: to the caller waiting on the reply pipe)."""
-        global _command_function
-        if _command_function is None:
-            from puma._runnable.commands import command_function  # here: _commands imports this module
-
-            _command_function = command_function
         try:
-            function = _command_function(type(self.runnable), name)
+            function = command_function(type(self.runnable), name)
             result = function(self.runnable, *args, **kwargs)
         except StopRequested:
             raise  # the command waited in puma and a stop came: the runnable stops

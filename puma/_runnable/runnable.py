@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from puma import _attributes
 from puma._attributes import ScopedAttribute, parent_only, unmanaged
@@ -27,14 +27,21 @@ from puma._core import messages as msg
 from puma._core.errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested, is_clean_exit
 from puma._runnable import context as _context
 
-if TYPE_CHECKING:
-    from puma._runner.runner import ChildRecord
-
-__all__ = ["Runnable"]
+__all__ = ["RunRecord", "Runnable", "run_child"]
 
 T = TypeVar("T")
 
 _MISSING: Any = object()
+
+
+class RunRecord(Protocol):
+    """What a runnable's handle uses of the Runner's record of it (the Runner provides it)."""
+
+    statuses: dict[str, Any]
+
+    def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]: ...
+    def call_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None) -> Any: ...
+    def wait_status(self, key: str, predicate: Callable[[Any], bool] | None, timeout: float | None) -> Any: ...
 
 
 class Runnable(abc.ABC):
@@ -63,9 +70,12 @@ class Runnable(abc.ABC):
     # parent's bookkeeping (statuses, command futures) and never goes to the child.
     _puma_name: ScopedAttribute[str] = unmanaged()
     _puma_outputs: ScopedAttribute[tuple[Buffer[Any], ...]] = unmanaged()
-    _puma_record: ScopedAttribute[ChildRecord | None] = parent_only(
+    _puma_record: ScopedAttribute[RunRecord | None] = parent_only(
         why="a runnable's statuses and commands are used from the parent that started it"
     )
+
+    #: Objects of this class made inside a child are handles, not the child's own objects.
+    _puma_handle: ClassVar[bool] = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

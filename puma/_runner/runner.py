@@ -673,7 +673,7 @@ class Runner:
     # --- internals: user side ---------------------------------------------------------
     def _record(self, runnable: Runnable) -> ChildRecord:
         record = runnable._puma_record
-        if record is None or record.runner is not self:
+        if not isinstance(record, ChildRecord) or record.runner is not self:
             raise RunnableNotRunningError(f"runnable {runnable.name!r} was not started by this Runner")
         return record
 
