@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferCompleted, NotPicklableError, StopRequested, is_clean_exit
 
@@ -120,6 +121,11 @@ class Buffer(abc.ABC, Generic[T]):
     @abc.abstractmethod
     def statistics(self) -> BufferStatistics:
         """A snapshot of the buffer's state."""
+
+    @property
+    @abc.abstractmethod
+    def supervision(self) -> StreamSupervision:
+        """The supervisor's side of this buffer (what a Runner does when runnables start, end or die)."""
 
     # --- used by puma itself -------------------------------------------------
     @abc.abstractmethod

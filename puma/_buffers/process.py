@@ -61,6 +61,7 @@ from itertools import repeat, starmap, takewhile
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription, _checker
+from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import (
     BufferClosedError,
@@ -225,6 +226,10 @@ class ProcessBuffer(Buffer[T]):
         except NotImplementedError:  # macOS has no sem_getvalue
             size = -1
         return BufferStatistics(self.name, self.capacity, max(size, 0), int(self._shared[_PUBLISHERS]), -1)
+
+    @property
+    def supervision(self) -> StreamSupervision:
+        return _ProcessSupervision(self)
 
     def _register_publisher(self, delta: int = 1) -> None:
         with self._meta_guard:
@@ -715,3 +720,51 @@ class _ProcessSubscription(Subscription[T]):
             elif result is not _NOTHING:
                 out.append(result)
         return out
+
+
+class _ProcessSupervision(StreamSupervision):
+    """A process buffer's side for the supervisor."""
+
+    __slots__ = ("_b",)
+
+    def __init__(self, buffer: ProcessBuffer[Any]) -> None:
+        self._b = buffer
+
+    @property
+    def key(self) -> str:
+        return self._b._key
+
+    @property
+    def crossable(self) -> bool:
+        return True
+
+    def join(self, count: int = 1) -> None:
+        self._b._register_publisher(count)
+
+    def readers(self) -> frozenset[int]:
+        b = self._b
+        return frozenset({b._subscriber_token()}) if b._is_subscribed() else frozenset()
+
+    def interrupt_publishers(self) -> None:
+        self._b._interrupt_publishers()
+
+    def close(self) -> None:
+        self._b._close()
+
+    def drain_fd(self) -> int | None:
+        return self._b._reader_fd()
+
+    def drain(self) -> None:
+        self._b._drain()
+
+    def free_held_by(self, pid: int) -> bool:
+        return self._b._free_locks_of(pid)
+
+    def complete_for(self, owner: str, error: BaseException) -> bool:
+        return self._b._complete_for(owner, error)
+
+    def fail_readers_here(self, error: BaseException) -> None:
+        self._b._fail(error)
+
+    def release(self) -> None:
+        return None

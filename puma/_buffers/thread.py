@@ -9,6 +9,7 @@ A thread buffer cannot be sent to a child process: trying names the attribute.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import deque
@@ -16,6 +17,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
+from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
 from puma._core.waiting import Waker
@@ -72,6 +74,10 @@ class ThreadBuffer(Buffer[T]):
         with self._lock:
             size = sum(1 for item in self._items if not isinstance(item, _Complete))
             return BufferStatistics(self.name, self.capacity, size, self._publishers, self._completed)
+
+    @property
+    def supervision(self) -> StreamSupervision:
+        return _ThreadSupervision(self)
 
     def _register_publisher(self, delta: int = 1) -> None:
         with self._lock:
@@ -313,3 +319,54 @@ class _ThreadSubscription(Subscription[T]):
                 out.append(b._items.popleft())
             b._room_made()
         return out
+
+
+class _ThreadSupervision(StreamSupervision):
+    """A thread buffer's side for the supervisor: it holds no resource a dead process could keep."""
+
+    __slots__ = ("_b",)
+
+    def __init__(self, buffer: ThreadBuffer[Any]) -> None:
+        self._b = buffer
+
+    @property
+    def key(self) -> str:
+        return f"{os.getpid()}:{id(self._b)}"
+
+    @property
+    def crossable(self) -> bool:
+        return False
+
+    def join(self, count: int = 1) -> None:
+        self._b._register_publisher(count)
+
+    def readers(self) -> frozenset[int]:
+        b = self._b
+        return frozenset({b._token}) if b._subscribed else frozenset()
+
+    def interrupt_publishers(self) -> None:
+        self._b._interrupt_publishers()
+
+    def close(self) -> None:
+        self._b._close()
+
+    def drain_fd(self) -> int | None:
+        return None
+
+    def drain(self) -> None:
+        return None
+
+    def free_held_by(self, pid: int) -> bool:
+        return True
+
+    def complete_for(self, owner: str, error: BaseException) -> bool:
+        return True  # its publishers are threads of this process: each completes its own stream
+
+    def fail_readers_here(self, error: BaseException) -> None:
+        b = self._b
+        with b._lock:
+            b._items.append(_Complete(error))
+        b._wake()
+
+    def release(self) -> None:
+        return None

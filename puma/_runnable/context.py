@@ -124,8 +124,9 @@ class ChildContext:
         """A publisher of the input buffer ``key`` died mid-value: its stream ends with ``error``."""
         failure = deserialize_error(error) if isinstance(error, SerializedError) else error
         for buffer in self.subscribed:
-            if getattr(buffer, "_key", None) == key:
-                buffer._failure = failure  # type: ignore[attr-defined]
+            supervision = buffer.supervision
+            if supervision.key == key:
+                supervision.fail_readers_here(failure)
 
     def check_stop(self, pending: bool = False) -> None:
         """Raise :class:`StopRequested` if a stop has arrived (servicing commands meanwhile)."""
