@@ -38,7 +38,7 @@ SIZE = struct.Struct("!i")
 BIG_SIZE = struct.Struct("!Q")
 #: Kind byte of a pickled message on a command or status channel.
 MESSAGE = 0
-_KIND = bytes(range(256))
+_KIND = [bytes((i,)) for i in range(256)]  # the kind byte of each kind, made once
 INLINE = 1 << 16  # payloads up to this size are written in one piece with their header
 _READ = 1 << 16  # a read takes at most this much, unless a big frame needs more
 _MOST_READ = 1 << 22
