@@ -36,7 +36,9 @@ from puma._core.errors import (
     StopRequested,
     StuckRunnableError,
 )
-from puma._environments.base import Environment, ProcessEnvironment, ThreadEnvironment
+from puma._environments.base import Environment
+from puma._environments.process import ProcessEnvironment
+from puma._environments.thread import ThreadEnvironment
 from puma._ready.command_driven import CommandDrivenRunnable
 from puma._ready.multicaster import Multicaster
 from puma._ready.servicing import BufferSubscriber, MultiBufferServicingRunnable, SingleBufferServicingRunnable

@@ -122,3 +122,17 @@ def test_the_import_graph_has_no_cycle() -> None:
 def test_no_module_is_too_long_to_read(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines; split it by concern (at most {MAX_LINES})"
+
+
+def test_the_runner_holds_no_thread_or_process_branch() -> None:
+    """What differs between threads and processes lives in the environments' handles and the buffers."""
+    import re
+
+    pattern = re.compile(r"is_process|Process(Link|Buffer|Handle|Environment)|Thread(Link|Buffer|Handle)|\.process\b")
+    found = []
+    for path in sorted((PUMA / "_runner").glob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]  # a docstring example may name both environments
+            if pattern.search(code) and "puma.ThreadEnvironment()" not in code:
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert not found, "thread/process knowledge in the Runner:\n" + "\n".join(found)

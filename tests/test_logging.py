@@ -353,19 +353,25 @@ def test_records_logged_before_a_status_are_written_when_the_status_is_seen(kind
             runner.stop(chatty)
 
 
+class _WaitsForStop(puma.Runnable):
+    def execute(self) -> None:
+        logging.getLogger("test.waits").warning("%s is up", self.name)
+        self.send_status("up", True)  # its record reaches the parent before this status
+        self.wait_for_stop()
+
+
 def test_the_listener_runs_while_a_runner_has_process_runnables(process_env: puma.ProcessEnvironment) -> None:
     users = _logging._listener_users  # other Runners of this process may use the listener
-    with puma.Runner(process_env) as first, puma.Runner(process_env) as second:
-        first.start(Chatty("one", 1))
-        assert _logging.listener_running() and _logging._listener_users == users + 1
-        first.start(Chatty("one more", 1))
-        second.start(Chatty("two", 1))
-        assert _logging._listener_users == users + 2  # one per Runner
-        first.join()
-        first.close()
-        assert _logging.listener_running()  # still used by the second Runner
-    assert _logging._listener_users == users
-    assert _logging.listener_running() == (users > 0)
+    with puma.logging.capture(logging.WARNING, logger="test.waits") as logs:
+        with puma.Runner(process_env) as first, puma.Runner(process_env) as second:
+            first.start(_WaitsForStop("one")).wait_status("up", timeout=30)
+            assert _logging.listener_running()
+            second.start(_WaitsForStop("two")).wait_status("up", timeout=30)
+            first.close()
+            assert _logging.listener_running()  # the second Runner's runnable still logs through it
+        assert _logging._listener_users == users
+        assert _logging.listener_running() == (users > 0)
+    assert sorted(r.getMessage() for r in logs) == ["one is up", "two is up"]
 
 
 # --- the public set-ups ------------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_a_multicaster_needs_distinct_outputs() -> None:
         puma.Multicaster(source, [source])
 
 
-def test_environments_make_everything_a_program_needs(env: puma.Environment) -> None:
+def test_a_multicaster_and_a_runner_made_for_an_environment(env: puma.Environment) -> None:
     source, out = env.buffer(int, 2, "source"), env.buffer(int, 2, "out")
     multicaster = puma.Multicaster(source, [out], name="copy")
     assert isinstance(multicaster, puma.Multicaster) and multicaster.name == "copy"

@@ -79,7 +79,7 @@ def test_child_that_dies_before_starting_does_not_hang_start_blocking(
     """
     runnable: puma.Runnable = _ExitsOnArrival()
     if process_env.start_method == "fork":
-        from puma._environments import base as _environment
+        from puma._environments import process_child as _environment
 
         monkeypatch.setattr(_environment, "_set_signal", lambda signalnum, handler: os._exit(3))
         runnable = Noop()
@@ -172,7 +172,7 @@ def test_ctrl_c_while_start_blocking_waits_leaves_the_child_supervised(
     process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C landing while start_blocking waits for the child: the Runner still watches it, then stops it."""
-    from puma._runner import runner as _runner
+    from puma._environments import process as _runner
 
     def interrupted(*args: object) -> list[object]:
         raise KeyboardInterrupt
@@ -333,7 +333,7 @@ def test_a_launch_interrupted_after_the_fork_leaves_no_orphan(
     process_env: puma.ProcessEnvironment, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C landing just after the child was forked: start() raises it and kills that child."""
-    from puma._environments import channels as _channels
+    from puma._environments import process_link as _channels
 
     def interrupted(self: _channels.ProcessLink) -> None:
         raise KeyboardInterrupt
@@ -441,7 +441,7 @@ def test_wait_until_running_times_out_with_a_clear_error(
     """The child is held before it can start (while it is rebuilt; a forked child, at its first step)."""
     gate = process_env.context.Event()
     if process_env.start_method == "fork":
-        from puma._environments import base as _environment
+        from puma._environments import process_child as _environment
 
         monkeypatch.setattr(_environment, "_set_signal", lambda signalnum, handler: gate.wait(60))
     with puma.Runner(process_env) as runner:

@@ -1,44 +1,218 @@
 """Execution environments: where runnables run, and the buffers that fit.
 
 Switching a whole program between threads and processes is one line: make a
-:class:`ThreadEnvironment` or a :class:`ProcessEnvironment` and make every
-buffer through it.  The environment is the only place that knows the
-difference; the Runner and the runnables do not branch on it.
+:class:`~puma.ThreadEnvironment` or a :class:`~puma.ProcessEnvironment`, give
+it to the Runner and make every buffer through it.  The environment is the
+only place that knows the difference: it launches a child and hands the
+Runner a :class:`ChildHandle`, the one small interface the supervisor drives
+(post a message, what to watch in its one wait, what a ready descriptor
+brought, terminate, kill, join, how the child exited, close).  The Runner and
+its supervisor contain no thread/process branch.
+
+A new environment (a pool of pre-started processes, a remote machine) is a
+subclass of :class:`Environment` that implements :meth:`Environment.buffer`,
+:meth:`Environment.prepare` and :meth:`Environment.launch`, and a
+:class:`ChildHandle`.
 """
 
 from __future__ import annotations
 
 import abc
-import faulthandler
-import multiprocessing
-import os
-import select
-import signal
-import sys
-import threading
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar, overload
 
-from puma import _attributes
 from puma._buffers.base import Buffer
-from puma._buffers.process import ProcessBuffer
-from puma._buffers.thread import ThreadBuffer
-from puma._core import logs as _logging
-from puma._environments.channels import ProcessChildLink, ProcessLink, ThreadLink
-from puma._environments.pickling import Sealed, check_picklable
+from puma._core import messages as msg
+from puma._core.errors import PumaError, serialize_error
+from puma._core.waiting import Waker
 from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
 
-if TYPE_CHECKING:
-    from puma._runner.runner import ChildRecord
-
-__all__ = ["Environment", "ProcessEnvironment", "ThreadEnvironment"]
+__all__ = ["ChildHandle", "Environment", "ExitStatus", "Message", "MessageLink", "serve_child"]
 
 T = TypeVar("T")
+
+#: A message between a Runner and a child: a tuple whose first item is a kind from ``puma._core.messages``.
+Message = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    """How a child ended, as far as its environment can tell.
+
+    Attributes:
+        exitcode: the process exit code (negative: killed by that signal);
+            ``None`` for a child that has no exit code (a thread) or has not
+            exited yet.
+    """
+
+    exitcode: int | None
+
+
+class ChildHandle(abc.ABC):
+    """The supervisor's grip on one launched child, whatever runs it.
+
+    All methods are called by the Runner's supervisor thread, except
+    :meth:`post`, :meth:`call`, :meth:`terminate` and :meth:`kill`, which any
+    thread may call (they are safe after :meth:`close`: they do nothing, or
+    raise ``OSError`` for :meth:`post`).
+    """
+
+    #: "thread" or "process": for messages that tell the user what ran the child.
+    kind: ClassVar[str] = "child"
+    #: True if :meth:`first_message` may be used (the caller reads the child's STARTED itself).
+    claimable: ClassVar[bool] = False
+
+    def __init__(self, pid: int | None) -> None:
+        self.pid = pid
+
+    @abc.abstractmethod
+    def start(self) -> None:
+        """Start the child made by :meth:`Environment.launch`.
+
+        Separate from the launch so the Runner files the handle before the
+        child can send anything.  A start interrupted half-way (Ctrl-C after a
+        fork) leaves nothing behind: the handle kills what it started, closes,
+        and the exception propagates.
+        """
+
+    # --- parent to child ----------------------------------------------------------
+    @abc.abstractmethod
+    def post(self, message: Message) -> None:
+        """Send a message to the child without blocking.
+
+        Raises ``OSError`` if the child is gone, and the pickling error if the
+        message cannot be sent (nothing is sent then).
+        """
+
+    def call(self, message: Message, timeout: float | None, name: str) -> tuple[bool, Any] | None:
+        """A blocking command call answered straight to the calling thread: ``(ok, value)``.
+
+        Returns ``None``, having sent nothing, when the call must take the
+        supervisor's path instead (the default).
+        """
+        return None
+
+    @property
+    def abandoned_call(self) -> bool:
+        """True once a direct call was abandoned (its answer may still come and is drained)."""
+        return False
+
+    # --- what the supervisor watches --------------------------------------------------
+    @abc.abstractmethod
+    def watched(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """The descriptors to wait on: ``(readable, writable)``.
+
+        A child whose messages arrive in memory (a thread) watches nothing:
+        its messages reach the supervisor through the ``deliver`` function it
+        was launched with.
+        """
+
+    @abc.abstractmethod
+    def ready(self, fd: int) -> tuple[list[Message], bool]:
+        """Service the watched descriptor ``fd``: ``(messages it brought, the child has exited)``.
+
+        Reads a bounded batch, so one chatty child does not hold the
+        supervisor; the wait wakes again at once for the rest.
+        """
+
+    @abc.abstractmethod
+    def remaining_messages(self) -> list[Message]:
+        """Every message the child sent and nobody read yet (at its end)."""
+
+    # --- its end -------------------------------------------------------------------
+    @abc.abstractmethod
+    def has_exited(self) -> bool:
+        """True once the child's thread or process has ended (after a FINISHED it may take a while)."""
+
+    @abc.abstractmethod
+    def exit_status(self) -> ExitStatus:
+        """How it ended (call once :meth:`has_exited`)."""
+
+    @abc.abstractmethod
+    def join(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the child to end; True if it has."""
+
+    @abc.abstractmethod
+    def terminate(self) -> bool:
+        """Ask the child to end now (SIGTERM); False if it cannot be ended from outside (a thread)."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """End the child at once (SIGKILL) if it can be."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release what the handle holds (pipes, the process object). Idempotent."""
+
+    def first_message(self, timeout: float) -> Message | None:
+        """For a :attr:`claimable` handle: wait for and read the child's first message.
+
+        ``None`` if the child ended first or ``timeout`` passed.
+        """
+        raise NotImplementedError(f"a {self.kind} child's first message is read by the supervisor")
+
+
+class MessageLink(abc.ABC):
+    """The child's end of a link whose transport is :meth:`send` (parent-bound) and :meth:`receive_all`.
+
+    An environment's child side implements the transport; this class builds
+    the messages a running runnable sends (results, statuses, its end) on it.
+    Pass it, with the runnable, to :func:`serve_child`.
+    """
+
+    #: What the child's one wait sleeps on; the parent side wakes it when it posts.
+    waker: Waker
+    #: Descriptors that become readable when the parent sends something (empty if it wakes :attr:`waker`).
+    fds: tuple[int, ...] = ()
+
+    @abc.abstractmethod
+    def has_message(self) -> bool:
+        """True if a message from the parent waits."""
+
+    @abc.abstractmethod
+    def receive_all(self) -> list[Message]:
+        """Every message from the parent there now."""
+
+    @abc.abstractmethod
+    def send(self, message: Message) -> None:
+        """Send ``message`` to the parent (the supervisor's ``deliver`` or a pipe)."""
+
+    def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
+        """A command's result."""
+        self.send((msg.RESULT, call_id, True, result))
+
+    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None:
+        """A command's exception (with the child's traceback)."""
+        self.send((msg.RESULT, call_id, False, serialize_error(error, note)))
+
+    def send_status(self, message: Message) -> None:
+        """A user status or a batch of log records."""
+        self.send(message)
+
+    def send_finished(self, error: BaseException | None, stopped: bool) -> None:
+        """The runnable's end: its error (or None), and whether a stop ended it."""
+        self.send((msg.FINISHED, None if error is None else serialize_error(error), stopped))
+
+
+def serve_child(runnable: Runnable, link: MessageLink, token: int) -> None:
+    """Run ``runnable`` (from :meth:`Environment.prepare`) in this thread, talking to its Runner through ``link``.
+
+    Sends STARTED, runs ``execute`` while servicing commands and stops,
+    completes its outputs, and sends FINISHED: what every environment's child
+    does.
+    """
+    run_child(runnable, ChildContext(runnable, link, token))
 
 
 class Environment(abc.ABC):
     """Where runnables run (threads or processes) and how buffers are made."""
+
+    #: True if the thread that launches a child must outlive it (Linux's parent-death
+    #: signal is tied to the thread that forked); the Runner then launches from the main
+    #: thread or its supervisor thread.
+    launch_needs_lasting_thread: ClassVar[bool] = False
 
     @overload
     def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
@@ -53,256 +227,42 @@ class Environment(abc.ABC):
         """
 
     @property
-    @abc.abstractmethod
     def is_process(self) -> bool:
         """True if runnables run in child processes."""
+        return False
 
     @abc.abstractmethod
-    def _prepare(self, runnable: Runnable) -> Runnable:
+    def prepare(self, runnable: Runnable) -> Runnable:
         """Check, in the caller's thread, that ``runnable`` can run here; return what the child runs.
 
         That is a clone of ``runnable`` with its attributes' scopes applied.
+        Raises a clear error (naming the attribute or the buffer) when it
+        cannot run here.
         """
 
     @abc.abstractmethod
-    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        """Start ``child`` (from :meth:`_prepare`) for ``record``; set its link and thread or process.
+    def launch(
+        self,
+        child: Runnable,
+        token: int,
+        deliver: Callable[[Message], None],
+        on_change: Callable[[], None],
+    ) -> ChildHandle:
+        """Make ``child`` (from :meth:`prepare`) ready to start; return its handle (see :meth:`ChildHandle.start`).
 
-        The link is set last, once the child exists: the supervisor watches a
-        record as soon as its link is set.
+        Args:
+            child: what to run.
+            token: the Runner's number for it (its buffers name their readers by it).
+            deliver: where a child whose messages travel in memory sends them.
+            on_change: called (from any thread) when what the handle watches changed.
         """
 
-    @abc.abstractmethod
-    def _abandon(self, record: ChildRecord) -> None:
-        """Undo a launch nobody will supervise (it failed half-way): leave no orphan behind."""
 
-
-class ThreadEnvironment(Environment):
-    """Run runnables in threads of this process. Buffers are thread buffers."""
-
-    @overload
-    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
-    @overload
-    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
-    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
-        return ThreadBuffer(item_type, size, name)
-
-    @property
-    def is_process(self) -> bool:
-        return False
-
-    def __repr__(self) -> str:
-        return "ThreadEnvironment()"
-
-    def _prepare(self, runnable: Runnable) -> Runnable:
-        return _attributes.for_thread(runnable)  # a clone with the attributes' scopes applied
-
-    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        link = ThreadLink(to_parent)
-        ctx = ChildContext(child, link, record.token)
-        thread = threading.Thread(target=run_child, args=(child, ctx), name=f"puma:{record.runnable.name}", daemon=True)
-        record.thread = thread
-        record.pid = os.getpid()
-        record.link = link  # before start: the thread may post at once
-        try:
-            thread.start()
-        except BaseException:
-            self._abandon(record)
-            raise
-
-    def _abandon(self, record: ChildRecord) -> None:
-        record.link = None  # a thread cannot be killed: one that runs ends with its stop request
-        record.thread = None
-
-
-def default_start_method() -> str:
-    """forkserver where the platform has it (safe with threads, fast), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
-
-
-class ProcessEnvironment(Environment):
-    """Run runnables in child processes. Buffers are process buffers.
-
-    Args:
-        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``.  The default
-            is forkserver on Linux (fork is unsafe once puma's own threads run)
-            and spawn elsewhere.  puma never changes the global start method:
-            it uses its own ``multiprocessing`` context.
-    """
-
-    def __init__(self, start_method: str | None = None) -> None:
-        method = start_method or default_start_method()
-        if method not in multiprocessing.get_all_start_methods():
-            raise ValueError(
-                f"start method {method!r} is not available here; choose from {multiprocessing.get_all_start_methods()}"
+def check_outputs_cross(runnable: Runnable, outputs: Sequence[Buffer[Any]]) -> None:
+    """Raise if a runnable bound for a process publishes to a buffer that cannot leave this one."""
+    for out in outputs:
+        if not out.supervision.crossable:
+            raise PumaError(
+                f"runnable {runnable.name!r} runs in a process but its output {out.name!r} is a "
+                "thread buffer; make it with ProcessEnvironment.buffer()"
             )
-        self._start_method = method
-        self._context: Any = multiprocessing.get_context(method)
-
-    @property
-    def start_method(self) -> str:
-        """The multiprocessing start method in use."""
-        return self._start_method
-
-    @property
-    def context(self) -> Any:
-        """The ``multiprocessing`` context processes and buffers are made with."""
-        return self._context
-
-    @property
-    def is_process(self) -> bool:
-        return True
-
-    def __repr__(self) -> str:
-        return f"ProcessEnvironment(start_method={self._start_method!r})"
-
-    @overload
-    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
-    @overload
-    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
-    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
-        return ProcessBuffer(item_type, size, name, self._context)
-
-    def _prepare(self, runnable: Runnable) -> Runnable:
-        child = _attributes.for_process(runnable)  # a clone with the attributes' scopes applied
-        check_picklable(child, runnable.name)  # exactly what is sent
-        return child
-
-    def _launch(self, record: ChildRecord, child: Runnable, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        _prctl()  # resolved here, so a forked child does not pay for it
-        link = ProcessLink(self._context)
-        link.on_pending = record.runner._commands_pending
-        # A forked child inherits the runnable as it is; others get it sealed (see Sealed).
-        sent = child if self._start_method == "fork" else Sealed(child)
-        process = self._context.Process(
-            target=_process_main,
-            args=(sent, link.child, record.token, _logging.child_settings(), os.getpid()),
-            kwargs={"name": record.name},
-            name=f"puma:{record.runnable.name}",
-        )
-        try:
-            try:
-                process.start()
-            finally:
-                link.close_child_end()
-        except BaseException:
-            record.process, record.link = process, link
-            self._abandon(record)  # forked, then interrupted (Ctrl-C)?
-            raise
-        record.process = process
-        record.pid = process.pid  # known now, before the child reports STARTED
-        record.link = link  # last: the supervisor watches a record once its link is set
-
-    def _abandon(self, record: ChildRecord) -> None:
-        process, link = record.process, record.link
-        record.link = None
-        record.process = None
-        if process is not None and getattr(process, "_popen", None) is not None:
-            process.kill()  # nobody would supervise it
-            process.join(5)
-        if link is not None:
-            link.close()
-
-
-_PRCTL: list[Any] = []
-
-# What a child does before it reports STARTED is on every start's critical path, and in a
-# forked child each object touched for the first time costs a copy-on-write page fault.
-# signal.signal() converts its arguments and result through enums (some 200 us of faults
-# there); _signal.signal, the C function it wraps, takes plain ints (some 15 us).
-_SIGINT = int(signal.SIGINT)
-_SIGKILL = int(signal.SIGKILL)
-_SIG_IGN = int(signal.SIG_IGN)
-_set_signal: Callable[[int, int], Any]
-try:
-    import _signal  # type: ignore[import-not-found]
-
-    _set_signal = _signal.signal
-except ImportError:  # an implementation without CPython's _signal module
-    _set_signal = signal.signal
-
-
-def _prctl() -> Any:
-    """libc's prctl on Linux, looked up once (before a fork, so forked children inherit it)."""
-    if not _PRCTL:
-        function = None
-        if sys.platform.startswith("linux"):
-            try:
-                import ctypes
-
-                function = ctypes.CDLL(None, use_errno=True).prctl
-            except (OSError, AttributeError):
-                function = None
-        _PRCTL.append(function)
-    return _PRCTL[0]
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    """End this child process when the Runner's process dies, whatever the start method.
-
-    Linux's parent-death signal covers fork and spawn (the kernel sends SIGKILL
-    when the launching thread dies); under forkserver the parent is the fork
-    server, which outlives the Runner's process while children exist, so a
-    daemon thread also blocks on a pidfd of the Runner's process and kills this
-    process when it becomes readable (the process ended).  No polling.
-    """
-    prctl = _prctl()
-    if prctl is not None:
-        pr_set_pdeathsig = 1
-        prctl(pr_set_pdeathsig, _SIGKILL)
-    pidfd_open = getattr(os, "pidfd_open", None)
-    if pidfd_open is None or os.getppid() == parent_pid:
-        return  # the parent-death signal above already ties us to the Runner's process
-    try:
-        pidfd = pidfd_open(parent_pid)
-    except ProcessLookupError:
-        os.kill(os.getpid(), signal.SIGKILL)  # the parent is already gone
-        return
-    except OSError:
-        return
-
-    def watch() -> None:
-        select.select([pidfd], [], [])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    threading.Thread(target=watch, name="puma-parent-watch", daemon=True).start()
-
-
-def _process_main(
-    sent: Runnable | Sealed, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int, *, name: str
-) -> None:
-    """Entry point of a child process.
-
-    Only what must come first is done before the child reports STARTED:
-    ignoring Ctrl-C (the parent decides how children stop), and opening a
-    sealed runnable (a failure there is reported as the runnable's error, in
-    place of STARTED).  The rest of the set-up runs after, while the parent
-    wakes up, and before ``execute``: tying the child's life to the Runner's
-    process (which also catches a parent that died before then), logging,
-    faulthandler.
-    """
-    _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
-    threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
-    try:
-        runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
-        _die_with_parent(parent_pid)
-        exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
-        try:
-            exc._puma_origin = f"{name}:{os.getpid()}:rebuild"  # type: ignore[attr-defined]
-        except Exception:  # noqa: BLE001, S110 - an exception without a __dict__ is reported all the same
-            pass
-        link.send_finished(exc, False)
-        return
-
-    def setup() -> None:
-        _die_with_parent(parent_pid)
-        faulthandler.enable()
-        _logging.setup_child(log_settings, link, runnable.name)
-
-    try:
-        run_child(runnable, ChildContext(runnable, link, token), setup)
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()

@@ -1,32 +1,35 @@
-"""The links between a Runner and each runnable it runs.
+"""The link between a Runner and a runnable in a child process.
 
-A link carries the command channel (parent to child), the control channel
-(child to parent: started, command results, the final outcome) and the status
-channel (child to parent: user statuses and log records).  The control channel
-is separate from the status channel so that no amount of user traffic can
-crowd out the final error; neither ever drops a message (pipes block instead).
+Three pipes, each with one job:
 
-* :class:`ThreadLink`: in-memory; the child's messages go straight into the
-  supervisor's inbox, the parent's wake the child's :class:`~puma._core.waiting.Waker`.
-* :class:`ProcessLink` / :class:`ProcessChildLink`: a duplex pipe for commands
-  and control, a one-way pipe for statuses, and a one-way "reply" pipe for the
-  answers to blocking command calls.
+* the **control** pipe (duplex): commands parent to child; child to parent
+  STARTED, command results through the supervisor, and FINISHED with the
+  outcome.  Never crowded by user traffic, so no amount of statuses or logs
+  can hold back the final error;
+* the **status** pipe (child to parent): user statuses and log records;
+* the **reply** pipe (child to parent): the answers to blocking command calls.
 
-A blocking command call on a process runnable (``runnable.command(...)``) is
-answered straight to the calling thread: the caller sends the CALL marked
-"direct" and reads the answer from the reply pipe itself, so the round trip is
-caller -> child -> caller, with no hop through the supervisor thread and no
-future to wake.  One thread at a time does so per runnable (others, and
+A blocking command call (``runnable.command(...)``) is answered straight to
+the calling thread: the caller sends the CALL marked "direct" and reads the
+answer from the reply pipe itself, so the round trip is caller -> child ->
+caller, with no hop through the supervisor thread and no future to wake.  One
+thread at a time does so per runnable (others, and
 :meth:`~puma.BoundCommand.submit`, take the supervisor's path).  If a direct
 call is abandoned (timeout, Ctrl-C) its answer may still come: the link is
 then marked ``orphaned``, later calls take the supervisor's path, and the
 supervisor drains the reply pipe, so the child never blocks writing to it.
 
-Every message uses :class:`multiprocessing.connection.Connection`'s framing (a
-4-byte big-endian length, then the pickle), so either end may use a
-``Connection``; the hot ends write a frame with one ``os.write`` and read with
-:class:`_FrameReader`, which takes whatever a descriptor holds in one ``read``
-(a command costs the child one wait, one read and one write, like a bare pipe).
+Commands are written without blocking: what a full pipe cannot take waits in
+the link and the supervisor writes it as room comes, so no sender, the
+supervisor least of all, ever blocks on a child that does not read.
+
+Every message is one frame of :mod:`puma._core.codec` (kind
+:data:`~puma._core.codec.MESSAGE`, then the pickle).  The header is
+``Connection``'s, so the parent reads with ``Connection.recv_bytes``; the
+child's hot path writes a frame with one ``os.write`` and reads with
+:class:`~puma._core.codec.FrameReader`, which takes whatever the pipe holds in
+one ``read`` (a command costs the child one wait, one read and one write, like
+a bare pipe).
 """
 
 from __future__ import annotations
@@ -35,170 +38,41 @@ import os
 import pickle
 import select
 import socket
-import struct
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import Any, Protocol
+from typing import Any
 
+from puma._core import codec
 from puma._core import messages as msg
 from puma._core.errors import NotPicklableError, RunnableNotRunningError, serialize_error
-from puma._core.waiting import Poller, Waker
+from puma._core.waiting import Deadline, Poller, Waker
 
-__all__ = ["ChildLink", "ProcessChildLink", "ProcessLink", "ThreadLink"]
+__all__ = ["ProcessChildLink", "ProcessLink", "decode", "encode"]
 
-_SIZE = struct.Struct("!i")  # Connection's frame header
-_BIG_SIZE = struct.Struct("!Q")  # after a -1 header, for messages of 2 GiB or more
-_INLINE = 1 << 16  # messages up to this size are written in one piece with their header
-_READ = 1 << 16  # a read takes at most this much, unless a big message needs more
-_MOST_READ = 1 << 22
+_HIGHEST = pickle.HIGHEST_PROTOCOL
+_MESSAGE = bytes((codec.MESSAGE,))
 
 
-def _header(n: int) -> bytes:
-    """The Connection frame header of an ``n``-byte message."""
-    return _SIZE.pack(n) if n < 0x7FFFFFFF else _SIZE.pack(-1) + _BIG_SIZE.pack(n)
+def encode(message: tuple[Any, ...]) -> bytes:
+    """A message's frame body: the kind byte, then the pickle."""
+    return _MESSAGE + pickle.dumps(message, protocol=_HIGHEST)
 
 
-def _send_frame(fd: int, data: bytes) -> None:
-    """Write ``data`` as one Connection frame (readable by ``Connection.recv_bytes``)."""
-    n = len(data)
-    header = _header(n)
-    if n <= _INLINE:
-        _write_all(fd, header + data)
+def decode(body: bytes | bytearray) -> Any:
+    """The message in a frame body (see :func:`encode`)."""
+    if not body or body[0] != codec.MESSAGE:
+        raise EOFError("a message frame of an unknown kind: the pipe is out of step")
+    return pickle.loads(memoryview(body)[1:])
+
+
+def _send(fd: int, body: bytes) -> None:
+    """Write one frame whose body (kind byte first) is ``body``: in one piece when small."""
+    if len(body) <= codec.INLINE:
+        codec.write_all(fd, codec.header(len(body)) + body)
     else:
-        _write_all(fd, header)
-        _write_all(fd, data)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
-    if written < len(data):  # a big message, or a write cut short by a signal
-        view = memoryview(data)
-        while written < len(view):
-            written += os.write(fd, view[written:])
-
-
-class _FrameReader:
-    """Connection frames read from a descriptor in bulk: one ``read`` takes every message there."""
-
-    __slots__ = ("_buf", "_fd")
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buf = bytearray()
-
-    def _frame(self) -> tuple[int, int]:
-        """(header size, body size) of the first buffered frame; (0, 0) if its header is not all here."""
-        buf = self._buf
-        if len(buf) < 4:
-            return 0, 0
-        size: int = _SIZE.unpack_from(buf, 0)[0]
-        if size != -1:
-            return 4, size
-        if len(buf) < 12:
-            return 0, 0
-        big: int = _BIG_SIZE.unpack_from(buf, 4)[0]
-        return 12, big
-
-    def whole(self) -> bool:
-        """True if a whole message is buffered."""
-        head, size = self._frame()
-        return head > 0 and len(self._buf) >= head + size
-
-    def take(self) -> bytearray | None:
-        """The next whole message's bytes, or None if none is buffered."""
-        head, size = self._frame()
-        end = head + size
-        if head == 0 or len(self._buf) < end:
-            return None
-        body = self._buf[head:end]
-        del self._buf[:end]  # cheap: a bytearray drops its front without moving the rest
-        return body
-
-    def fill(self) -> None:
-        """One read: whatever the descriptor holds (blocks until something comes)."""
-        head, size = self._frame()
-        want = max(_READ, min(head + size - len(self._buf), _MOST_READ)) if head else _READ
-        chunk = os.read(self._fd, want)
-        if not chunk:
-            raise EOFError("the other end of the link has closed")
-        self._buf += chunk
-
-    def take_all(self) -> list[bytearray]:
-        """Every message there now: reads once, and more only to finish a message begun."""
-        if not self.whole():
-            self.fill()
-        bodies = []
-        while True:
-            body = self.take()
-            if body is not None:
-                bodies.append(body)
-            elif self._buf:
-                self.fill()  # the rest of a message being written now
-            else:
-                return bodies
-
-
-class ChildLink(Protocol):
-    """What a running runnable uses to talk to its Runner."""
-
-    waker: Waker
-    fds: tuple[int, ...]
-
-    def has_message(self) -> bool: ...
-    def receive(self) -> tuple[Any, ...]: ...
-    def receive_all(self) -> list[tuple[Any, ...]]: ...
-    def send(self, message: tuple[Any, ...]) -> None: ...
-    def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None: ...
-    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None: ...
-    def send_status(self, message: tuple[Any, ...]) -> None: ...
-    def send_finished(self, error: BaseException | None, stopped: bool) -> None: ...
-
-
-class ThreadLink:
-    """Both ends of the link to a thread runnable (one object, shared memory)."""
-
-    def __init__(self, to_parent: Callable[[tuple[Any, ...]], None]) -> None:
-        self.waker = Waker()
-        self.fds: tuple[int, ...] = ()
-        self._inbox: deque[tuple[Any, ...]] = deque()
-        self._to_parent = to_parent
-
-    # parent side
-    def post(self, message: tuple[Any, ...]) -> None:
-        """Send a command to the child."""
-        self._inbox.append(message)
-        self.waker.wake()
-
-    # child side
-    def has_message(self) -> bool:
-        return bool(self._inbox)
-
-    def receive(self) -> tuple[Any, ...]:
-        return self._inbox.popleft()
-
-    def receive_all(self) -> list[tuple[Any, ...]]:
-        inbox = self._inbox
-        return [inbox.popleft() for _ in range(len(inbox))]
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        self._to_parent(message)
-
-    def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
-        self._to_parent((msg.RESULT, call_id, True, result))
-
-    def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None:
-        self._to_parent((msg.RESULT, call_id, False, serialize_error(error, note)))
-
-    send_status = send
-
-    def send_finished(self, error: BaseException | None, stopped: bool) -> None:
-        self._to_parent((msg.FINISHED, error, stopped))
-
-    def close(self) -> None:
-        self.waker.close()
+        codec.write_all(fd, codec.header(len(body)))
+        codec.write_all(fd, body)
 
 
 class ProcessChildLink:
@@ -215,7 +89,7 @@ class ProcessChildLink:
         self._status_lock = threading.Lock()
         self._reply_lock = threading.Lock()
         self._poller: Poller | None = None
-        self._reader = _FrameReader(self._control_fd)
+        self._reader = codec.FrameReader(self._control_fd)
         self.waker = Waker()
         self.fds: tuple[int, ...] = (self._control_fd,)
 
@@ -236,44 +110,42 @@ class ProcessChildLink:
         reader = self._reader
         while (body := reader.take()) is None:
             reader.fill()
-        message: tuple[Any, ...] = pickle.loads(body)
+        message: tuple[Any, ...] = decode(body)
         return message
 
     def receive_all(self) -> list[tuple[Any, ...]]:
-        return [pickle.loads(body) for body in self._reader.take_all()]
+        return [decode(body) for body in self._reader.take_all()]
 
     def send(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         with self._lock:
-            _send_frame(self._control_fd, data)
+            _send(self._control_fd, data)
 
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
         try:
-            data = pickle.dumps((msg.RESULT, call_id, True, result), protocol=pickle.HIGHEST_PROTOCOL)
+            data = encode((msg.RESULT, call_id, True, result))
         except Exception as exc:  # noqa: BLE001
             error = NotPicklableError(f"the command's result ({type(result).__name__}) cannot be pickled: {exc}")
-            data = pickle.dumps((msg.RESULT, call_id, False, serialize_error(error, note)))
+            data = encode((msg.RESULT, call_id, False, serialize_error(error, note)))
         self._answer(data, direct)
 
     def send_error(self, call_id: int, error: BaseException, note: str, direct: bool = False) -> None:
-        data = pickle.dumps(
-            (msg.RESULT, call_id, False, serialize_error(error, note)), protocol=pickle.HIGHEST_PROTOCOL
-        )
+        data = encode((msg.RESULT, call_id, False, serialize_error(error, note)))
         self._answer(data, direct)
 
     def _answer(self, data: bytes, direct: bool) -> None:
         """A command's answer: to the waiting caller (direct) or to the supervisor."""
         if direct:
             with self._reply_lock:
-                _send_frame(self._reply_fd, data)
+                _send(self._reply_fd, data)
         else:
             with self._lock:
-                _send_frame(self._control_fd, data)
+                _send(self._control_fd, data)
 
     def send_status(self, message: tuple[Any, ...]) -> None:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = encode(message)
         with self._status_lock:
-            _send_frame(self._status_fd, data)
+            _send(self._status_fd, data)
 
     def send_finished(self, error: BaseException | None, stopped: bool) -> None:
         frozen = serialize_error(error) if error is not None else None
@@ -304,7 +176,7 @@ class ProcessLink:
         self._closed = False
         self._wake_fds: tuple[int, int] | None = None  # a self-pipe: close() wakes a direct caller with it
         self._call_poll: Any = None  # select.poll over the reply pipe and that self-pipe
-        self._reply_reader: _FrameReader | None = None
+        self._reply_reader: codec.FrameReader | None = None
         self.orphaned = False  # a direct call was abandoned: its answer may still come
         # Commands are written without blocking: what the pipe cannot take now waits in _out
         # (whole frames, the first perhaps partly written) and is written when it can be, by
@@ -336,8 +208,8 @@ class ProcessLink:
 
     def _post(self, message: tuple[Any, ...]) -> tuple[int, int]:
         """:meth:`post`, returning where the frame ends in the byte stream and its length (see :meth:`_wait_sent`)."""
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        header = _header(len(data))
+        data = encode(message)
+        header = codec.header(len(data))
         with self._lock:
             if self._closed:
                 raise OSError("the link to the child is closed")
@@ -387,7 +259,7 @@ class ProcessLink:
             del out[:written]
             self._sent += written
 
-    def _wait_sent(self, end: int, size: int, deadline: float | None) -> str:
+    def _wait_sent(self, end: int, size: int, deadline: Deadline) -> str:
         """Wait until the pipe has taken the frame of ``size`` bytes ending at ``end``, writing meanwhile.
 
         Returns "sent"; or, at ``deadline``, "withdrawn" (none of it was
@@ -410,7 +282,7 @@ class ProcessLink:
                 self._write_out_or_fail()
                 if self._sent >= end:
                     return "sent"
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     start = end - size
                     if self._sent > start:
@@ -444,7 +316,7 @@ class ProcessLink:
             reply_fd = self.reply.fileno()
             assert reader is not None
             call_id = message[1]
-            deadline = None if timeout is None else time.monotonic() + timeout
+            deadline = Deadline(timeout)
             end, size = self._post(message)
             sent = True
             delivery = self._wait_sent(end, size, deadline)
@@ -464,7 +336,7 @@ class ProcessLink:
                 if closed:
                     answered = True
                     raise RunnableNotRunningError(f"runnable {name!r} ended before answering")
-                remaining = None if deadline is None else deadline - time.monotonic()
+                remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(f"runnable {name!r} did not answer within {timeout} s")
                 closed = self._closed  # closed: one last look at what the child wrote before it went
@@ -482,7 +354,7 @@ class ProcessLink:
     def _open_call_poll(self) -> None:
         read_end, write_end = os.pipe()
         self._wake_fds = (read_end, write_end)
-        self._reply_reader = _FrameReader(self.reply.fileno())
+        self._reply_reader = codec.FrameReader(self.reply.fileno())
         poll = select.poll()
         poll.register(self.reply.fileno(), select.POLLIN)
         poll.register(read_end, select.POLLIN)
@@ -497,7 +369,7 @@ class ProcessLink:
             self._wake_fds = None
 
     @staticmethod
-    def _answer_for(call_id: int, reader: _FrameReader, readable: bool) -> tuple[bool, Any] | None:
+    def _answer_for(call_id: int, reader: codec.FrameReader, readable: bool) -> tuple[bool, Any] | None:
         """``(ok, value)`` for ``call_id`` from the answers read (reading once if ``readable``)."""
         while True:
             body = reader.take()
@@ -507,7 +379,7 @@ class ProcessLink:
                 readable = False
                 reader.fill()
                 continue
-            answer = pickle.loads(body)
+            answer = decode(body)
             if answer[1] == call_id:  # else: the answer to an abandoned call
                 return answer[2], answer[3]
 
@@ -519,7 +391,7 @@ class ProcessLink:
             fd = self.reply.fileno()
             poller = Poller((fd,))
             while not self._closed and poller.poll(0):
-                if not os.read(fd, _READ):
+                if not os.read(fd, 1 << 16):
                     return
         except OSError:
             pass

@@ -1,0 +1,278 @@
+"""The process environment: runnables run in child processes.
+
+A process child is watched through three descriptors in the supervisor's one
+wait: its control pipe (STARTED, results, FINISHED; writable while commands
+wait for room), its status pipe (statuses, log records) and its process
+sentinel, which fires when it exits: a sentinel with no FINISHED before it is
+a crash (SIGKILL, segfault, ``os._exit``).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import wait as wait_for
+from typing import Any, TypeVar, overload
+
+from puma import _attributes
+from puma._buffers.base import Buffer
+from puma._buffers.process import ProcessBuffer
+from puma._core import logs as _logging
+from puma._environments.base import ChildHandle, Environment, ExitStatus, Message, check_outputs_cross
+from puma._environments.pickling import Sealed, check_picklable
+from puma._environments.process_child import prctl, process_main
+from puma._environments.process_link import ProcessLink, decode
+from puma._runnable.runnable import Runnable
+
+__all__ = ["ProcessEnvironment", "ProcessHandle", "default_start_method"]
+
+T = TypeVar("T")
+
+#: Status messages (statuses, log batches) read from one child per wake of the supervisor.
+_STATUS_BATCH = 64
+
+
+def default_start_method() -> str:
+    """forkserver where the platform has it (safe with threads, fast), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return "forkserver" if "forkserver" in methods and sys.platform != "darwin" else "spawn"
+
+
+class ProcessHandle(ChildHandle):
+    """A child running in its own process."""
+
+    kind = "process"
+    claimable = True
+
+    def __init__(self, process: Any, link: ProcessLink, on_change: Callable[[], None]) -> None:
+        super().__init__(None)
+        self._process = process
+        self._link = link
+        link.on_pending = on_change
+        self._on_change = on_change
+        self._control = link.control
+        self._status = link.status
+        self._control_fd: int = link.control.fileno()
+        self._status_fd: int = link.status.fileno()
+        self._reply_fd: int = link.reply.fileno()
+        self._sentinel = -1
+        self._control_open = True
+        self._lock = threading.Lock()  # guards the process object against close() from the supervisor
+        self._closed = False
+        self._listening = False
+        self._exitcode: int | None = None
+
+    # --- starting ---------------------------------------------------------------
+    def start(self) -> None:
+        _logging.start_listener()  # the parent end of the child's log records
+        self._listening = True
+        try:
+            try:
+                self._process.start()
+            finally:
+                self._link.close_child_end()
+        except BaseException:
+            self._abandon()  # forked, then interrupted (Ctrl-C)?
+            raise
+        self.pid = self._process.pid  # known now, before the child reports STARTED
+        self._sentinel = self._process.sentinel
+
+    def _abandon(self) -> None:
+        """Undo a start nobody will supervise: leave no orphan behind."""
+        with self._lock:
+            process = self._process
+            if getattr(process, "_popen", None) is not None:
+                process.kill()
+                process.join(5)
+        self.close()
+
+    def first_message(self, timeout: float) -> Message | None:
+        try:
+            if timeout > 0 and self._control in wait_for([self._control, self._sentinel], timeout):
+                message: Message = decode(self._control.recv_bytes())  # one small frame, all there
+                return message
+        except (EOFError, OSError):
+            pass  # it died before starting: the supervisor reports it
+        return None
+
+    # --- commands -----------------------------------------------------------------
+    def post(self, message: Message) -> None:
+        self._link.post(message)
+
+    def call(self, message: Message, timeout: float | None, name: str) -> tuple[bool, Any] | None:
+        return self._link.call(message, timeout, name)
+
+    @property
+    def abandoned_call(self) -> bool:
+        return self._link.orphaned
+
+    # --- watching ---------------------------------------------------------------------
+    def watched(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        readable = [self._status_fd, self._sentinel]
+        writable: tuple[int, ...] = ()
+        if self._control_open:
+            readable.append(self._control_fd)
+            if self._link.pending:
+                writable = (self._control_fd,)
+        if self._link.orphaned:  # a direct call was abandoned; its answer may still come
+            readable.append(self._reply_fd)
+        return tuple(readable), writable
+
+    def ready(self, fd: int) -> tuple[list[Message], bool]:
+        if fd == self._control_fd:
+            if self._link.pending:
+                self._link.flush()  # room came: write the commands waiting
+            return self._read_control(), False
+        if fd == self._status_fd:
+            return self._read_status(_STATUS_BATCH), False
+        if fd == self._sentinel:
+            return (self._read_control() if self._control_open else []), True
+        if fd == self._reply_fd:
+            self._link.drain_replies()
+        return [], False
+
+    def _read_control(self) -> list[Message]:
+        messages: list[Message] = []
+        control = self._control
+        try:
+            while control.poll(0):
+                messages.append(decode(control.recv_bytes()))
+        except (EOFError, OSError):
+            self._control_open = False
+            self._on_change()
+        return messages
+
+    def _read_status(self, limit: int | None) -> list[Message]:
+        messages: list[Message] = []
+        status = self._status
+        try:
+            while (limit is None or len(messages) < limit) and status.poll(0):
+                messages.append(decode(status.recv_bytes()))
+        except (EOFError, OSError):
+            pass
+        return messages
+
+    def remaining_messages(self) -> list[Message]:
+        rest = self._read_control() if self._control_open else []
+        return rest + self._read_status(None)
+
+    # --- its end ----------------------------------------------------------------------
+    def has_exited(self) -> bool:
+        with self._lock:
+            if self._closed:
+                return True
+            return self._process.exitcode is not None
+
+    def exit_status(self) -> ExitStatus:
+        with self._lock:
+            if not self._closed:
+                self._exitcode = self._process.exitcode
+            return ExitStatus(self._exitcode)
+
+    def join(self, timeout: float) -> bool:
+        with self._lock:
+            if self._closed:
+                return True
+            process = self._process
+        process.join(timeout)
+        return process.exitcode is not None
+
+    def terminate(self) -> bool:
+        with self._lock:
+            if not self._closed and self._process.exitcode is None:
+                self._process.terminate()
+        return True
+
+    def kill(self) -> None:
+        with self._lock:
+            if not self._closed and self._process.exitcode is None:
+                self._process.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._link.close()
+            process = self._process
+            if getattr(process, "_popen", None) is not None and process.exitcode is not None:
+                self._exitcode = process.exitcode
+                process.close()  # its sentinel fired (join() reaped it): release the process object
+        if self._listening:
+            self._listening = False
+            _logging.stop_listener()
+
+
+class ProcessEnvironment(Environment):
+    """Run runnables in child processes. Buffers are process buffers.
+
+    Args:
+        start_method: ``"fork"``, ``"forkserver"`` or ``"spawn"``.  The default
+            is forkserver on Linux (fork is unsafe once puma's own threads run)
+            and spawn elsewhere.  puma never changes the global start method:
+            it uses its own ``multiprocessing`` context.
+    """
+
+    # Linux sends a child its parent-death signal when the *thread* that forked it ends.
+    launch_needs_lasting_thread = True
+
+    def __init__(self, start_method: str | None = None) -> None:
+        method = start_method or default_start_method()
+        if method not in multiprocessing.get_all_start_methods():
+            raise ValueError(
+                f"start method {method!r} is not available here; choose from {multiprocessing.get_all_start_methods()}"
+            )
+        self._start_method = method
+        self._context: Any = multiprocessing.get_context(method)
+
+    @property
+    def start_method(self) -> str:
+        """The multiprocessing start method in use."""
+        return self._start_method
+
+    @property
+    def context(self) -> Any:
+        """The ``multiprocessing`` context processes and buffers are made with."""
+        return self._context
+
+    @property
+    def is_process(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"ProcessEnvironment(start_method={self._start_method!r})"
+
+    @overload
+    def buffer(self, item_type: type[T], size: int, name: str) -> Buffer[T]: ...
+    @overload
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]: ...
+    def buffer(self, item_type: Any, size: int, name: str) -> Buffer[Any]:
+        return ProcessBuffer(item_type, size, name, self._context)
+
+    def prepare(self, runnable: Runnable) -> Runnable:
+        child = _attributes.for_process(runnable)  # a clone with the attributes' scopes applied
+        check_picklable(child, runnable.name)  # exactly what is sent
+        check_outputs_cross(runnable, runnable.outputs)
+        return child
+
+    def launch(
+        self,
+        child: Runnable,
+        token: int,
+        deliver: Callable[[Message], None],
+        on_change: Callable[[], None],
+    ) -> ChildHandle:
+        prctl()  # resolved here, so a forked child does not pay for it
+        link = ProcessLink(self._context)
+        # A forked child inherits the runnable as it is; others get it sealed (see Sealed).
+        sent = child if self._start_method == "fork" else Sealed(child)
+        process = self._context.Process(
+            target=process_main,
+            args=(sent, link.child, token, _logging.child_settings(), os.getpid()),
+            kwargs={"name": child.name},
+            name=f"puma:{child.name}",
+        )
+        return ProcessHandle(process, link, on_change)

@@ -1,0 +1,128 @@
+"""What a child process runs: the entry point, and tying the child's life to the Runner's.
+
+Only what must come first is done before the child reports STARTED (a start
+is on the caller's critical path, and in a forked child every object touched
+for the first time costs a copy-on-write page fault); the rest runs while the
+parent wakes up.
+"""
+
+from __future__ import annotations
+
+import faulthandler
+import os
+import select
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from puma._core import logs as _logging
+from puma._environments.pickling import Sealed
+from puma._environments.process_link import ProcessChildLink
+from puma._runnable.context import ChildContext
+from puma._runnable.runnable import Runnable, run_child
+
+__all__ = ["prctl", "process_main"]
+
+_PRCTL: list[Any] = []
+
+# What a child does before it reports STARTED is on every start's critical path, and in a
+# forked child each object touched for the first time costs a copy-on-write page fault.
+# signal.signal() converts its arguments and result through enums (some 200 us of faults
+# there); _signal.signal, the C function it wraps, takes plain ints (some 15 us).
+_SIGINT = int(signal.SIGINT)
+_SIGKILL = int(signal.SIGKILL)
+_SIG_IGN = int(signal.SIG_IGN)
+_set_signal: Callable[[int, int], Any]
+try:
+    import _signal  # type: ignore[import-not-found]
+
+    _set_signal = _signal.signal
+except ImportError:  # an implementation without CPython's _signal module
+    _set_signal = signal.signal
+
+
+def prctl() -> Any:
+    """libc's prctl on Linux, looked up once (before a fork, so forked children inherit it)."""
+    if not _PRCTL:
+        function = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                function = ctypes.CDLL(None, use_errno=True).prctl
+            except (OSError, AttributeError):
+                function = None
+        _PRCTL.append(function)
+    return _PRCTL[0]
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """End this child process when the Runner's process dies, whatever the start method.
+
+    Linux's parent-death signal covers fork and spawn (the kernel sends SIGKILL
+    when the launching thread dies); under forkserver the parent is the fork
+    server, which outlives the Runner's process while children exist, so a
+    daemon thread also blocks on a pidfd of the Runner's process and kills this
+    process when it becomes readable (the process ended).  No polling.
+    """
+    function = prctl()
+    if function is not None:
+        pr_set_pdeathsig = 1
+        function(pr_set_pdeathsig, _SIGKILL)
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is None or os.getppid() == parent_pid:
+        return  # the parent-death signal above already ties us to the Runner's process
+    try:
+        pidfd = pidfd_open(parent_pid)
+    except ProcessLookupError:
+        os.kill(os.getpid(), signal.SIGKILL)  # the parent is already gone
+        return
+    except OSError:
+        return
+
+    def watch() -> None:
+        select.select([pidfd], [], [])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="puma-parent-watch", daemon=True).start()
+
+
+def process_main(
+    sent: Runnable | Sealed, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int, *, name: str
+) -> None:
+    """Entry point of a child process.
+
+    Only what must come first is done before the child reports STARTED:
+    ignoring Ctrl-C (the parent decides how children stop), and opening a
+    sealed runnable (a failure there is reported as the runnable's error, in
+    place of STARTED).  The rest of the set-up runs after, while the parent
+    wakes up, and before ``execute``: tying the child's life to the Runner's
+    process (which also catches a parent that died before then), logging,
+    faulthandler.
+    """
+    _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
+    threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
+    try:
+        runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
+        _die_with_parent(parent_pid)
+        exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
+        try:
+            exc._puma_origin = f"{name}:{os.getpid()}:rebuild"  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001, S110 - an exception without a __dict__ is reported all the same
+            pass
+        link.send_finished(exc, False)
+        return
+
+    def setup() -> None:
+        _die_with_parent(parent_pid)
+        faulthandler.enable()
+        _logging.setup_child(log_settings, link, runnable.name)
+
+    try:
+        run_child(runnable, ChildContext(runnable, link, token), setup)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()

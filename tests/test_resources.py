@@ -1,0 +1,86 @@
+"""Leaving a Runner gives back what it opened at once, not when the garbage collector runs.
+
+The cyclic collector is disabled while these tests count: pipes, sockets and
+named semaphores must be closed by the Runner itself.  A runnable handle kept
+after its Runner closed still answers ``status()`` and holds no descriptor.
+"""
+
+from __future__ import annotations
+
+import gc
+import glob
+from collections.abc import Iterator
+
+import psutil
+import pytest
+
+import puma
+
+
+class Producer(puma.Runnable):
+    def __init__(self, out: puma.Buffer[int]) -> None:
+        super().__init__("producer", outputs=[out])
+        self._out = out
+
+    def execute(self) -> None:
+        with self.publisher(self._out) as pub:
+            pub.publish_many(range(100))
+
+
+class Sink(puma.Runnable):
+    def __init__(self, inp: puma.Buffer[int]) -> None:
+        super().__init__("sink")
+        self._in = inp
+
+    @puma.run_in_child_scope
+    def ping(self) -> str:
+        return "pong"
+
+    def execute(self) -> None:
+        self.send_status("total", sum(self._in.subscribe()))
+        self.wait_for_stop()  # still there for its command
+
+
+def _fds() -> int:
+    return psutil.Process().num_fds()
+
+
+def _semaphores() -> int:
+    return len(glob.glob("/dev/shm/sem.*"))
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()
+
+
+def _run(env: puma.Environment) -> Sink:
+    with puma.Runner(env) as runner:
+        raw = env.buffer(int, 8, "raw")
+        runner.start(Producer(raw))
+        sink = runner.start(Sink(raw))
+        assert sink.ping() == "pong"  # a direct command call opens the reply path too
+        assert sink.wait_status("total", timeout=30) == 4950
+    return sink
+
+
+def test_closed_runners_leave_no_descriptor_or_semaphore_behind(env: puma.Environment, no_cyclic_gc: None) -> None:
+    _run(env)  # the first one starts what lives as long as the program (a fork server, the main wait)
+    fds, semaphores = _fds(), _semaphores()
+    kept = [_run(env) for _ in range(5)]  # the handles are kept, as the README's example does
+    assert _fds() == fds, "descriptors left open by closed Runners"
+    assert _semaphores() == semaphores, "named semaphores left in /dev/shm by closed Runners"
+    assert [sink.status("total") for sink in kept] == [4950] * 5  # the handles still answer
+
+
+def test_a_handle_kept_after_its_runner_closed_refuses_commands_clearly(env: puma.Environment) -> None:
+    sink = _run(env)
+    assert sink.status("total") == 4950
+    with pytest.raises(puma.RunnableNotRunningError, match="has ended"):
+        sink.ping()
