@@ -139,6 +139,27 @@ def is_clean_exit(exc: BaseException) -> bool:
     return isinstance(exc, SystemExit) and exc.code in (None, 0)
 
 
+def visible_exit(exc: BaseException, who: str) -> BaseException:
+    """``exc``, unless it would end the program that receives it: ``sys.exit(n)`` or ``KeyboardInterrupt``.
+
+    Raised again in the parent, a child's ``SystemExit(3)`` would end the main
+    program with status 3 and nothing on stderr; it becomes a :class:`PumaError`
+    naming ``who``, chained from the original.
+    """
+    if isinstance(exc, SystemExit) and not is_clean_exit(exc):
+        what = f"sys.exit({exc.code!r})"
+    elif isinstance(exc, KeyboardInterrupt):
+        what = "KeyboardInterrupt"
+    else:
+        return exc
+    error = PumaError(
+        f"{who} raised {what}; a runnable ends by returning from execute(), so this is reported as an "
+        "error instead of ending the program that started it"
+    )
+    error.__cause__ = exc
+    return error
+
+
 def describe_exit(runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> str:
     """A one-line account of how a child process ended, naming signal and likely cause."""
     where = f"runnable {runnable!r} (pid {pid})"

@@ -203,20 +203,28 @@ class ServicingRunnable(TickingRunnable):
         inputs = [_Input(buffer, self._puma_resolve(sub)) for buffer, sub in self._puma_inputs]
         self._puma_publishers = [self.publisher(out) for out in self.outputs]
         self._puma_live_schedule().start(tick_clock())
-        self.on_start()
+        ctx.enter_step()  # on_start completes before any command runs
+        try:
+            self.on_start()
+        finally:
+            ctx.leave_step()
         try:
             self._puma_serve(ctx, inputs)
         finally:
             self.on_end()
 
-    def _puma_tick_if_due(self, schedule: TickSchedule) -> None:
-        """Deliver the tick if it is due, publishing what on_tick returned."""
+    def _puma_tick_if_due(self, schedule: TickSchedule, ctx: _context.ChildContext) -> None:
+        """Deliver the tick if it is due, publishing what on_tick returned (a step: no command runs inside it)."""
         now = tick_clock()
         if schedule.due(now):
-            result = self._puma_fire_tick(now)
-            if result is not None:
-                for pub in self._puma_publishers:
-                    pub.publish(result)
+            ctx.enter_step()
+            try:
+                result = self._puma_fire_tick(now)
+                if result is not None:
+                    for pub in self._puma_publishers:
+                        pub.publish(result)
+            finally:
+                ctx.leave_step()
 
     def _puma_take_inputs(self, ctx: _context.ChildContext, open_inputs: list[_Input], schedule: TickSchedule) -> int:
         """One round-robin round: a batch from each ready input. 1: worked, 0: idle, -1: the end rule is met."""
@@ -245,10 +253,14 @@ class ServicingRunnable(TickingRunnable):
                     inp.on_complete(error)
                 raise
             worked = 1
-            self._puma_deliver(inp.on_value, values)
+            ctx.enter_step()  # a value's handler runs no command inside it (a stop is still seen)
+            try:
+                self._puma_deliver(inp.on_value, values)
+            finally:
+                ctx.leave_step()
             ctx.check_stop()  # runs pending commands between batches: none waits behind a backlog
             if schedule.running:
-                self._puma_tick_if_due(schedule)
+                self._puma_tick_if_due(schedule, ctx)
         return worked
 
     def _puma_serve(self, ctx: _context.ChildContext, inputs: list[_Input]) -> None:
@@ -261,7 +273,7 @@ class ServicingRunnable(TickingRunnable):
         service = True
         while not self._puma_finishing:
             # After a wake-up the due tick comes first: the shortest path from the deadline to on_tick.
-            self._puma_tick_if_due(schedule)
+            self._puma_tick_if_due(schedule, ctx)
             worked = self._puma_take_inputs(ctx, open_inputs, schedule)
             if worked < 0:
                 return

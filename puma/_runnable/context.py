@@ -9,6 +9,7 @@ their own data, and to raise :class:`~puma.StopRequested` when asked to stop.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,7 +17,7 @@ from puma._buffers.base import Buffer, Publisher
 from puma._core import current as _current
 from puma._core import messages as msg
 from puma._core.current import where
-from puma._core.errors import SerializedError, StopRequested, deserialize_error
+from puma._core.errors import SerializedError, StopRequested, deserialize_error, visible_exit
 from puma._core.waiting import Deadline, Waker
 from puma._runnable.commands import command_function
 
@@ -56,6 +57,11 @@ class ChildContext:
         self.fds: tuple[int, ...] = link.fds
         self.stop_requested = False
         self.publishers: dict[int, Publisher[Any]] = {}
+        # Commands run one at a time, in the order sent: while the runnable is inside a command,
+        # a value, a tick or on_start (busy), a wait still sees a stop, but the commands that
+        # arrive wait here until the current step returns.
+        self._busy = 0
+        self._deferred: deque[tuple[Any, ...]] = deque()
         self.subscribed: list[Buffer[Any]] = []
         self._note = ""
 
@@ -115,10 +121,31 @@ class ChildContext:
                 if kind == msg.STOP:
                     self.stop_requested = True
                 elif kind == msg.CALL:
-                    self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
+                    self._deferred.append(message)
                 elif kind == msg.INPUT_FAILED:
                     self._input_failed(message[1], message[2])
+        if self._deferred and not self._busy:
+            self._run_commands()
         return self.stop_requested
+
+    def enter_step(self) -> None:
+        """The runnable enters one of its own steps (a command, a value, a tick, on_start): no command starts inside it."""
+        self._busy += 1
+
+    def leave_step(self) -> None:
+        """The current step returned: commands that came meanwhile run at the next look."""
+        self._busy -= 1
+
+    def _run_commands(self) -> None:
+        """Run the commands waiting, one at a time, in the order sent."""
+        deferred = self._deferred
+        while deferred and not self._busy:
+            message = deferred.popleft()
+            self._busy += 1
+            try:
+                self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
+            finally:
+                self._busy -= 1
 
     def _input_failed(self, key: str, error: Any) -> None:
         """A publisher of the input buffer ``key`` died mid-value: its stream ends with ``error``."""
@@ -168,7 +195,9 @@ class ChildContext:
             result = function(self.runnable, *args, **kwargs)
         except StopRequested:
             raise  # the command waited in puma and a stop came: the runnable stops
-        except BaseException as exc:  # noqa: BLE001 - the caller gets it back (even SystemExit), the runnable goes on
-            self.link.send_error(call_id, exc, self.note, direct)
+        except BaseException as exc:  # noqa: BLE001 - the caller gets it back, the runnable goes on
+            self.link.send_error(
+                call_id, visible_exit(exc, f"command {name!r} of runnable {self.name!r}"), self.note, direct
+            )
             return
         self.link.send_result(call_id, result, self.note, direct)

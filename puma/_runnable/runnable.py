@@ -24,7 +24,14 @@ from puma._attributes import ScopedAttribute, parent_only, unmanaged
 from puma._buffers.base import Buffer, Publisher
 from puma._core import logs as _logging
 from puma._core import messages as msg
-from puma._core.errors import BufferClosedError, PumaError, RunnableNotRunningError, StopRequested, is_clean_exit
+from puma._core.errors import (
+    BufferClosedError,
+    PumaError,
+    RunnableNotRunningError,
+    StopRequested,
+    is_clean_exit,
+    visible_exit,
+)
 from puma._runnable import context as _context
 
 __all__ = ["RunRecord", "Runnable", "run_child"]
@@ -238,7 +245,11 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
             if setup is not None:
                 setup()
             _attributes.enter_child(runnable)  # child factories of scoped attributes, before any command runs
-            ctx.service()
+            ctx.enter_step()  # a stop sent already is seen; commands wait for execute (after on_start)
+            try:
+                ctx.service()
+            finally:
+                ctx.leave_step()
             if not ctx.stop_requested:
                 runnable.execute()
             else:
@@ -247,8 +258,8 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
             stopped = True
         except BaseException as exc:  # noqa: BLE001 - everything is reported to the parent
             if not is_clean_exit(exc):
-                ctx.own(exc)
-                error = exc
+                error = visible_exit(exc, f"runnable {runnable.name!r}")
+                ctx.own(error)
         for out in runnable.outputs:
             try:
                 pub = ctx.publishers.get(id(out))
