@@ -129,7 +129,7 @@ class ChildContext:
         return self.stop_requested
 
     def enter_step(self) -> None:
-        """The runnable enters one of its own steps (a command, a value, a tick, on_start): no command starts inside it."""
+        """The runnable enters a step of its own (a command, a value, a tick, on_start): no command starts inside."""
         self._busy += 1
 
     def leave_step(self) -> None:
