@@ -122,7 +122,8 @@ class RemoteError(PumaError):
         super().__init__(type_name, message, remote_traceback)
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}\n\nRemote traceback:\n{self.remote_traceback}"
+        # The child's frames travel as this error's own traceback: printing it shows them once.
+        return f"{self.type_name}: {self.message}"
 
 
 _CAUSES = {

@@ -11,7 +11,7 @@ Parent to child (command channel):
 Child to parent, control channel (never crowded by user traffic):
     (STARTED, pid, thread_name)
     (RESULT, call_id, ok, value_or_SerializedError)
-    (FINISHED, SerializedError | None, stopped)
+    (FINISHED, SerializedError | None, stopped, lingering)   lingering: non-daemon threads left running
 
 Child to parent, status channel (user statuses and log records):
     (STATUS, key, value)

@@ -191,9 +191,9 @@ class MessageLink(abc.ABC):
         """A user status or a batch of log records."""
         self.send(message)
 
-    def send_finished(self, error: BaseException | None, stopped: bool) -> None:
-        """The runnable's end: its error (or None), and whether a stop ended it."""
-        self.send((msg.FINISHED, None if error is None else serialize_error(error), stopped))
+    def send_finished(self, error: BaseException | None, stopped: bool, lingering: tuple[str, ...] = ()) -> None:
+        """The runnable's end: its error (or None), whether a stop ended it, the threads that outlive it."""
+        self.send((msg.FINISHED, None if error is None else serialize_error(error), stopped, lingering))
 
 
 def serve_child(runnable: Runnable, link: MessageLink, token: int) -> None:

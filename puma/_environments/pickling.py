@@ -67,9 +67,13 @@ def _children(obj: Any) -> list[tuple[str, Any]]:
             if key == _attributes.STATE_KEY:  # a scoped object's bookkeeping: named after its attributes
                 out.extend(_attributes.probe_children(value))
             else:
-                out.append((f".{key}", value))
+                out.append((_PUBLIC_NAMES.get(key, f".{key}"), value))
         return out
     return []
+
+
+#: puma's own attributes of a runnable, named in messages as the user knows them.
+_PUBLIC_NAMES = {"_puma_outputs": ".outputs", "_puma_name": ".name"}
 
 
 def _locate(obj: Any, path: str, seen: set[int], depth: int) -> tuple[str, Any, BaseException] | None:

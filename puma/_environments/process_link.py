@@ -147,9 +147,9 @@ class ProcessChildLink:
         with self._status_lock:
             _send(self._status_fd, data)
 
-    def send_finished(self, error: BaseException | None, stopped: bool) -> None:
+    def send_finished(self, error: BaseException | None, stopped: bool, lingering: tuple[str, ...] = ()) -> None:
         frozen = serialize_error(error) if error is not None else None
-        self.send((msg.FINISHED, frozen, stopped))
+        self.send((msg.FINISHED, frozen, stopped, lingering))
 
     def close(self) -> None:
         self._control.close()

@@ -58,8 +58,8 @@ class ThreadLink(MessageLink):
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None:
         self.send((msg.RESULT, call_id, True, result))  # shared memory: the result itself, not a copy
 
-    def send_finished(self, error: BaseException | None, stopped: bool) -> None:
-        self.send((msg.FINISHED, error, stopped))  # the error itself, with its frames
+    def send_finished(self, error: BaseException | None, stopped: bool, lingering: tuple[str, ...] = ()) -> None:
+        self.send((msg.FINISHED, error, stopped, lingering))  # the error itself, with its frames
 
     def close(self) -> None:
         self.waker.close()

@@ -269,4 +269,12 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
             except Exception:  # noqa: BLE001, S110 - a closed buffer has nobody to tell
                 pass
     _logging.flush_child()
-    link.send_finished(error, stopped)
+    link.send_finished(error, stopped, _lingering_threads())
+
+
+def _lingering_threads() -> tuple[str, ...]:
+    """In a child process's main thread: the non-daemon threads that will keep the process from exiting."""
+    main = threading.main_thread()
+    if threading.current_thread() is not main:
+        return ()  # a thread child: the process is the parent's own
+    return tuple(t.name for t in threading.enumerate() if t is not main and not t.daemon and t.is_alive())

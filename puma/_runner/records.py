@@ -61,6 +61,8 @@ class ChildRecord:
         self.launched = False  # its handle has started the child: the supervisor may watch it
         self.has_started = False  # it reported STARTED (kept when it ends: "died before starting?")
         self.stop_sent_at: float | None = None  # when a stop was sent (None: not yet)
+        self.finished_at: float | None = None  # when it reported its end (its process then has stop_timeout to exit)
+        self.lingering: tuple[str, ...] = ()  # non-daemon threads its process still ran when it finished
         self.stuck = False  # it outlived its stop timeout and is being terminated
         self.killed = False  # stuck, and SIGTERM did not end it
         self.unkillable = False  # stuck, and it cannot be ended from outside (a thread): left running
@@ -106,6 +108,8 @@ class ChildRecord:
                 return
             if state is Lifecycle.RUNNING:
                 self.has_started = True
+            elif state is Lifecycle.FINISHING:
+                self.finished_at = time.monotonic()
             self.state = state
             if state is Lifecycle.ENDED:
                 futures = list(self._futures.values())

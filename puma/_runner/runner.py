@@ -96,6 +96,7 @@ class Runner:
         self._tokens = itertools.count(1)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
+        self._stopping = threading.Lock()  # held while a stop of everything is being posted
         self._errors: list[BaseException] = []
         self._reported = 0
         self._origins: set[str] = set()
@@ -187,6 +188,15 @@ class Runner:
         return record
 
     def _check_startable(self, runnable: Runnable) -> None:
+        try:
+            runnable._puma_name  # noqa: B018 - set by Runnable.__init__
+            runnable._puma_record  # noqa: B018
+        except AttributeError:
+            cls = type(runnable).__qualname__
+            raise PumaError(
+                f"{cls} was never initialised as a puma.Runnable: its __init__ must call "
+                f"super().__init__(name, outputs=[...]) (a {cls} has no name or outputs yet)"
+            ) from None
         if self._closed:
             raise PumaError(f"this Runner is closed; cannot start runnable {runnable.name!r}")
         if runnable._puma_record is not None:
@@ -328,8 +338,11 @@ class Runner:
         if runnable is not None:
             self._send_stop(self._record(runnable))
             return
-        for record in list(self._records):
-            self._send_stop(record)
+        # Every stop is posted before the supervisor may close a stopped reader's inputs, so a
+        # publisher that finds its buffer closed finds its own stop too (a stop, not an error).
+        with self._stopping:
+            for record in list(self._records):
+                self._send_stop(record)
         if self._supervisor is not None:
             self._supervisor.call_soon(self._supervisor.close_unread_buffers)
 
@@ -445,12 +458,20 @@ class Runner:
         return True
 
     def _stop_deadlines(self) -> list[tuple[ChildRecord, Deadline]]:
-        """Runnables asked to stop and not ended yet, with when their stop_timeout runs out."""
-        return [
-            (r, Deadline.at(r.stop_sent_at + self._stop_timeout))
-            for r in self._records
-            if r.stop_sent_at is not None and not r.ended and not r.stuck
-        ]
+        """Runnables that must end soon, with when their stop_timeout runs out.
+
+        Those asked to stop, and those that reported their end (FINISHED) and
+        whose process has not exited yet: neither may keep ``join()`` waiting
+        for ever.
+        """
+        due = []
+        for r in self._records:
+            if r.ended or r.stuck:
+                continue
+            since = r.finished_at if r.finished_at is not None else r.stop_sent_at
+            if since is not None:
+                due.append((r, Deadline.at(since + self._stop_timeout)))
+        return due
 
     def _terminate_stuck(self, records: list[ChildRecord] | None = None) -> None:
         """Terminate, then kill, children (``records``, or all) still running after their stop timeout; report them."""
@@ -476,9 +497,14 @@ class Runner:
     def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
         kind = record.handle.kind if record.handle is not None else "child"
         if record.finished and not record.unkillable:
+            keeps = (
+                f"non-daemon threads still running: {', '.join(record.lingering)}"
+                if record.lingering
+                else "a non-daemon thread or an atexit handler?"
+            )
             return StuckRunnableError(
                 f"runnable {record.name!r} (pid {record.pid}) finished, but its {kind} did not exit within "
-                f"{self._stop_timeout} s (a non-daemon thread still running?); it was terminated"
+                f"{self._stop_timeout} s ({keeps}); it was terminated"
             )
         if record.unkillable:
             return StuckRunnableError(

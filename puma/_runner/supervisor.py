@@ -188,6 +188,8 @@ class Supervisor(threading.Thread):
         if isinstance(error, SerializedError):
             error = deserialize_error(error)
         record.stopped = message[2]
+        if len(message) > 3:
+            record.lingering = tuple(message[3])
         if error is not None:
             self.record_error(record, error)
             if not record.has_started:  # it never ran (it could not be rebuilt): end its streams for it
@@ -199,6 +201,8 @@ class Supervisor(threading.Thread):
         self._close_inputs_of(record)
         if handle.has_exited():
             self.finish(record)
+        else:
+            self._runner._notify()  # join() now bounds the wait for its exit
 
     def _exited(self, record: ChildRecord) -> None:
         """``record``'s child has exited: after its FINISHED, or without one (a death)."""
