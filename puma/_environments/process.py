@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
@@ -47,8 +48,9 @@ class ProcessHandle(ChildHandle):
     kind = "process"
     claimable = True
 
-    def __init__(self, process: Any, link: ProcessLink, on_change: Callable[[], None]) -> None:
+    def __init__(self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool) -> None:
         super().__init__(None)
+        self._end_tree = end_tree
         self._process = process
         self._link = link
         link.on_pending = on_change
@@ -201,9 +203,23 @@ class ProcessHandle(ChildHandle):
             if getattr(process, "_popen", None) is not None and process.exitcode is not None:
                 self._exitcode = process.exitcode
                 process.close()  # its sentinel fired (join() reaped it): release the process object
+            if self._end_tree and self.pid is not None:
+                _end_group(self.pid)
         if self._listening:
             self._listening = False
             _logging.stop_listener()
+
+
+def _end_group(pgid: int) -> None:
+    """Kill what is left of a child's process group: the processes its runnable started.
+
+    The group outlives its leader while members remain, and its id is not
+    given to a new process meanwhile, so this reaches only the child's tree.
+    """
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing left of it
 
 
 class ProcessEnvironment(Environment):
@@ -214,12 +230,20 @@ class ProcessEnvironment(Environment):
             is forkserver on Linux (fork is unsafe once puma's own threads run)
             and spawn elsewhere.  puma never changes the global start method:
             it uses its own ``multiprocessing`` context.
+        end_process_tree: end the processes a runnable starts (``subprocess``,
+            its own ``multiprocessing`` children) when the runnable ends, is
+            stopped or dies (default True).  Each child process leads a process
+            group that its descendants join; what is left of the group is
+            killed when the child ends.  Turn it off for a runnable whose child
+            processes must outlive it, or that reads the terminal (a
+            background process group cannot).
     """
 
     # Linux sends a child its parent-death signal when the *thread* that forked it ends.
     launch_needs_lasting_thread = True
 
-    def __init__(self, start_method: str | None = None) -> None:
+    def __init__(self, start_method: str | None = None, *, end_process_tree: bool = True) -> None:
+        self._end_tree = end_process_tree
         method = start_method or default_start_method()
         if method not in multiprocessing.get_all_start_methods():
             raise ValueError(
@@ -272,7 +296,7 @@ class ProcessEnvironment(Environment):
         process = self._context.Process(
             target=process_main,
             args=(sent, link.child, token, _logging.child_settings(), os.getpid()),
-            kwargs={"name": child.name},
+            kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )
-        return ProcessHandle(process, link, on_change)
+        return ProcessHandle(process, link, on_change, self._end_tree)

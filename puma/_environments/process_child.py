@@ -90,7 +90,14 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def process_main(
-    sent: Runnable | Sealed, link: ProcessChildLink, token: int, log_settings: Any, parent_pid: int, *, name: str
+    sent: Runnable | Sealed,
+    link: ProcessChildLink,
+    token: int,
+    log_settings: Any,
+    parent_pid: int,
+    *,
+    name: str,
+    own_group: bool = True,
 ) -> None:
     """Entry point of a child process.
 
@@ -101,8 +108,16 @@ def process_main(
     wakes up, and before ``execute``: tying the child's life to the Runner's
     process (which also catches a parent that died before then), logging,
     faulthandler.
+
+    ``own_group``: lead a process group of its own, which the processes it
+    starts join, so the Runner can end the whole tree with it.
     """
     _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
+    if own_group:
+        try:
+            os.setpgid(0, 0)
+        except OSError:
+            pass  # not permitted here (a session leader): its tree is not tracked
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
     try:
         runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
