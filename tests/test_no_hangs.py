@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 
 import pytest
@@ -80,3 +81,43 @@ def test_a_remote_error_prints_its_remote_traceback_once(process_env: puma.Proce
         printed = "".join(traceback.format_exception(info.value))
         assert "Traceback" not in str(info.value)
         assert printed.count("raise _Unpicklable(1, 2)") == 1
+
+
+class _Waits(puma.Runnable):
+    def execute(self) -> None:
+        self.wait_for_stop()
+
+
+@pytest.mark.skipif("forkserver" not in multiprocessing.get_all_start_methods(), reason="no fork server here")
+def test_the_fork_server_dying_is_named_as_the_cause() -> None:
+    import os
+    import signal
+    from multiprocessing import forkserver
+
+    env = puma.ProcessEnvironment("forkserver")
+    with pytest.raises(puma.ChildDiedError, match=r"the fork server \(pid \d+\) that started it died") as info:
+        with puma.Runner(env) as runner:
+            runner.start_blocking(_Waits("waits"), timeout=60)
+            server = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+            os.kill(server, signal.SIGKILL)  # multiprocessing starts a new one for later starts
+            runner.join(timeout=60)
+    assert info.value.exitcode == 255
+
+
+def test_start_all_launches_many_and_returns_once_all_run(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        waiting = runner.start_all([_Waits(f"waits-{i}") for i in range(6)], timeout=120)
+        assert [w.name for w in waiting] == [f"waits-{i}" for i in range(6)]
+        assert all(runner.is_alive(w) for w in waiting)
+        assert len({runner.pid(w) for w in waiting}) == (6 if env.is_process else 1)
+        runner.stop()
+
+
+def test_the_fork_server_starts_children_with_puma_and_the_preloaded_modules_loaded() -> None:
+    from multiprocessing import forkserver
+
+    puma.ProcessEnvironment("forkserver", preload=["json"])
+    modules = forkserver._forkserver._preload_modules  # type: ignore[attr-defined]
+    assert "puma" in modules and "json" in modules
+    with pytest.raises(TypeError, match="sequence of module names"):
+        puma.ProcessEnvironment("forkserver", preload="numpy")  # type: ignore[arg-type]

@@ -91,15 +91,23 @@ class ChildDiedError(PumaError):
         exitcode: the process exit code; negative for a signal (``-9`` is SIGKILL).
     """
 
-    def __init__(self, runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> None:
+    def __init__(
+        self,
+        runnable: str,
+        pid: int | None,
+        exitcode: int | None,
+        before_start: bool = False,
+        cause: str | None = None,
+    ) -> None:
         self.runnable = runnable
         self.pid = pid
         self.exitcode = exitcode
         self.before_start = before_start
-        super().__init__(describe_exit(runnable, pid, exitcode, before_start))
+        self.cause = cause
+        super().__init__(describe_exit(runnable, pid, exitcode, before_start, cause))
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.runnable, self.pid, self.exitcode, self.before_start), self.__dict__)
+        return (type(self), (self.runnable, self.pid, self.exitcode, self.before_start, self.cause), self.__dict__)
 
 
 class StuckRunnableError(PumaError):
@@ -161,9 +169,16 @@ def visible_exit(exc: BaseException, who: str) -> BaseException:
     return error
 
 
-def describe_exit(runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False) -> str:
-    """A one-line account of how a child process ended, naming signal and likely cause."""
+def describe_exit(
+    runnable: str, pid: int | None, exitcode: int | None, before_start: bool = False, cause: str | None = None
+) -> str:
+    """A one-line account of how a child process ended, naming signal and likely cause.
+
+    ``cause``: what the environment knows of why (it wins over guesses from the exit code).
+    """
     where = f"runnable {runnable!r} (pid {pid})"
+    if cause is not None:
+        return f"{where} died ({'exit code ' + str(exitcode) if exitcode is not None else 'no exit code'}): {cause}"
     if exitcode is None:
         return f"{where} ended without reporting"
     if exitcode > 0 and before_start:

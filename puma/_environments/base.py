@@ -45,9 +45,12 @@ class ExitStatus:
         exitcode: the process exit code (negative: killed by that signal);
             ``None`` for a child that has no exit code (a thread) or has not
             exited yet.
+        cause: why it ended, when the environment knows better than the exit
+            code tells (e.g. the fork server that made it died).
     """
 
     exitcode: int | None
+    cause: str | None = None
 
 
 class ChildHandle(abc.ABC):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as wait_for
 from typing import Any, TypeVar, overload
+
+import psutil
 
 from puma import _attributes
 from puma._buffers.base import Buffer
@@ -48,8 +51,11 @@ class ProcessHandle(ChildHandle):
     kind = "process"
     claimable = True
 
-    def __init__(self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool) -> None:
+    def __init__(
+        self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool, from_fork_server: bool
+    ) -> None:
         super().__init__(None)
+        self._from_fork_server = from_fork_server
         self._end_tree = end_tree
         self._process = process
         self._link = link
@@ -66,6 +72,7 @@ class ProcessHandle(ChildHandle):
         self._closed = False
         self._listening = False
         self._exitcode: int | None = None
+        self._fork_server: int | None = None  # the pid of the fork server that made it, if one did
 
     # --- starting ---------------------------------------------------------------
     def start(self) -> None:
@@ -81,6 +88,7 @@ class ProcessHandle(ChildHandle):
             raise
         self.pid = self._process.pid  # known now, before the child reports STARTED
         self._sentinel = self._process.sentinel
+        self._fork_server = _fork_server_pid() if self._from_fork_server else None
 
     def _abandon(self) -> None:
         """Undo a start nobody will supervise: leave no orphan behind."""
@@ -172,7 +180,14 @@ class ProcessHandle(ChildHandle):
         with self._lock:
             if not self._closed:
                 self._exitcode = self._process.exitcode
-            return ExitStatus(self._exitcode)
+            code = self._exitcode
+        cause = None
+        if code == 255 and self._fork_server is not None and _has_ended(self._fork_server):
+            cause = (
+                f"the fork server (pid {self._fork_server}) that started it died, and every runnable it started "
+                "died with it (was it killed, or out of memory or file descriptors?)"
+            )
+        return ExitStatus(code, cause)
 
     def join(self, timeout: float) -> bool:
         with self._lock:
@@ -210,6 +225,56 @@ class ProcessHandle(ChildHandle):
             _logging.stop_listener()
 
 
+def _preload_in_fork_server(context: Any, modules: Sequence[str]) -> None:
+    """Have the fork server import ``modules`` once, so the children it forks start with them loaded.
+
+    Without it every forkserver child imports puma (and the main module's
+    imports) itself.  The fork server is one per program and takes its list
+    when it starts: later additions count only if it has not started yet.
+    multiprocessing offers no way to read the list, so it is read from its
+    private singleton, to add to it rather than replace what others asked for.
+    """
+    from multiprocessing import forkserver
+
+    current = list(getattr(getattr(forkserver, "_forkserver", None), "_preload_modules", None) or ["__main__"])
+    wanted = current + [m for m in modules if m not in current]
+    if wanted != current:
+        context.set_forkserver_preload(wanted)
+
+
+def _fork_server_pid() -> int | None:
+    """The pid of this process's fork server (multiprocessing keeps it in its private singleton)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _has_ended(pid: int, within: float = 1.0) -> bool:
+    """True if the process ``pid`` has ended or ends within ``within`` seconds (it is not reaped).
+
+    Asked when a fork server's child came back with 255, the code multiprocessing
+    gives when the fork server's pipe closed: the server may still be dying then.
+    """
+    pidfd_open = getattr(os, "pidfd_open", None)
+    if pidfd_open is not None:
+        try:
+            fd = pidfd_open(pid)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            pass
+        else:
+            try:
+                return bool(select.select([fd], [], [], within)[0])
+            finally:
+                os.close(fd)
+    try:
+        return bool(psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
+    except psutil.Error:
+        return True
+
+
 def _end_group(pgid: int) -> None:
     """Kill what is left of a child's process group: the processes its runnable started.
 
@@ -230,6 +295,10 @@ class ProcessEnvironment(Environment):
             is forkserver on Linux (fork is unsafe once puma's own threads run)
             and spawn elsewhere.  puma never changes the global start method:
             it uses its own ``multiprocessing`` context.
+        preload: modules the fork server imports once, before it forks any
+            child (forkserver only; puma itself is always preloaded): heavy
+            imports such as ``numpy`` then cost a child nothing.  They must be
+            importable without side effects.
         end_process_tree: end the processes a runnable starts (``subprocess``,
             its own ``multiprocessing`` children) when the runnable ends, is
             stopped or dies (default True).  Each child process leads a process
@@ -242,15 +311,21 @@ class ProcessEnvironment(Environment):
     # Linux sends a child its parent-death signal when the *thread* that forked it ends.
     launch_needs_lasting_thread = True
 
-    def __init__(self, start_method: str | None = None, *, end_process_tree: bool = True) -> None:
+    def __init__(
+        self, start_method: str | None = None, *, end_process_tree: bool = True, preload: Sequence[str] = ()
+    ) -> None:
         self._end_tree = end_process_tree
         method = start_method or default_start_method()
         if method not in multiprocessing.get_all_start_methods():
             raise ValueError(
                 f"start method {method!r} is not available here; choose from {multiprocessing.get_all_start_methods()}"
             )
+        if isinstance(preload, str):
+            raise TypeError("preload takes a sequence of module names, e.g. preload=['numpy']")
         self._start_method = method
         self._context: Any = multiprocessing.get_context(method)
+        if method == "forkserver":
+            _preload_in_fork_server(self._context, ["puma", *preload])
 
     @property
     def start_method(self) -> str:
@@ -299,4 +374,4 @@ class ProcessEnvironment(Environment):
             kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )
-        return ProcessHandle(process, link, on_change, self._end_tree)
+        return ProcessHandle(process, link, on_change, self._end_tree, self._start_method == "forkserver")

@@ -21,6 +21,7 @@ import sys
 import threading
 import traceback
 import weakref
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
@@ -260,6 +261,22 @@ class Runner:
             self._wait_started_here(record, deadline)
         self._wait_running(record, deadline)
         return runnable
+
+    def start_all(
+        self, runnables: Iterable[R], environment: Environment | None = None, timeout: float | None = None
+    ) -> list[R]:
+        """Launch every runnable, then wait until all of them run; returns them, in order.
+
+        Faster than one :meth:`start_blocking` after another: the children
+        start up side by side.  ``timeout`` (default: the Runner's
+        ``start_timeout``) bounds the whole wait; a runnable that fails to
+        start raises its error, as in :meth:`wait_until_running`.
+        """
+        started = [self.start(runnable, environment) for runnable in runnables]
+        deadline = Deadline(self._start_timeout if timeout is None else timeout)
+        for runnable in started:
+            self._wait_running(self._record(runnable), deadline)
+        return started
 
     def _wait_started_here(self, record: ChildRecord, deadline: Deadline) -> None:
         """Read the child's first message (STARTED) in this thread, not through the supervisor.

@@ -229,7 +229,7 @@ class Supervisor(threading.Thread):
         status = handle.exit_status()
         pid = handle.pid
         intact = self._free_held_by(pid) if pid is not None else set()  # before anything takes a buffer's lock
-        error: PumaError = ChildDiedError(record.name, pid, status.exitcode, not record.has_started)
+        error: PumaError = ChildDiedError(record.name, pid, status.exitcode, not record.has_started, status.cause)
         if record.stuck:
             error = runner._stuck_error(record)
         error._puma_origin = f"{record.name}:{pid}:died"  # type: ignore[attr-defined]
