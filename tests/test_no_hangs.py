@@ -121,3 +121,23 @@ def test_the_fork_server_starts_children_with_puma_and_the_preloaded_modules_loa
     assert "puma" in modules and "json" in modules
     with pytest.raises(TypeError, match="sequence of module names"):
         puma.ProcessEnvironment("forkserver", preload="numpy")  # type: ignore[arg-type]
+
+
+class _ForgotOutputs(puma.Runnable):
+    def __init__(self, out: puma.Buffer[int]) -> None:
+        super().__init__("forgot-outputs")  # no outputs=[out]
+        self._out = out
+
+    def execute(self) -> None:
+        with self.publisher(self._out) as pub:
+            pub.publish(1)
+
+
+def test_a_reader_of_a_stream_nobody_can_publish_to_ends_with_the_error_that_caused_it(env: puma.Environment) -> None:
+    with pytest.raises(puma.PumaError, match="not one of its outputs"):
+        with puma.Runner(env) as runner:
+            out = env.buffer(int, 4, "out")
+            values = out.subscribe()
+            runner.start(_ForgotOutputs(out))
+            for _ in values:  # would wait for ever
+                pass

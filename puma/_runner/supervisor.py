@@ -40,7 +40,7 @@ from puma._core.errors import ChildDiedError, PumaError, SerializedError, deseri
 from puma._core.waiting import Waker
 from puma._environments.base import Message
 from puma._runnable.runnable import Runnable
-from puma._runner.records import ChildRecord, Lifecycle
+from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 
 if TYPE_CHECKING:
     from puma._runner.runner import Runner
@@ -255,6 +255,8 @@ class Supervisor(threading.Thread):
             self._close_inputs_of(record)
         if handle is not None:
             handle.close()
+        if record.error is not None:
+            self._end_streams_nobody_can_publish(record.error)
         self._runner._notify()
 
     # --- failures ----------------------------------------------------------------------
@@ -295,6 +297,31 @@ class Supervisor(threading.Thread):
                 reader.handle.post((msg.INPUT_FAILED, stream.key, serialize_error(error)))
             except OSError:
                 pass  # it is gone too
+
+    def _end_streams_nobody_can_publish(self, error: BaseException) -> None:
+        """End, with ``error``, the streams that no publisher joined and no live runnable holds.
+
+        A runnable that forgot ``outputs=[buffer]`` fails in ``publisher()``;
+        without this its readers (the main program among them) would wait for
+        ever on a stream nobody can publish to.
+        """
+        records = self._runner._records
+        live = [r for r in records if not r.finished]
+        for buffer in self._held_buffers():
+            stream = buffer.supervision
+            if buffer.statistics().publishers or not stream.readers():
+                continue
+            if any(buffer is b for r in live for b in (*r.runnable.outputs, *buffers_held_by(r.runnable))):
+                continue
+            self._tell_readers(stream, error)
+
+    def _held_buffers(self) -> list[Buffer[Any]]:
+        """Every buffer a runnable of this Runner holds or publishes to, once each."""
+        seen: dict[int, Buffer[Any]] = {}
+        for record in self._runner._records:
+            for buffer in (*record.runnable.outputs, *buffers_held_by(record.runnable)):
+                seen.setdefault(id(buffer), buffer)
+        return list(seen.values())
 
     # --- closing buffers ----------------------------------------------------------------
     def _streams(self) -> list[StreamSupervision]:
