@@ -141,3 +141,55 @@ def test_a_reader_of_a_stream_nobody_can_publish_to_ends_with_the_error_that_cau
             runner.start(_ForgotOutputs(out))
             for _ in values:  # would wait for ever
                 pass
+
+
+class _PutsIntoAFullBuffer(puma.Runnable):
+    def __init__(self, out: puma.Buffer[int]) -> None:
+        super().__init__("puts", outputs=[out])
+        self._out = out
+
+    @puma.run_in_child_scope
+    def put(self, value: int) -> None:
+        self.publisher(self._out).publish(value)  # the buffer holds one value: the second waits
+
+    def execute(self) -> None:
+        self.wait_for_stop()
+
+
+class _BusyInItsOwnCode(puma.Runnable):
+    def __init__(self, gate: Any) -> None:
+        super().__init__("busy")
+        self._gate = gate
+
+    def execute(self) -> None:
+        self.send_status("busy", True)
+        self._gate.wait(60)  # not a wait in puma: it cannot say where it is
+
+
+def _event(env: puma.Environment) -> Any:
+    return env.context.Event() if isinstance(env, puma.ProcessEnvironment) else threading.Event()
+
+
+def test_a_snapshot_says_where_each_runnable_is_blocked(env: puma.Environment) -> None:
+    gate = _event(env)
+    with puma.Runner(env) as runner:
+        out = env.buffer(int, 1, "full")
+        puts = runner.start_blocking(_PutsIntoAFullBuffer(out), timeout=60)
+        busy = runner.start(_BusyInItsOwnCode(gate))
+        busy.wait_status("busy", timeout=60)
+        puts.put(1)
+        blocked = puts.put.submit(2)  # waits for room, inside the command
+        try:
+            snapshot = runner.snapshot(timeout=1.0)
+            where = {r.name: r.activity for r in snapshot.runnables}
+            assert where["puts"].startswith("in command 'put', waiting for"), where
+            assert where["busy"].startswith("in its own code"), where
+            assert any(b.name == "full" and b.size == 1 and b.capacity == 1 for b in snapshot.buffers)
+            assert "runnable 'puts'" in str(snapshot) and "buffer 'full'" in str(snapshot)
+            with pytest.raises(TimeoutError, match="still running after 0.1 s") as info:
+                runner.join(timeout=0.1)
+            assert "in command 'put'" in str(info.value)  # a join that times out shows the snapshot
+        finally:
+            gate.set()
+        runner.stop()
+    assert blocked.exception(timeout=60) is not None  # it was stopped waiting

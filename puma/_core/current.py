@@ -52,8 +52,11 @@ class Context(Protocol):
         """Raise :class:`~puma.StopRequested` if a stop has arrived (servicing commands meanwhile)."""
         ...
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
-        """Wait until ``ready()``, servicing commands; False on timeout."""
+    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
+        """Wait until ``ready()``, servicing commands; False on timeout.
+
+        ``what``: what is waited for, in words ("a value of buffer 'raw'"), for diagnosis.
+        """
         ...
 
     def own(self, exc: BaseException) -> None:
@@ -128,7 +131,7 @@ class OutsideContext:
     def own(self, exc: BaseException) -> None:
         return None
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
+    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
         deadline = Deadline(timeout)
         waker = self.waker
         while True:

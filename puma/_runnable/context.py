@@ -62,6 +62,9 @@ class ChildContext:
         # arrive wait here until the current step returns.
         self._busy = 0
         self._deferred: deque[tuple[Any, ...]] = deque()
+        self._command = ""  # the command running now, for diagnosis
+        self._where_asked = False  # the parent asked what it is doing (answered at the next look)
+        self._waiting = ""  # what its one wait waits for now ("" while in its own code)
         self.subscribed: list[Buffer[Any]] = []
         self._note = ""
 
@@ -124,9 +127,20 @@ class ChildContext:
                     self._deferred.append(message)
                 elif kind == msg.INPUT_FAILED:
                     self._input_failed(message[1], message[2])
+                elif kind == msg.WHERE:
+                    self._where_asked = True
         if self._deferred and not self._busy:
-            self._run_commands()
+            self._run_commands()  # what was sent before the question runs first
+        if self._where_asked:  # answered here, or from the wait inside a command that blocks
+            self._where_asked = False
+            self.link.send((msg.ACTIVITY, self.activity()))
         return self.stop_requested
+
+    def activity(self) -> str:
+        """What the runnable is doing, in words (answered while it waits in puma)."""
+        where = f"in command {self._command!r}, " if self._command else ""
+        waiting = self._waiting or "a command or a stop"
+        return f"{where}waiting for {waiting}"
 
     def enter_step(self) -> None:
         """The runnable enters a step of its own (a command, a value, a tick, on_start): no command starts inside."""
@@ -142,10 +156,12 @@ class ChildContext:
         while deferred and not self._busy:
             message = deferred.popleft()
             self._busy += 1
+            self._command = message[2]
             try:
                 self._run_command(message[1], message[2], message[3], message[4], len(message) > 5 and message[5])
             finally:
                 self._busy -= 1
+                self._command = ""
 
     def _input_failed(self, key: str, error: Any) -> None:
         """A publisher of the input buffer ``key`` died mid-value: its stream ends with ``error``."""
@@ -160,11 +176,20 @@ class ChildContext:
         if self.service(pending):
             raise StopRequested
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
+    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
         """Wait until ``ready()`` is true, servicing commands; False on timeout.
 
-        Raises :class:`StopRequested` when a stop arrives first.
+        Raises :class:`StopRequested` when a stop arrives first.  ``what``:
+        what is waited for, in words, for :meth:`activity`.
         """
+        outer = self._waiting
+        self._waiting = what or outer or "a value, room or a command"
+        try:
+            return self._wait(fds, timeout, ready)
+        finally:
+            self._waiting = outer
+
+    def _wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
         deadline = Deadline(timeout)
         control = self.fds  # a process runnable's command pipe; () for a thread runnable
         all_fds = control + fds

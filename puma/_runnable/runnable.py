@@ -153,7 +153,7 @@ class Runnable(abc.ABC):
         """
         ctx = self._puma_context("wait_for_stop()")
         try:
-            ctx.wait((), timeout, lambda: False)
+            ctx.wait((), timeout, lambda: False, "a stop or a command (wait_for_stop)")
         except StopRequested:
             return True
         return False

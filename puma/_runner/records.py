@@ -73,6 +73,8 @@ class ChildRecord:
         # True while the thread in start_blocking() reads the child's STARTED itself (one hop
         # fewer than through the supervisor); the supervisor does not watch the child meanwhile.
         self.start_claimed = False
+        self._activity: str | None = None  # the last answer to WHERE
+        self._activity_asked = 0.0
         self.inputs = inputs_of(runnable)  # ids of the buffers it holds but does not publish to
         self._futures: dict[int, Future[Any]] = {}
         self._calls = itertools.count(1)
@@ -233,6 +235,35 @@ class ChildRecord:
             future.set_result(value)
         else:
             future.set_exception(deserialize_error(value) if isinstance(value, SerializedError) else value)
+
+    def ask_activity(self) -> bool:
+        """Ask the child what it is doing (for a snapshot); False if it cannot be asked."""
+        handle = self.handle
+        if handle is None or self.finished or not self.launched:
+            return False
+        with self._lock:
+            self._activity = None
+        try:
+            handle.post((msg.WHERE,))
+        except Exception:  # noqa: BLE001 - a diagnosis asks what it can
+            return False
+        return True
+
+    def set_activity(self, text: str) -> None:
+        """The child's answer to WHERE (the supervisor)."""
+        with self._cond:
+            self._activity = text
+            self._cond.notify_all()
+
+    def wait_activity(self, deadline: float) -> str | None:
+        """The answer to the last WHERE, waiting until ``deadline`` (monotonic); None if none came."""
+        with self._cond:
+            while self._activity is None and not self.ended:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            return self._activity
 
     def mark_stop_sent(self) -> bool:
         """Note that a stop is being sent; False if it already was, or nothing can receive it."""

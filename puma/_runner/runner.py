@@ -15,12 +15,10 @@ nothing polls.
 
 from __future__ import annotations
 
-import atexit
 import itertools
 import sys
 import threading
 import traceback
-import weakref
 from collections.abc import Iterable
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -32,8 +30,12 @@ from puma._core.waiting import Deadline
 from puma._environments.base import ChildHandle, Environment, Message
 from puma._environments.thread import ThreadEnvironment
 from puma._runnable.runnable import Runnable
+from puma._runner import snapshot as _snapshot
 from puma._runner.policy import FailurePolicy, policy_for
-from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
+from puma._runner.records import ChildRecord, Lifecycle
+from puma._runner.resources import hold_buffers, let_go_of_buffers
+from puma._runner.snapshot import RunnerSnapshot
+from puma._runner.stopping import stuck_error, track
 from puma._runner.supervisor import KILL_GRACE, Supervisor
 
 __all__ = ["Runner"]
@@ -105,7 +107,7 @@ class Runner:
         self._released = False
         self._supervisor: Supervisor | None = None
         self._buffers: dict[int, Buffer[Any]] = {}  # the buffers its runnables use (released when it closes)
-        _track(self)
+        track(self)
 
     # --- context manager ---------------------------------------------------------
     def __enter__(self) -> Runner:
@@ -117,11 +119,12 @@ class Runner:
         if exc is None:
             self.close()
             return
+        if isinstance(exc, KeyboardInterrupt):
+            self._interrupted()
+            return  # Ctrl-C goes on
         try:
             self.close()
         except BaseException as child_errors:  # noqa: BLE001 - joined with the body's error below
-            if isinstance(exc, KeyboardInterrupt):
-                return  # Ctrl-C wins; children are stopped
             members = list(child_errors.exceptions) if isinstance(child_errors, BaseExceptionGroup) else [child_errors]
             # The body may be raising a runnable's own error (received from a buffer it read):
             # that one is not a second failure.
@@ -132,6 +135,23 @@ class Runner:
             if not members:
                 return  # the body's exception goes on
             raise BaseExceptionGroup("the Runner's body and its runnables failed", [exc, *members]) from None
+
+    def _interrupted(self) -> None:
+        """Ctrl-C in the ``with`` block: say what was running, stop everything, show what that raised.
+
+        A second Ctrl-C while the runnables stop ends them at once.
+        """
+        try:
+            print(f"puma: Ctrl-C; stopping every runnable.\n{self.snapshot(timeout=0.2)}", file=sys.stderr)
+        except Exception:  # noqa: BLE001, S110 - a diagnosis must not stand in the way of stopping
+            pass
+        try:
+            self.close()
+        except KeyboardInterrupt:
+            raise  # the second Ctrl-C: close() has killed them
+        except BaseException as errors:  # noqa: BLE001 - shown, not raised: Ctrl-C is what goes on
+            print("puma: while stopping after Ctrl-C, the runnables raised:", file=sys.stderr)
+            traceback.print_exception(errors, file=sys.stderr)
 
     # --- starting ----------------------------------------------------------------
     @property
@@ -166,7 +186,7 @@ class Runner:
             runnable._puma_record = record
             self._records.append(record)
             self._by_token[record.token] = record
-        _hold_buffers(self._buffers, runnable)
+        hold_buffers(self._buffers, runnable)
         for out in runnable.outputs:
             out.supervision.join()
         try:
@@ -349,6 +369,17 @@ class Runner:
         """Raise any error from a runnable not raised yet; return if there is none."""
         self._raise_errors()
 
+    def snapshot(self, timeout: float = 0.5) -> RunnerSnapshot:
+        """A diagnosis now: each runnable's state and where it is blocked, each buffer's fill, the errors.
+
+        Every live runnable is asked what it is doing; one that does not
+        answer within ``timeout`` seconds is busy in its own code (not
+        waiting in puma).  ``print(runner.snapshot())`` gives a report.
+        """
+        with self._lock:
+            errors = list(self._errors)
+        return _snapshot.take(list(self._records), errors, timeout)
+
     # --- stopping ----------------------------------------------------------------
     def stop(self, runnable: Runnable | None = None) -> None:
         """Ask ``runnable`` (or every runnable) to stop. Does not wait: see :meth:`join`."""
@@ -374,14 +405,15 @@ class Runner:
         deadline = Deadline(timeout)
         while True:
             overdue: list[ChildRecord] = []
+            timed_out = False
             with self._cond:
                 while any(not r.ended for r in self._records):
                     if self._unreported() and self._policy.stops_on_failure:
                         break
                     remaining = deadline.remaining()
                     if remaining is not None and remaining <= 0:
-                        alive = [r.name for r in self._records if not r.ended]
-                        raise TimeoutError(f"runnables still running after {timeout} s: {alive}")
+                        timed_out = True
+                        break
                     # A runnable asked to stop has stop_timeout to end (the wait is bounded then).
                     stops = self._stop_deadlines()
                     overdue = [r for r, due in stops if due.expired]
@@ -390,6 +422,9 @@ class Runner:
                     for _r, due in stops:
                         remaining = due.earliest(remaining)
                     self._cond.wait(remaining)
+            if timed_out:
+                alive = [r.name for r in self._records if not r.ended]
+                raise TimeoutError(f"runnables still running after {timeout} s: {alive}\n{self.snapshot()}")
             if not overdue:
                 break
             self._terminate_stuck(overdue)
@@ -409,6 +444,9 @@ class Runner:
             if self._supervisor is not None:
                 self._supervisor.call_soon(self._supervisor.close_main_program_inputs)
             self._wait_all_ended(self._stop_timeout)
+        except KeyboardInterrupt:
+            self._kill_all()  # Ctrl-C while they stop: no more grace
+            raise
         finally:
             self._terminate_stuck()
             supervisor = self._supervisor
@@ -427,7 +465,7 @@ class Runner:
         if supervisor is not None and supervisor.is_alive():
             return  # a child could not be ended: the supervisor still needs what it watches
         self._released = True
-        _let_go_of_buffers(self._buffers)
+        let_go_of_buffers(self._buffers)
         self._buffers = {}
         if supervisor is not None:
             supervisor.waker.close()
@@ -511,28 +549,16 @@ class Runner:
                     handle.kill()
             self._wait_all_ended(KILL_GRACE)
 
+    def _kill_all(self) -> None:
+        """End every child that can be ended from outside, now (a second Ctrl-C)."""
+        for record in list(self._records):
+            handle = record.handle
+            if not record.ended and handle is not None:
+                record.stuck = record.killed = True
+                handle.kill()
+
     def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
-        kind = record.handle.kind if record.handle is not None else "child"
-        if record.finished and not record.unkillable:
-            keeps = (
-                f"non-daemon threads still running: {', '.join(record.lingering)}"
-                if record.lingering
-                else "a non-daemon thread or an atexit handler?"
-            )
-            return StuckRunnableError(
-                f"runnable {record.name!r} (pid {record.pid}) finished, but its {kind} did not exit within "
-                f"{self._stop_timeout} s ({keeps}); it was terminated"
-            )
-        if record.unkillable:
-            return StuckRunnableError(
-                f"runnable {record.name!r} (a {kind}) did not end within {self._stop_timeout} s of being asked "
-                f"to stop; a {kind} cannot be killed, so it is left running as a daemon"
-            )
-        how = f"killed (SIGTERM did not end it within {KILL_GRACE} s)" if record.killed else "terminated"
-        return StuckRunnableError(
-            f"runnable {record.name!r} (pid {record.pid}) did not end within {self._stop_timeout} s "
-            f"of being asked to stop; it was {how}"
-        )
+        return stuck_error(record, self._stop_timeout)
 
     def _add_error(self, record: ChildRecord, error: BaseException) -> bool:
         """Keep ``error``; False if it is one already kept (the same error, passed downstream and re-raised)."""
@@ -562,70 +588,8 @@ class Runner:
         raise BaseExceptionGroup(f"{len(errors)} runnables failed", errors)
 
 
-# A buffer may be used by runnables of several Runners: its resources are released when the
-# last of them closes.
-_buffer_users: dict[int, int] = {}
-_buffer_users_lock = threading.Lock()
-
-
-def _hold_buffers(held: dict[int, Buffer[Any]], runnable: Runnable) -> None:
-    """Note the buffers ``runnable`` publishes to or holds (counted once per Runner)."""
-    found = {id(out): out for out in runnable.outputs}
-    for value in buffers_held_by(runnable):
-        found.setdefault(id(value), value)
-    with _buffer_users_lock:
-        for key, buffer in found.items():
-            if key not in held:
-                held[key] = buffer
-                _buffer_users[key] = _buffer_users.get(key, 0) + 1
-
-
-def _let_go_of_buffers(held: dict[int, Buffer[Any]]) -> None:
-    """A Runner closed: release the buffers no other open Runner uses."""
-    released = []
-    with _buffer_users_lock:
-        for key, buffer in held.items():
-            users = _buffer_users.get(key, 1) - 1
-            if users <= 0:
-                _buffer_users.pop(key, None)
-                released.append(buffer)
-            else:
-                _buffer_users[key] = users
-    for buffer in released:
-        buffer.supervision.release()
-
-
 def _abandon(handle: ChildHandle) -> None:
     """Undo a launch nobody will supervise (interrupted half-way): leave no orphan behind."""
     handle.kill()
     handle.join(KILL_GRACE)
     handle.close()
-
-
-_live: weakref.WeakSet[Runner] = weakref.WeakSet()
-_atexit_registered = False
-
-
-def _track(runner: Runner) -> None:
-    global _atexit_registered
-    _live.add(runner)
-    if not _atexit_registered:
-        _atexit_registered = True
-        atexit.register(_close_all)
-
-
-def _close_all() -> None:
-    """At interpreter exit: stop children of Runners nobody closed, leaving no orphans.
-
-    What their runnables raised is written to stderr: exiting anyway, but not silently.
-    """
-    for runner in list(_live):
-        if not runner._closed:
-            try:
-                runner.close()
-            except BaseException as exc:  # noqa: BLE001 - reported, not raised: the interpreter is exiting
-                try:
-                    print("puma: a Runner was left open until exit; closing it raised:", file=sys.stderr)
-                    traceback.print_exception(exc, file=sys.stderr)
-                except BaseException:  # noqa: BLE001, S110 - stderr may be gone
-                    pass

@@ -174,6 +174,8 @@ class Supervisor(threading.Thread):
             self._runner._notify()
         elif kind == msg.FINISHED:
             self._finished(record, message)
+        elif kind == msg.ACTIVITY:
+            record.set_activity(message[1])
 
     def _finished(self, record: ChildRecord, message: Message) -> None:
         if record.ended:
