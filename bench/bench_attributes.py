@@ -47,6 +47,16 @@ from _util import Comparison, compare, print_table, stat
 
 import puma
 from puma import _attributes
+from puma.attributes import (
+    ProcessAction,
+    ThreadAction,
+    child_only,
+    copied,
+    factory,
+    manually_managed,
+    parent_only,
+    unmanaged,
+)
 
 UNROLL = 100
 NUMBER = 20_000
@@ -64,12 +74,12 @@ class Plain:
 class Scoped(puma.Runnable):
     """One attribute of each kind, plus a plain one."""
 
-    copied_value = puma.copied[int]()
-    child_value = puma.child_only[int]()
-    parent_value = puma.parent_only[int]()
-    shared_value = puma.unmanaged[int]()
-    manual_value = puma.manually_managed[int](thread=puma.ThreadAction.SHARED, process=puma.ProcessAction.COPIED)
-    made_value = puma.copied[list[int]]()
+    copied_value = copied[int]()
+    child_value = child_only[int]()
+    parent_value = parent_only[int]()
+    shared_value = unmanaged[int]()
+    manual_value = manually_managed[int](thread=ThreadAction.SHARED, process=ProcessAction.COPIED)
+    made_value = copied[list[int]]()
 
     def __init__(self, reads: int = NUMBER) -> None:
         super().__init__("scoped")
@@ -78,7 +88,7 @@ class Scoped(puma.Runnable):
         self.parent_value = 1
         self.shared_value = 1
         self.manual_value = 1
-        self.made_value = puma.factory(list)
+        self.made_value = factory(list)
         self.plain_value = 1
         self.reads = reads
 

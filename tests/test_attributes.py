@@ -7,10 +7,13 @@ return what it sees), the parent directly.
 
 from __future__ import annotations
 
+import ast
 import functools
 import gc
 import importlib
+import inspect
 import os
+import pickle
 import re
 import sys
 import threading
@@ -23,7 +26,22 @@ from typing import Any
 import pytest
 
 import puma
+import puma.attributes
 from puma import _attributes
+from puma.attributes import (
+    AttributeScopeError,
+    ProcessAction,
+    ThreadAction,
+    child_only,
+    copied,
+    factory,
+    manually_managed,
+    parent_only,
+    per_scope_value,
+    python_default,
+    scope_specific,
+    unmanaged,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -76,8 +94,8 @@ class Probing(puma.Runnable):
 
 
 class CopiedBox(Probing):
-    items = puma.copied[list[int]]()
-    nested = puma.copied[dict[str, list[int]]]()
+    items = copied[list[int]]()
+    nested = copied[dict[str, list[int]]]()
 
     def __init__(self) -> None:
         super().__init__("copied-box")
@@ -90,8 +108,8 @@ class CopiedBox(Probing):
 
 
 class ChildOnlyBox(Probing):
-    secret = puma.child_only[list[int]]()
-    never_set = puma.child_only[int]()
+    secret = child_only[list[int]]()
+    never_set = child_only[int]()
 
     def __init__(self) -> None:
         super().__init__("child-only-box")
@@ -99,7 +117,7 @@ class ChildOnlyBox(Probing):
 
 
 class ParentOnlyBox(Probing):
-    window = puma.parent_only[Any]()
+    window = parent_only[Any]()
 
     def __init__(self) -> None:
         super().__init__("parent-only-box")
@@ -109,7 +127,7 @@ class ParentOnlyBox(Probing):
 class ReadsWindow(puma.Runnable):
     """Its execute reads a parent_only attribute: the runnable fails with the scope error."""
 
-    window = puma.parent_only[Any]()
+    window = parent_only[Any]()
 
     def __init__(self) -> None:
         super().__init__("reads-window")
@@ -120,8 +138,8 @@ class ReadsWindow(puma.Runnable):
 
 
 class Defaults(Probing):
-    shared = puma.unmanaged[list[int]]()
-    same = puma.python_default[list[int]]()
+    shared = unmanaged[list[int]]()
+    same = python_default[list[int]]()
 
     def __init__(self) -> None:
         super().__init__("defaults")
@@ -132,7 +150,7 @@ class Defaults(Probing):
 
 
 class ManualSharedCopied(Probing):
-    value = puma.manually_managed[list[int]](thread=puma.ThreadAction.SHARED, process=puma.ProcessAction.COPIED)
+    value = manually_managed[list[int]](thread=ThreadAction.SHARED, process=ProcessAction.COPIED)
 
     def __init__(self) -> None:
         super().__init__("manual-shared-copied")
@@ -140,7 +158,7 @@ class ManualSharedCopied(Probing):
 
 
 class ManualCopiedNone(Probing):
-    value = puma.manually_managed[Any](thread=puma.ThreadAction.COPIED, process=puma.ProcessAction.SET_TO_NONE)
+    value = manually_managed[Any](thread=ThreadAction.COPIED, process=ProcessAction.SET_TO_NONE)
 
     def __init__(self, value: Any) -> None:
         super().__init__("manual-copied-none")
@@ -148,7 +166,7 @@ class ManualCopiedNone(Probing):
 
 
 class ManualRefused(Probing):
-    value = puma.manually_managed[Any](thread=puma.ThreadAction.NOT_ALLOWED, process=puma.ProcessAction.NOT_ALLOWED)
+    value = manually_managed[Any](thread=ThreadAction.NOT_ALLOWED, process=ProcessAction.NOT_ALLOWED)
 
     def __init__(self, value: Any) -> None:
         super().__init__("manual-refused")
@@ -156,11 +174,11 @@ class ManualRefused(Probing):
 
 
 class PerScope(Probing):
-    log = puma.copied[list[str]]()
+    log = copied[list[str]]()
 
     def __init__(self) -> None:
         super().__init__("per-scope")
-        self.log = puma.per_scope_value(["start"])
+        self.log = per_scope_value(["start"])
 
 
 class Where:
@@ -179,13 +197,13 @@ def open_report(path: str) -> Any:
 
 
 class WritesReport(puma.Runnable):
-    report = puma.child_only[Any]()
-    where = puma.copied[Where]()
+    report = child_only[Any]()
+    where = copied[Where]()
 
     def __init__(self, path: str) -> None:
         super().__init__("writes-report")
-        self.report = puma.factory(functools.partial(open_report, path))
-        self.where = puma.factory(Where)
+        self.report = factory(functools.partial(open_report, path))
+        self.where = factory(Where)
 
     def execute(self) -> None:
         self.report.write(f"hello from {self.where.pid} {self.where.thread}\n")
@@ -197,11 +215,11 @@ def child_lock() -> Any:
 
 
 class ScopeSpecific(Probing):
-    lock = puma.copied[Any]()
+    lock = copied[Any]()
 
     def __init__(self) -> None:
         super().__init__("scope-specific")
-        self.lock = puma.scope_specific(threading.RLock(), child_lock)  # an RLock does not pickle either
+        self.lock = scope_specific(threading.RLock(), child_lock)  # an RLock does not pickle either
 
 
 def failing_factory() -> Any:
@@ -209,29 +227,29 @@ def failing_factory() -> Any:
 
 
 class FactoryFails(puma.Runnable):
-    device = puma.child_only[Any]()
+    device = child_only[Any]()
 
     def __init__(self) -> None:
         super().__init__("factory-fails")
-        self.device = puma.factory(failing_factory)
+        self.device = factory(failing_factory)
 
     def execute(self) -> None:
         pass
 
 
 class LambdaFactory(puma.Runnable):
-    device = puma.child_only[Any]()
+    device = child_only[Any]()
 
     def __init__(self) -> None:
         super().__init__("lambda-factory")
-        self.device = puma.factory(lambda: 1)
+        self.device = factory(lambda: 1)
 
     def execute(self) -> None:
         pass
 
 
 class CopiesALock(puma.Runnable):
-    lock = puma.copied[Any]()
+    lock = copied[Any]()
 
     def __init__(self) -> None:
         super().__init__("copies-a-lock")
@@ -253,7 +271,7 @@ class HoldsALock(puma.Runnable):
 class Unannotated(puma.Runnable):
     def __init__(self) -> None:
         super().__init__("unannotated")
-        self.sock = puma.factory(object)  # type: ignore[var-annotated]
+        self.sock = factory(object)  # type: ignore[var-annotated]
 
     def execute(self) -> None:
         pass
@@ -266,13 +284,13 @@ def make_handle(name: str) -> list[Any]:
 class Device:
     """A plain class (not a runnable) using scoped attributes, held by a runnable."""
 
-    handle = puma.child_only[list[Any]]()
-    gui = puma.parent_only[Any]()
-    settings = puma.copied[dict[str, int]]()
+    handle = child_only[list[Any]]()
+    gui = parent_only[Any]()
+    settings = copied[dict[str, int]]()
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.handle = puma.factory(functools.partial(make_handle, name))
+        self.handle = factory(functools.partial(make_handle, name))
         self.gui = threading.Lock()
         self.settings = {"gain": 1}
         self.owner: Any = None
@@ -281,7 +299,7 @@ class Device:
 class Rig(Probing):
     """Holds devices directly, in a list, in a dict and in a copied attribute; with cycles."""
 
-    spare = puma.copied[Device]()
+    spare = copied[Device]()
 
     def __init__(self) -> None:
         super().__init__("rig")
@@ -299,7 +317,7 @@ class Rig(Probing):
         try:
             main.gui
             gui = "readable"
-        except puma.AttributeScopeError as exc:
+        except AttributeScopeError as exc:
             gui = str(exc)
         main.settings["gain"] = 5
         return {
@@ -312,7 +330,7 @@ class Rig(Probing):
 
 
 class PublishesThroughCopied(puma.Runnable):
-    outs = puma.copied[dict[str, puma.Buffer[int]]]()
+    outs = copied[dict[str, puma.Buffer[int]]]()
 
     def __init__(self, out: puma.Buffer[int]) -> None:
         super().__init__("publishes", outputs=[out])
@@ -335,7 +353,7 @@ class Drain(puma.Runnable):
 class Callbacks(Probing):
     """A bound method kept as an attribute calls the child's object, not the parent's."""
 
-    count = puma.copied[int]()
+    count = copied[int]()
 
     def __init__(self) -> None:
         super().__init__("callbacks")
@@ -363,7 +381,7 @@ class MakesThingsInTheChild(Probing):
         try:
             device.gui
             gui = "readable"
-        except puma.AttributeScopeError as exc:
+        except AttributeScopeError as exc:
             gui = str(exc)
         return device.handle, gui
 
@@ -392,7 +410,7 @@ class OldStyle(Probing):
 class MakesItself:
     """Has its own __new__: its objects are not born as a view, they are re-typed once constructed."""
 
-    secret = puma.child_only[int]()
+    secret = child_only[int]()
 
     def __new__(cls) -> MakesItself:
         return super().__new__(cls)
@@ -417,13 +435,13 @@ CHILD_REFS: list[weakref.ref[Any]] = []
 class Remembers(puma.Runnable):
     """In a thread, hands weak references to its clone and its values out to the test."""
 
-    data = puma.copied[Where]()
-    made = puma.child_only[Where]()
+    data = copied[Where]()
+    made = child_only[Where]()
 
     def __init__(self) -> None:
         super().__init__("remembers")
         self.data = Where()
-        self.made = puma.factory(Where)
+        self.made = factory(Where)
         self.box = Device("box")
 
     def execute(self) -> None:
@@ -446,14 +464,14 @@ def test_copied_gives_the_child_its_own_deep_copy(env: puma.Environment) -> None
 
 def test_child_only_is_readable_in_the_child_and_raises_in_the_parent(env: puma.Environment) -> None:
     box = ChildOnlyBox()
-    with pytest.raises(puma.AttributeScopeError, match=r"ChildOnlyBox\.secret is child_only.*parent cannot read it"):
+    with pytest.raises(AttributeScopeError, match=r"ChildOnlyBox\.secret is child_only.*parent cannot read it"):
         box.secret  # constructed: already out of the parent's reach
     with puma.Runner(env) as runner:
         runner.start_blocking(box)
         assert box.read("secret") == ("ok", [7])
         box.append("secret", 8)
         assert box.read("secret") == ("ok", [7, 8])
-        with pytest.raises(puma.AttributeScopeError, match=r"secret is child_only"):
+        with pytest.raises(AttributeScopeError, match=r"secret is child_only"):
             box.secret
         assert not hasattr(box, "secret")  # an AttributeError: hasattr and getattr(..., default) see it absent
         kind, message = box.read("never_set")
@@ -474,7 +492,7 @@ def test_parent_only_stays_in_the_parent_and_raises_in_the_child(env: puma.Envir
 
 
 def test_reading_a_parent_only_attribute_in_execute_fails_the_runnable(env: puma.Environment) -> None:
-    with pytest.raises(puma.AttributeScopeError, match=r"ReadsWindow\.window is parent_only"):
+    with pytest.raises(AttributeScopeError, match=r"ReadsWindow\.window is parent_only"):
         with puma.Runner(env) as runner:
             runner.start(ReadsWindow())
             runner.join()
@@ -541,7 +559,7 @@ def test_per_scope_value_gives_each_scope_the_same_initial_value(env: puma.Envir
 def test_a_factory_opens_a_resource_in_the_child(env: puma.Environment, tmp_path: Path) -> None:
     path = tmp_path / "report.txt"
     runnable = WritesReport(str(path))
-    with pytest.raises(puma.AttributeScopeError, match="report is child_only"):
+    with pytest.raises(AttributeScopeError, match="report is child_only"):
         runnable.report
     assert not path.exists()  # nothing opened in the parent
     with puma.Runner(env) as runner:
@@ -571,7 +589,7 @@ def test_scope_specific_keeps_the_parent_value_and_makes_the_childs(env: puma.En
 # --- nested objects --------------------------------------------------------------------------------
 def test_objects_held_by_a_runnable_are_scoped_recursively_once_each(env: puma.Environment) -> None:
     rig = Rig()
-    with pytest.raises(puma.AttributeScopeError, match=r"Device\.handle is child_only"):
+    with pytest.raises(AttributeScopeError, match=r"Device\.handle is child_only"):
         rig.main.handle
     assert type(rig.devices[1].gui).__name__ == "lock"
     with puma.Runner(env) as runner:
@@ -615,7 +633,7 @@ def test_objects_made_in_the_child_are_the_childs_and_runnables_stay_handles(env
 
 def test_a_class_with_its_own_new_is_scoped_too(env: puma.Environment) -> None:
     holder = HoldsMakesItself()
-    with pytest.raises(puma.AttributeScopeError, match=r"MakesItself\.secret is child_only"):
+    with pytest.raises(AttributeScopeError, match=r"MakesItself\.secret is child_only"):
         holder.thing.secret
     with puma.Runner(env) as runner:
         runner.start_blocking(holder)
@@ -643,7 +661,7 @@ def test_reassigning_in_the_parent_before_start_is_what_the_child_gets(env: puma
         box.assign("items", [0])
         secret.assign("secret", [0])
         assert box.items == [4]
-        with pytest.raises(puma.AttributeScopeError):
+        with pytest.raises(AttributeScopeError):
             secret.secret
 
 
@@ -672,25 +690,29 @@ def test_a_failing_child_factory_fails_the_runnable_naming_the_attribute(env: pu
 
 def test_a_value_source_in_an_unannotated_attribute_is_refused_at_start(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
-        with pytest.raises(TypeError, match=r"Unannotated\.sock holds puma\.factory\(\.\.\.\) but is not a scoped"):
+        with pytest.raises(
+            TypeError, match=r"Unannotated\.sock holds puma\.attributes\.factory\(\.\.\.\) but is not a scoped"
+        ):
             runner.start(Unannotated())
 
 
 def test_misused_value_sources_are_refused_at_construction() -> None:
     class BothSidesOfChildOnly(puma.Runnable):
-        sock = puma.child_only[object]()
+        sock = child_only[object]()
 
         def __init__(self) -> None:
             super().__init__("both")
-            self.sock = puma.scope_specific(object(), object)
+            self.sock = scope_specific(object(), object)
 
         def execute(self) -> None:
             pass
 
-    with pytest.raises(TypeError, match=r"sock is child_only: puma\.scope_specific\(\) gives a value to both"):
+    with pytest.raises(
+        TypeError, match=r"sock is child_only: puma\.attributes\.scope_specific\(\) gives a value to both"
+    ):
         BothSidesOfChildOnly()
     with pytest.raises(TypeError, match="ThreadAction"):
-        puma.manually_managed(thread="shared", process=puma.ProcessAction.COPIED)  # type: ignore[arg-type]
+        manually_managed(thread="shared", process=ProcessAction.COPIED)  # type: ignore[arg-type]
 
 
 def test_child_side_handles_of_a_runnable_stay_in_the_parent() -> None:
@@ -698,7 +720,7 @@ def test_child_side_handles_of_a_runnable_stay_in_the_parent() -> None:
     box = CopiedBox()
     clone = _attributes.for_thread(box)
     assert "_puma_record" not in vars(clone)
-    with pytest.raises(puma.AttributeScopeError, match="_puma_record is parent_only.*used from the parent"):
+    with pytest.raises(AttributeScopeError, match="_puma_record is parent_only.*used from the parent"):
         clone._puma_record
     assert box._puma_record is None
 
@@ -745,7 +767,7 @@ def test_runnables_clones_and_values_are_collected_after_use(env: puma.Environme
 
 
 def test_no_class_level_cache_keeps_classes_alive() -> None:
-    cls = type("Temporary", (puma.Runnable,), {"value": puma.copied[int](), "execute": lambda self: None})
+    cls = type("Temporary", (puma.Runnable,), {"value": copied[int](), "execute": lambda self: None})
     instance = cls("temporary")
     instance.value = 1
     _attributes.for_thread(instance)
@@ -758,15 +780,16 @@ def test_no_class_level_cache_keeps_classes_alive() -> None:
 # --- typing ----------------------------------------------------------------------------------------
 TYPED = """
 import puma
+from puma.attributes import ScopedAttribute, child_only, copied, factory
 
 class Camera(puma.Runnable):
-    exposure = puma.copied[float]()
-    frames: puma.ScopedAttribute[list[int]] = puma.child_only()
+    exposure = copied[float]()
+    frames: ScopedAttribute[list[int]] = child_only()
 
     def __init__(self) -> None:
         super().__init__("camera")
         self.exposure = 1.0
-        self.frames = puma.factory(list)
+        self.frames = factory(list)
 
     def execute(self) -> None:
         reveal_type(self.exposure)
@@ -787,6 +810,44 @@ def test_type_checkers_see_the_attributes_type(tmp_path: Path, monkeypatch: pyte
     assert any(re.search(r'Revealed type is "(builtins\.)?float"', line) for line in lines), out
     assert any(re.search(r'Revealed type is "(builtins\.)?list\[(builtins\.)?int\]"', line) for line in lines), out
     assert any("Incompatible types in assignment" in line and '"str"' in line for line in lines), out
+
+
+# --- the public namespace -------------------------------------------------------------------------
+PUBLIC = [
+    "AttributeScopeError",
+    "ProcessAction",
+    "ScopedAttribute",
+    "ThreadAction",
+    "ValueSource",
+    "child_only",
+    "copied",
+    "factory",
+    "manually_managed",
+    "parent_only",
+    "per_scope_value",
+    "python_default",
+    "scope_specific",
+    "unmanaged",
+]
+
+
+def test_puma_attributes_exports_exactly_the_scoped_attribute_names() -> None:
+    assert sorted(puma.attributes.__all__) == sorted(PUBLIC)
+    assert len(set(puma.attributes.__all__)) == len(puma.attributes.__all__)
+    assert inspect.getdoc(puma.attributes), "puma.attributes has no docstring"
+    for name in PUBLIC:
+        obj = getattr(puma.attributes, name)
+        assert inspect.getdoc(obj), f"puma.attributes.{name} has no docstring"
+        assert obj.__module__ == "puma.attributes", f"puma.attributes.{name} shows as {obj.__module__}"
+    assert puma.attributes.python_default is puma.attributes.unmanaged
+
+
+def test_puma_attributes_names_pickle_by_their_public_name() -> None:
+    """What crosses into a spawn child by reference (an action, a factory function) names puma.attributes."""
+    for obj in (ThreadAction.SHARED, ProcessAction.SET_TO_NONE, copied, factory):
+        data = pickle.dumps(obj)
+        assert b"puma.attributes" in data, obj
+        assert pickle.loads(data) is obj
 
 
 # --- the documentation's examples ------------------------------------------------------------------
@@ -817,9 +878,28 @@ def doc_modules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Modul
 def test_the_documentation_has_an_example_per_kind() -> None:
     text = "".join(_doc_blocks())
     for name in ("copied", "child_only", "parent_only", "unmanaged", "manually_managed"):
-        assert f"puma.{name}[" in text, name
+        assert re.search(rf"\b{name}\[", text), name
     for name in ("per_scope_value", "factory", "scope_specific"):
-        assert f"puma.{name}(" in text, name
+        assert re.search(rf"\b{name}\(", text), name
+
+
+def test_the_documentation_spells_scoped_attributes_as_puma_attributes() -> None:
+    """The examples import what they use from puma.attributes; nothing says ``puma.copied`` and the like."""
+    old = re.compile(r"\bpuma\.(" + "|".join(PUBLIC) + r")\b")
+    for index, block in enumerate(_doc_blocks()):
+        tree = ast.parse(block)
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in PUBLIC}
+        imported = {
+            alias.name
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom) and n.module == "puma.attributes"
+            for alias in n.names
+        }
+        assert used == imported, f"example {index} uses {sorted(used)} and imports {sorted(imported)}"
+        found = old.search(block)
+        assert found is None, f"example {index} says {found[0]}"
+    found = old.search(DOC.read_text())
+    assert found is None, f"docs/attributes.md says {found[0]}"
 
 
 @pytest.mark.parametrize("index", range(len(_doc_blocks())))

@@ -107,7 +107,7 @@ def check_picklable(obj: Any, name: str) -> None:
         f"runnable {name!r} cannot be sent to a process: attribute {path} "
         f"({type(culprit).__qualname__}) cannot be pickled ({reason}). Create it inside execute(), "
         "keep the runnable in a ThreadEnvironment, or give the attribute a scope that does not cross "
-        "(puma.parent_only, or a child factory: see docs/attributes.md)."
+        "(puma.attributes.parent_only, or a child factory: see docs/attributes.md)."
     )
     raise NotPicklableError(message) from cause
 
