@@ -1,26 +1,17 @@
 """puma: runnables in threads or processes, with buffers, commands, statuses and errors handled.
 
-The whole public surface is here; everything else lives in private modules.
+The whole public surface is here and in three namespaces: :mod:`puma.attributes`
+(how each attribute of a runnable crosses into its child), :mod:`puma.logging`
+(one log output for every thread and process) and :mod:`puma.environments`
+(for writing an environment of your own).  Everything else lives in private
+modules.
 """
 
 from __future__ import annotations
 
-from puma._attributes import (
-    AttributeScopeError,
-    ProcessAction,
-    ScopedAttribute,
-    ThreadAction,
-    ValueSource,
-    child_only,
-    copied,
-    factory,
-    manually_managed,
-    parent_only,
-    per_scope_value,
-    python_default,
-    scope_specific,
-    unmanaged,
-)
+from puma import attributes as attributes  # the public namespaces
+from puma import environments as environments
+from puma import logging as logging
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
 from puma._core.errors import (
     BufferClosedError,
@@ -50,7 +41,6 @@ from puma._runner.runner import Runner
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttributeScopeError",
     "BoundCommand",
     "Buffer",
     "BufferClosedError",
@@ -66,7 +56,6 @@ __all__ = [
     "MultiBufferServicingRunnable",
     "Multicaster",
     "NotPicklableError",
-    "ProcessAction",
     "ProcessEnvironment",
     "Publisher",
     "PumaError",
@@ -74,26 +63,14 @@ __all__ = [
     "Runnable",
     "RunnableNotRunningError",
     "Runner",
-    "ScopedAttribute",
     "SingleBufferServicingRunnable",
     "StopRequested",
     "StuckRunnableError",
     "Subscription",
-    "ThreadAction",
     "ThreadEnvironment",
-    "ValueSource",
     "__version__",
-    "child_only",
-    "copied",
-    "factory",
-    "manually_managed",
-    "parent_only",
-    "per_scope_value",
-    "python_default",
     "run_in_child_scope",
-    "scope_specific",
     "tick_clock",
-    "unmanaged",
 ]
 
 for _name in __all__:
@@ -104,3 +81,13 @@ for _name in __all__:
         except (AttributeError, TypeError):
             pass
 del _name, _obj
+
+_MOVED = {name: "puma.attributes" for name in attributes.__all__}
+
+
+def __getattr__(name: str) -> object:
+    """Names that moved to a namespace say where they went."""
+    where = _MOVED.get(name)
+    if where is not None:
+        raise AttributeError(f"puma.{name} is {where}.{name} (from {where} import {name})")
+    raise AttributeError(f"module 'puma' has no attribute {name!r}")

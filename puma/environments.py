@@ -29,7 +29,7 @@ __all__ = ["ChildHandle", "Environment", "ExitStatus", "Message", "MessageLink",
 
 for _name in __all__:
     _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("puma._"):
+    if _obj is not Environment and getattr(_obj, "__module__", "").startswith("puma._"):  # puma.Environment
         try:
             _obj.__module__ = "puma.environments"
         except (AttributeError, TypeError):

@@ -34,3 +34,18 @@ def test_py_typed_ships() -> None:
     from pathlib import Path
 
     assert (Path(puma.__file__).parent / "py.typed").exists()
+
+
+def test_the_surface_is_small_and_namespaces_hold_the_rest() -> None:
+    assert len(puma.__all__) <= 32, "puma.__all__ is meant to stay small: put specialised names in a namespace"
+    for namespace in (puma.attributes, puma.environments, puma.logging):
+        assert namespace.__doc__, f"{namespace.__name__} has no docstring"
+
+
+def test_a_name_that_moved_says_where_it_went() -> None:
+    import pytest
+
+    with pytest.raises(AttributeError, match=r"puma.copied is puma.attributes.copied"):
+        puma.copied
+    with pytest.raises(AttributeError, match="has no attribute 'nothing_here'"):
+        puma.nothing_here
