@@ -91,11 +91,12 @@ def test_sys_exit_with_success_in_execute_is_a_clean_end(env: puma.Environment, 
 
 
 def test_sys_exit_with_a_failure_code_in_execute_is_an_error(env: puma.Environment) -> None:
-    with pytest.raises(SystemExit) as info:
+    """An error naming the runnable, chained from the SystemExit: it does not end the main program."""
+    with pytest.raises(puma.PumaError, match=r"runnable 'exits-3' raised sys.exit\(3\)") as info:
         with puma.Runner(env) as runner:
             runner.start(_Exits(3))
             runner.join(timeout=60)
-    assert info.value.code == 3
+    assert isinstance(info.value.__cause__, SystemExit) and info.value.__cause__.code == 3
 
 
 class _CommandExits(WaitForCommands):
@@ -107,9 +108,9 @@ class _CommandExits(WaitForCommands):
 def test_a_command_raising_system_exit_returns_it_and_the_runnable_goes_on(env: puma.Environment) -> None:
     with puma.Runner(env) as runner:
         worker = runner.start_blocking(_CommandExits())
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(puma.PumaError, match=r"command 'leave' of runnable .* raised sys.exit\(5\)") as info:
             worker.leave(5)
-        assert info.value.code == 5
+        assert isinstance(info.value.__cause__, SystemExit) and info.value.__cause__.code == 5
         assert worker.add(2) == 2  # still serving
 
 
