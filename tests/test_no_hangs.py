@@ -194,3 +194,22 @@ def test_a_snapshot_says_where_each_runnable_is_blocked(env: puma.Environment) -
             gate.set()
         runner.stop()
     assert blocked.exception(timeout=60) is not None  # it was stopped waiting
+
+
+class _RaisesInAnExpression(puma.Runnable):
+    def execute(self) -> None:
+        values = {"a": 1}
+        print(values["a"] + values["missing"])
+
+
+def test_a_child_traceback_puts_no_markers_under_the_wrong_columns(process_env: puma.ProcessEnvironment) -> None:
+    """The child's frames are rebuilt (they ran a stub, not the code): lines, and no ``^^^^`` from the stub."""
+    import traceback
+
+    with pytest.raises(KeyError) as info:
+        with puma.Runner(process_env) as runner:
+            runner.start(_RaisesInAnExpression("raiser"))
+            runner.join(timeout=60)
+    lines = "".join(traceback.format_exception(info.value)).splitlines()
+    at = next(i for i, line in enumerate(lines) if 'print(values["a"] + values["missing"])' in line)
+    assert "^" not in lines[at + 1], "\n".join(lines)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import pickle
 import signal
+import sys
 import traceback
+import types
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +202,48 @@ def describe_exit(
     )
 
 
+def _without_columns(code: types.CodeType) -> types.CodeType:
+    """``code`` with every instruction on its first line and no column positions (PEP 657 table).
+
+    A rebuilt traceback's frames run a stub, not the child's code: columns taken
+    from the stub would put the ``^^^^`` markers under the wrong part of each
+    source line, so the rebuilt frames carry none (lines only).
+    """
+    units = len(code.co_code) // 2
+    table = bytearray()
+    while units:
+        span = min(units, 8)
+        table.append(0x80 | (13 << 3) | (span - 1))  # code 13: a line (delta 0 here), no columns
+        table.append(0)
+        units -= span
+    return code.replace(co_linetable=bytes(table))
+
+
+_STUB = _without_columns(compile("raise __traceback_maker", "<string>", "exec"))
+
+
+def _as_traceback(tb: Any) -> types.TracebackType | None:
+    """A real traceback from a ``tblib.Traceback``, as tblib's ``as_traceback`` builds it, without column markers."""
+    current = tb
+    top: types.TracebackType | None = None
+    last: types.TracebackType | None = None
+    while current:
+        f_code = current.tb_frame.f_code
+        code = _STUB.replace(co_firstlineno=current.tb_lineno, co_filename=f_code.co_filename, co_name=f_code.co_name)
+        try:
+            exec(code, dict(current.tb_frame.f_globals), dict(current.tb_frame.f_locals))  # noqa: S102 - the stub raises
+        except Exception:  # noqa: BLE001 - the NameError it raises carries the frame we want
+            made = sys.exc_info()[2]
+            frame = made.tb_next if made is not None else None
+            if top is None:
+                top = frame
+            if last is not None:
+                last.tb_next = frame
+            last = frame
+        current = current.tb_next
+    return top
+
+
 @dataclass(frozen=True)
 class _Frozen:
     """One exception of a chain, made safe to pickle."""
@@ -281,7 +325,7 @@ def _thaw_one(frozen: _Frozen) -> BaseException:
             exc.add_note(note)
     if frozen.tb is not None:
         try:
-            exc = exc.with_traceback(tblib.Traceback.from_dict(frozen.tb).as_traceback())
+            exc = exc.with_traceback(_as_traceback(tblib.Traceback.from_dict(frozen.tb)))
         except Exception:  # noqa: BLE001, S110 - the formatted text is still in the message
             pass
     return exc

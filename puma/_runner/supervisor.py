@@ -26,6 +26,7 @@ buffers.
 
 from __future__ import annotations
 
+import signal
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -235,7 +236,9 @@ class Supervisor(threading.Thread):
         if record.stuck:
             error = runner._stuck_error(record)
         error._puma_origin = f"{record.name}:{pid}:died"  # type: ignore[attr-defined]
-        if record.stop_sent and status.exitcode == 0:
+        if record.stop_sent and status.exitcode in (0, -signal.SIGINT):
+            # Asked to stop, it ended cleanly, or a Ctrl-C reached it before it could ignore it
+            # (while a spawn or forkserver child starts up): a stop, not a death.
             record.stopped = True
         else:
             self.record_error(record, error)
