@@ -26,6 +26,7 @@ from puma._core.errors import (
     RunnableNotRunningError,
     StopRequested,
     StuckRunnableError,
+    UsageError,
 )
 from puma._environments.base import Environment
 from puma._environments.process import ProcessEnvironment
@@ -68,6 +69,7 @@ __all__ = [
     "StuckRunnableError",
     "Subscription",
     "ThreadEnvironment",
+    "UsageError",
     "__version__",
     "run_in_child_scope",
     "tick_clock",

@@ -76,7 +76,7 @@ def test_wrong_type_is_a_clear_type_error(env: puma.Environment) -> None:
 
 
 def test_publishing_to_a_buffer_that_is_not_an_output_is_refused(env: puma.Environment) -> None:
-    with pytest.raises(puma.BufferClosedError, match="not one of its outputs"):
+    with pytest.raises(puma.UsageError, match="not one of its outputs"):
         with puma.Runner(env) as runner:
             runner.start(PublishToForeign(env.buffer(int, 4, "other")))
             runner.join()

@@ -62,7 +62,15 @@ class BufferFull(PumaError, TimeoutError):
 
 
 class BufferClosedError(PumaError):
-    """The buffer cannot take this operation any more (completed, or its subscriber is gone)."""
+    """The buffer cannot take this operation any more: its stream ended, its readers are gone, or it was released."""
+
+
+class UsageError(PumaError):
+    """puma was used in a way its rules do not allow (a bug in the calling code); the message names the rule.
+
+    For example: publishing to a buffer that is not one of the runnable's
+    ``outputs``, or using a runnable's child-side methods outside its ``execute``.
+    """
 
 
 class RunnableNotRunningError(PumaError):

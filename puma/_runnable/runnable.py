@@ -25,10 +25,9 @@ from puma._buffers.base import Buffer, Publisher
 from puma._core import logs as _logging
 from puma._core import messages as msg
 from puma._core.errors import (
-    BufferClosedError,
-    PumaError,
     RunnableNotRunningError,
     StopRequested,
+    UsageError,
     is_clean_exit,
     visible_exit,
 )
@@ -128,7 +127,7 @@ class Runnable(abc.ABC):
     def _puma_context(self, what: str) -> _context.ChildContext:
         ctx = _context.current()
         if ctx is None or ctx.runnable is not self:
-            raise PumaError(
+            raise UsageError(
                 f"runnable {self._puma_name!r}: {what} can only be used inside its own execute() while it runs"
             )
         return ctx
@@ -170,7 +169,7 @@ class Runnable(abc.ABC):
         """
         ctx = self._puma_context("publisher()")
         if not any(buffer is out for out in self._puma_outputs):
-            raise BufferClosedError(
+            raise UsageError(
                 f"runnable {self._puma_name!r} cannot publish to buffer {buffer.name!r}: "
                 "it is not one of its outputs (pass it in outputs=[...])"
             )
