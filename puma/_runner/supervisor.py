@@ -376,7 +376,15 @@ class Supervisor(threading.Thread):
         self.close_outputs_where(lambda out: out.supervision.readers() == frozenset({0}))
 
     def _close_inputs_of(self, record: ChildRecord) -> None:
-        """The reader ``record`` ended: free the publishers of the buffers only it read."""
+        """The reader ``record`` ended: free the publishers of the buffers only it read.
+
+        Not while a stop of everything is being posted: a publisher that finds
+        its buffer closed then finds its own stop too (a stop, not an error).
+        """
+        with self._runner._stopping:
+            self._close_inputs_now(record)
+
+    def _close_inputs_now(self, record: ChildRecord) -> None:
         buffers: dict[int, Buffer[Any]] = {}
         for other in self._runner._records:
             for out in other.runnable.outputs:
