@@ -305,18 +305,35 @@ class ProcessBuffer(Buffer[T]):
 
     # --- used by puma itself -----------------------------------------------------------------
     def _register_publisher(self, delta: int = 1) -> None:
+        self._join(delta, refuse=False)
+
+    def _join(self, delta: int, refuse: bool) -> None:
+        """``delta`` publishers join (or, negative, a failed launch takes them back).
+
+        Once the stream has ended nobody may join: ``refuse`` raises the
+        error; otherwise (the Runner's older call, made after it recorded the
+        child) the join is ignored and the publisher is refused when it opens
+        in the child (:meth:`_open_publisher`), so the runnable fails with
+        the same error.
+        """
         if delta > 0:
             self._check_usable()
         with self._meta_guard:
             shared = self._shared
-            if delta > 0 and shared[ENDED]:
-                raise self._ended_error()
+            if shared[ENDED]:
+                if refuse and delta > 0:
+                    raise self._ended_error()
+                return  # nobody joins an ended stream; so nobody leaves it either
             shared[PUBLISHERS] += delta
             if delta < 0 and shared[SEEN]:
                 self._end_if_done()  # a launch that failed: the others may all have completed
 
     def _open_publisher(self, owner: str) -> Publisher[T]:
         self._check_usable()
+        if self._shared[ENDED]:
+            # A publisher that joined cannot see its stream end before it completes: this one
+            # joined after the end.
+            raise self._ended_error()
         return ProcessPublisher(self, owner)
 
     def _subscriber_token(self) -> int:
@@ -428,6 +445,8 @@ class ProcessBuffer(Buffer[T]):
             return
         self._stats = self.statistics()
         self._released = True
+        for publisher in list(self._publishers_here):
+            publisher._completed = True  # its fast path refuses at once; _closed_error says why
         for subscription in list(self._subscriptions):
             subscription._release_now()
         for waker in list(self._wakers):
@@ -456,7 +475,7 @@ class _ProcessSupervision(StreamSupervision):
         return True
 
     def join(self, count: int = 1) -> None:
-        self._b._register_publisher(count)
+        self._b._join(count, refuse=True)
 
     def readers(self) -> frozenset[int]:
         return self._b._readers()

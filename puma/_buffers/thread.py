@@ -195,9 +195,17 @@ class ThreadBuffer(Buffer[T]):
 
     # --- used by puma itself -----------------------------------------------------------------
     def _register_publisher(self, delta: int = 1) -> None:
+        self._join(delta, refuse=False)
+
+    def _join(self, delta: int, refuse: bool) -> None:
+        """``delta`` publishers join, or leave after a failed launch (see ProcessBuffer._join)."""
         with self._lock:
-            if delta > 0 and (self._ended or self._released):
-                raise self._released_error() if self._released else self._ended_error()
+            if delta > 0 and self._released:
+                raise self._released_error()
+            if self._ended:
+                if refuse and delta > 0:
+                    raise self._ended_error()
+                return  # nobody joins an ended stream; so nobody leaves it either
             self._publishers += delta
             if delta < 0 and self._seen:
                 self._end_if_done()  # a launch that failed: the others may all have completed
@@ -205,6 +213,8 @@ class ThreadBuffer(Buffer[T]):
     def _open_publisher(self, owner: str) -> Publisher[T]:
         if self._released:
             raise self._released_error()
+        if self._ended:
+            raise self._ended_error()  # it joined after the end (a publisher that joined keeps it open)
         return _ThreadPublisher(self, owner)
 
     def _subscriber_token(self) -> int:
@@ -460,7 +470,7 @@ class _ThreadSupervision(StreamSupervision):
         return False
 
     def join(self, count: int = 1) -> None:
-        self._b._register_publisher(count)
+        self._b._join(count, refuse=True)
 
     def readers(self) -> frozenset[int]:
         return frozenset(self._b._readers)
