@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -352,3 +356,25 @@ def test_a_released_thread_buffer_refuses_clearly(no_collection: None) -> None:
     with pytest.raises(puma.BufferClosedError, match=message):
         buffer._open_publisher("main")
     assert buffer.statistics().subscribers == 1
+
+
+# --- docs/buffers.md: every example runs as written --------------------------------------------
+_DOC = Path(__file__).resolve().parent.parent / "docs" / "buffers.md"
+
+
+def _doc_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
+
+
+def test_the_buffers_doc_has_examples() -> None:
+    assert len(_doc_blocks()) >= 4
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("index", range(len(_doc_blocks())))
+def test_buffers_doc_example_runs(tmp_path: Path, index: int) -> None:
+    script = tmp_path / f"buffers_{index}.py"
+    script.write_text(_doc_blocks()[index])
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip()

@@ -31,6 +31,7 @@ import os
 import pickle
 import struct
 import time
+import weakref
 from collections import deque
 from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -65,6 +66,14 @@ _COUNT = struct.Struct("!I")
 _READ_BUFFER = 1 << 18  # a subscription's read buffer; grows for a frame that does not fit
 _COMMAND_CHECK = 0.002  # seconds: most a subscriber serving buffered values goes without looking at commands
 _BREAK_CHECK = 0.05  # seconds: see _await_rest
+_never: list[int] = []  # a pipe nobody writes to, made once per process (a forked child's copy is as quiet)
+
+
+def _never_readable() -> int:
+    """A descriptor that never becomes readable (see :meth:`ProcessSubscription._fds`)."""
+    if not _never:
+        _never.extend(os.pipe())  # both ends stay open: no hang-up is reported either
+    return _never[0]
 
 
 class ProcessSubscription(Subscription[T]):
@@ -95,9 +104,37 @@ class ProcessSubscription(Subscription[T]):
         self._raws: tuple[int, list[bytearray]] | None = None
         self._frame_bytes = 64.0  # running mean size of a frame, to read a few values ahead when sharing
         self._next_check = 0.0  # when to look at commands while serving buffered values
+        self._end_copy = -1  # this subscription's own descriptor of the end channel (see _fds)
+        self._end_finalizer: weakref.finalize | None = None  # type: ignore[type-arg]
 
     def _fds(self) -> tuple[int, ...]:
-        return (self._fd, self._end_fd)
+        """The pipe and this subscription's own copy of the end channel's descriptor.
+
+        A waiter over many inputs (a servicing runnable) watches these for as
+        long as it runs.  The end channel stays readable once the stream has
+        ended, so when this subscription ends its copy is made to refer to a
+        pipe nobody writes to (``dup2``): the descriptor number the waiter
+        watches goes quiet instead of waking it for ever.
+        """
+        if self._end_copy < 0 and not self._b._released:
+            self._end_copy = os.dup(self._end_fd)
+            self._end_finalizer = weakref.finalize(self, os.close, self._end_copy)
+            if self._ended is not None:
+                os.dup2(_never_readable(), self._end_copy)
+        return (self._fd, self._end_copy) if self._end_copy >= 0 else (self._fd,)
+
+    def _end(self, error: BaseException | None) -> BaseException:
+        ended = super()._end(error)
+        if self._end_copy >= 0:
+            os.dup2(_never_readable(), self._end_copy)  # this reader has ended: its copy goes quiet
+        return ended
+
+    def _close_copy(self) -> None:
+        """Close this subscription's copy of the end channel (the buffer is released)."""
+        if self._end_finalizer is not None:
+            self._end_finalizer()  # closes it, once
+            self._end_finalizer = None
+        self._end_copy = -1
 
     def ready(self) -> bool:
         return (
@@ -111,11 +148,12 @@ class ProcessSubscription(Subscription[T]):
         )
 
     def _release_now(self) -> None:
-        """The buffer was released in this process: forget what is held, end."""
+        """The buffer was released in this process: forget what is held, end, close what it opened."""
         self._items.clear()
         self._head = self._tail = 0
         self._raws = None
         self._end(self._b._released_error())
+        self._close_copy()
 
     # --- reading the pipe --------------------------------------------------------------------
     def _fill(self) -> bool:
