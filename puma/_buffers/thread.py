@@ -69,6 +69,9 @@ class ThreadBuffer(Buffer[T]):
         self._lock = threading.Lock()
         self._items: deque[Any] = deque()
         self._read_waiters: deque[Waker] = deque()  # readers about to sleep, first come first woken
+        # Waits outside this buffer (a servicing runnable over several inputs) that found nothing
+        # in ready() and may sleep now: each is woken by the next value, and forgotten.
+        self._idle_waiters: list[Waker] = []
         self._room_waiters: deque[_RoomWaiter] = deque()
         self._group = max(1, size // 16)  # the room a blocked batch waits for (or all it still needs)
         self._publishers = 0
@@ -147,6 +150,15 @@ class ThreadBuffer(Buffer[T]):
             self._end_error = error
             while self._read_waiters:  # the end wakes every reader
                 self._read_waiters.popleft().wake()
+            self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        """Wake the outside waits that found nothing (lock held)."""
+        idle = self._idle_waiters
+        if idle:
+            for waker in idle:
+                waker.wake()
+            idle.clear()
 
     def _end_if_done(self) -> None:
         if not self._ended and self._seen >= self._publishers and self._holds <= 0:
@@ -192,6 +204,8 @@ class ThreadBuffer(Buffer[T]):
         while waiters and count > 0:
             waiters.popleft().wake()
             count -= 1
+        if self._idle_waiters:
+            self._wake_idle()
 
     # --- used by puma itself -----------------------------------------------------------------
     def _register_publisher(self, delta: int = 1) -> None:
@@ -304,6 +318,8 @@ class _ThreadPublisher(Publisher[T]):
                     b._items.append(value)
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
+                    if b._idle_waiters:
+                        b._wake_idle()
                     return
             if closed:
                 raise self._closing()  # outside the lock: it runs pending commands
@@ -374,8 +390,22 @@ class _ThreadSubscription(Subscription[T]):
         return ()
 
     def ready(self) -> bool:
+        """True if :meth:`receive` would not wait.
+
+        When False, the caller's wait (its runnable's, or this thread's) is
+        woken by the next value or the end: a waiter over several inputs
+        calls this just before it sleeps.
+        """
         b = self._b
-        return bool(b._items) or b._ended or self._ended is not None
+        if b._items or b._ended or self._ended is not None:
+            return True
+        waker = _context.waiting_context().waker
+        with b._lock:
+            if b._items or b._ended:
+                return True
+            if waker not in b._idle_waiters:
+                b._idle_waiters.append(waker)
+        return False
 
     def _finish(self) -> BaseException:
         """The stream has ended: end this subscription the same way."""
