@@ -113,11 +113,12 @@ def test_size_must_be_an_int(env: puma.Environment) -> None:
         env.buffer(int, 2.5, "bad")  # type: ignore[arg-type]
 
 
-def test_subscribing_twice_is_refused(env: puma.Environment) -> None:
-    buffer = env.buffer(int, 2, "once")
-    buffer.subscribe()
-    with pytest.raises(puma.BufferClosedError, match="already has its one subscriber"):
-        buffer.subscribe()
+def test_subscribing_twice_gives_two_subscriptions(env: puma.Environment) -> None:
+    buffer = env.buffer(int, 2, "twice")
+    first, second = buffer.subscribe(), buffer.subscribe()
+    assert first is not second
+    assert buffer.statistics().subscribers == 2
+    assert buffer.supervision.readers() == frozenset({0})  # both in the main program
 
 
 def test_publishing_outside_a_running_runnable_is_refused(env: puma.Environment) -> None:

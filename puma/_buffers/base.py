@@ -1,10 +1,16 @@
 """Typed, bounded FIFO buffers between runnables: the common face.
 
-A buffer has many publishers and one subscriber.  Each publisher is obtained
-inside a running runnable (``self.publisher(buffer)``); the subscriber end
-comes from :meth:`Buffer.subscribe`.  The stream ends once every publisher
-has completed; an error given to :meth:`Publisher.complete` is raised to the
-subscriber (with its original traceback) when it reaches it.
+A buffer has many publishers and any number of subscribers.  Each publisher
+is obtained inside a running runnable (``self.publisher(buffer)``); each call
+of :meth:`Buffer.subscribe` gives a new :class:`Subscription`, and several
+subscriptions share the buffer's values as a work queue: each value goes to
+exactly one of them.
+
+The stream ends when every publisher that joined has completed and no hold
+is outstanding (:meth:`Buffer.hold_open`), so no more may join.  Then every
+subscription ends, after handing out the values it already holds.  An error
+given to :meth:`Publisher.complete` ends the stream for every subscriber with
+that error (with its original traceback).
 
 Two implementations share this face: :class:`~puma._buffers.thread.ThreadBuffer`
 (a deque under a lock) and :class:`~puma._buffers.process.ProcessBuffer` (a pipe
@@ -16,7 +22,7 @@ from __future__ import annotations
 import abc
 import types
 import typing
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,7 +30,7 @@ from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferCompleted, NotPicklableError, StopRequested, is_clean_exit
 
-__all__ = ["Buffer", "BufferStatistics", "Publisher", "Subscription"]
+__all__ = ["Buffer", "BufferStatistics", "Publisher", "StreamHold", "Subscription"]
 
 T = TypeVar("T")
 
@@ -33,12 +39,20 @@ T = TypeVar("T")
 class BufferStatistics:
     """A snapshot of a buffer, for monitoring.
 
+    The same figures wherever it is read (any process that has the buffer).
+
     Attributes:
         name: the buffer's name.
         capacity: most values it holds before publishers block.
-        size: values waiting now (approximate across processes).
-        publishers: publishers registered so far.
-        completed: publishers that have completed (as seen by the subscriber).
+        size: values published and not yet handed out by a subscriber (a value
+            being written counts; across processes it may count up to
+            ``capacity // 16`` per subscriber that were handed out but whose
+            room is not given back yet).
+        publishers: publishers that joined the stream so far.
+        completed: publishers that have completed.
+        subscribers: subscriptions made so far (every call of ``subscribe()``).
+        holds: holds outstanding (:meth:`Buffer.hold_open`).
+        ended: True once the stream has ended (no publisher may join any more).
     """
 
     name: str
@@ -46,6 +60,9 @@ class BufferStatistics:
     size: int
     publishers: int
     completed: int
+    subscribers: int = 0
+    holds: int = 0
+    ended: bool = False
 
 
 def _checker(item_type: Any) -> type | tuple[type, ...] | None:
@@ -68,12 +85,17 @@ def _checker(item_type: Any) -> type | tuple[type, ...] | None:
 
 
 class Buffer(abc.ABC, Generic[T]):
-    """A typed, bounded FIFO buffer with many publishers and one subscriber.
+    """A typed, bounded FIFO buffer with many publishers and any number of subscribers.
 
     Make one with an environment: ``env.buffer(int, 10, "raw")``.  Give it to
     the producing runnable as an output (``Runnable(name, outputs=[buffer])``)
-    and to the consuming runnable, which calls :meth:`subscribe` in its
-    ``execute``.
+    and to the consuming runnables, which call :meth:`subscribe` in their
+    ``execute`` (or subscribe in the main program).  Several subscriptions
+    share the values: each goes to exactly one of them.
+
+    The stream ends when every publisher that joined has completed and no
+    hold (:meth:`hold_open`) is outstanding.  A runnable with the buffer in
+    its ``outputs`` joins when the Runner starts it and leaves by completing.
     """
 
     def __init__(self, item_type: type[T] | Any, size: int, name: str) -> None:
@@ -116,11 +138,34 @@ class Buffer(abc.ABC, Generic[T]):
 
     @abc.abstractmethod
     def subscribe(self) -> Subscription[T]:
-        """Become the buffer's one subscriber; returns the receiving end."""
+        """A new receiving end; every subscription of a buffer shares its values (each goes to one of them).
+
+        Call it inside the consuming runnable's ``execute`` (so its waits also
+        hear the runnable's commands), or in the main program.
+
+        Raises:
+            BufferClosedError: the buffer was released (its Runner closed).
+        """
+
+    @abc.abstractmethod
+    def hold_open(self) -> StreamHold:
+        """Keep the stream from ending until the returned hold is released.
+
+        While any hold is outstanding the stream does not end, even when
+        every publisher that joined has completed, so a stage can lose its
+        last publisher and gain a new one.  Releasing the last hold after
+        every publisher completed ends the stream.  Use it as a context
+        manager, or call :meth:`StreamHold.release` (idempotent).  A hold
+        taken inside a runnable is not released if its process dies: release
+        it in a ``finally``.
+
+        Raises:
+            BufferClosedError: the stream has already ended, or the buffer was released.
+        """
 
     @abc.abstractmethod
     def statistics(self) -> BufferStatistics:
-        """A snapshot of the buffer's state."""
+        """A snapshot of the buffer's state (it still answers after the buffer was released)."""
 
     @property
     @abc.abstractmethod
@@ -130,7 +175,11 @@ class Buffer(abc.ABC, Generic[T]):
     # --- used by puma itself -------------------------------------------------
     @abc.abstractmethod
     def _register_publisher(self, delta: int = 1) -> None:
-        """Count one more publisher (in the parent, when a runnable starts); -1 undoes it."""
+        """Count one more publisher (in the parent, when a runnable starts); -1 undoes it.
+
+        Raises:
+            BufferClosedError: the stream has ended (a publisher may not join it any more).
+        """
 
     @abc.abstractmethod
     def _open_publisher(self, owner: str) -> Publisher[T]:
@@ -138,7 +187,10 @@ class Buffer(abc.ABC, Generic[T]):
 
     @abc.abstractmethod
     def _subscriber_token(self) -> int:
-        """Which runnable subscribed (its Runner token); 0 for none or the main program."""
+        """Which runnable subscribed first (its Runner token); 0 for none or the main program.
+
+        Kept for the Runner's older calls; ``supervision.readers()`` names them all.
+        """
 
     @abc.abstractmethod
     def _is_subscribed(self) -> bool:
@@ -183,7 +235,9 @@ class Publisher(abc.ABC, Generic[T]):
     def _closed_error(self) -> BufferClosedError:
         if self._completed:
             return BufferClosedError(f"buffer {self._buffer.name!r}: publisher {self._owner!r} has already completed")
-        return BufferClosedError(f"buffer {self._buffer.name!r}: its subscriber has ended; nothing reads it any more")
+        return BufferClosedError(
+            f"buffer {self._buffer.name!r}: its last subscriber has ended; nothing reads it any more"
+        )
 
     def _closing(self) -> BaseException:
         """What to raise on a closed buffer: a stop request that came first, else the closed error.
@@ -204,7 +258,7 @@ class Publisher(abc.ABC, Generic[T]):
         Raises:
             TypeError: ``value`` is not of the buffer's type.
             BufferFull: still full after ``timeout`` seconds.
-            BufferClosedError: the publisher completed, or the subscriber ended.
+            BufferClosedError: the publisher completed, every subscriber ended, or the buffer was released.
             StopRequested: the runnable was asked to stop while it waited.
         """
 
@@ -218,9 +272,10 @@ class Publisher(abc.ABC, Generic[T]):
 
     @abc.abstractmethod
     def complete(self, error: BaseException | None = None) -> None:
-        """End this publisher's stream, optionally with an error for the subscriber.
+        """Leave the stream, optionally with an error that ends it for every subscriber.
 
-        Completing twice is a no-op (the first completion wins).
+        The stream ends once every publisher that joined has completed and no
+        hold is outstanding.  Completing twice is a no-op (the first completion wins).
         """
 
     def __enter__(self) -> Publisher[T]:
@@ -270,10 +325,11 @@ class Subscription(abc.ABC, Generic[T]):
         """The next value, waiting at most ``timeout`` seconds (``None``: no limit).
 
         Raises:
-            BufferCompleted: every publisher completed without error.
+            BufferCompleted: the stream ended: every publisher that joined completed, no hold is outstanding.
             BufferEmpty: nothing arrived within ``timeout``.
             Exception: the error a publisher completed with, as raised in it.
             StopRequested: the runnable was asked to stop while it waited.
+            BufferClosedError: the stream broke (a publisher died mid-value), or the buffer was released.
         """
 
     @abc.abstractmethod
@@ -300,3 +356,43 @@ class Subscription(abc.ABC, Generic[T]):
             except BufferCompleted:
                 return
             yield value
+
+
+class StreamHold:
+    """Keeps a buffer's stream from ending while it is held (see :meth:`Buffer.hold_open`).
+
+    A context manager; :meth:`release` is idempotent.
+    """
+
+    __slots__ = ("_buffer", "_let_go", "_released")
+
+    def __init__(self, buffer: Buffer[Any], let_go: Callable[[], None]) -> None:
+        self._buffer = buffer
+        self._let_go = let_go
+        self._released = False
+
+    @property
+    def buffer(self) -> Buffer[Any]:
+        """The buffer held open."""
+        return self._buffer
+
+    @property
+    def released(self) -> bool:
+        """True once :meth:`release` has run."""
+        return self._released
+
+    def release(self) -> None:
+        """Let the stream end (now, if every publisher that joined has completed). Releasing twice is a no-op."""
+        if not self._released:
+            self._released = True
+            self._let_go()
+
+    def __enter__(self) -> StreamHold:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<StreamHold of buffer {self._buffer.name!r}, {state}>"

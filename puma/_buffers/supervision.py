@@ -47,7 +47,14 @@ class StreamSupervision(abc.ABC):
 
     @abc.abstractmethod
     def join(self, count: int = 1) -> None:
-        """``count`` publishers join the stream (negative: a launch that failed takes them back)."""
+        """``count`` publishers join the stream (negative: a launch that failed takes them back).
+
+        Call it before the child is recorded, so a refusal leaves nothing behind.
+
+        Raises:
+            BufferClosedError: the stream has ended (every publisher that joined
+                completed and no hold was outstanding): no publisher may join it.
+        """
 
     @abc.abstractmethod
     def readers(self) -> frozenset[int]:

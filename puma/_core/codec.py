@@ -25,6 +25,7 @@ import struct
 from typing import Any
 
 __all__ = [
+    "HEAD",
     "MESSAGE",
     "FrameReader",
     "frame",
@@ -36,6 +37,8 @@ __all__ = [
 
 SIZE = struct.Struct("!i")
 BIG_SIZE = struct.Struct("!Q")
+#: The header and kind byte of a frame whose body is under 2 GiB, packed in one call: ``HEAD.pack(body_size, kind)``.
+HEAD = struct.Struct("!iB")
 #: Kind byte of a pickled message on a command or status channel.
 MESSAGE = 0
 _KIND = [bytes((i,)) for i in range(256)]  # the kind byte of each kind, made once

@@ -1,0 +1,480 @@
+"""The receiving end of a process buffer: bulk reads under the read lock, frames handed out one by one.
+
+Each subscription reads the pipe in bulk (one ``readv`` takes whatever is
+there, often many frames) into its own bytes and unpickles a frame only when
+it hands the value out, so a busy stream costs no system call per value.
+Several subscriptions (in any processes) may share one buffer, each value
+going to exactly one of them:
+
+* a subscription reads only under the buffer's read lock, and before it lets
+  go it finishes reading any frame it began, including the raw out-of-band
+  buffers that follow an out-of-band header (read straight into the
+  ``bytearray`` that becomes the array's memory), so the pipe is always at a
+  frame boundary between readers;
+* while others share the buffer a subscription reads only a few values'
+  worth ahead of what it hands out (the semaphore already bounds the values
+  in flight to the capacity), so no reader hoards work;
+* completions are counted in shared memory as they leave the pipe, by
+  whichever reader reads them; the stream's end is written on the buffer's
+  end channel, which every reader's one wait watches (see
+  :mod:`puma._buffers.shared`).  A reader ends after handing out the values
+  it already holds.
+
+Permits go back in groups of ``capacity // 16`` while a subscription works
+through values it already read, and all it owes before it reads the pipe
+again or waits.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import time
+import weakref
+from collections import deque
+from itertools import repeat, starmap
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from puma._buffers.base import Subscription
+from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
+from puma._buffers.shared import (
+    BROKEN,
+    END_CLEAN,
+    END_DRAIN,
+    END_ERROR,
+    ENDED,
+    READER,
+    SUBSCRIBERS,
+)
+from puma._core import codec
+from puma._core import current as _current
+from puma._core.errors import BufferEmpty, deserialize_error
+from puma._core.waiting import Deadline, Poller
+
+if TYPE_CHECKING:
+    from puma._buffers.process import ProcessBuffer
+
+__all__ = ["ProcessSubscription"]
+
+T = TypeVar("T")
+
+_NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
+_NEED: Any = object()  # no whole frame is buffered: read the pipe
+_SIZE = codec.SIZE
+_COUNT = struct.Struct("!I")
+_READ_BUFFER = 1 << 18  # a subscription's read buffer; grows for a frame that does not fit
+_COMMAND_CHECK = 0.002  # seconds: most a subscriber serving buffered values goes without looking at commands
+_BREAK_CHECK = 0.05  # seconds: see _await_rest
+_never: list[int] = []  # a pipe nobody writes to, made once per process (a forked child's copy is as quiet)
+
+
+def _never_readable() -> int:
+    """A descriptor that never becomes readable (see :meth:`ProcessSubscription._fds`)."""
+    if not _never:
+        _never.extend(os.pipe())  # both ends stay open: no hang-up is reported either
+    return _never[0]
+
+
+class ProcessSubscription(Subscription[T]):
+    """One reader of a process buffer, in the process (and runnable) that subscribed."""
+
+    def __init__(self, buffer: ProcessBuffer[T], ctx: _current.Context | None) -> None:
+        super().__init__(buffer)
+        self._b = buffer
+        self._fd = buffer._reader.fileno()
+        self._end_fd = buffer._end.fd
+        self._shared = buffer._shared
+        self._slots = buffer._slots
+        self._read_lock = buffer._read_lock
+        self._pid = os.getpid()
+        self._owed = 0  # permits of values received but not given back yet
+        self._release_at = buffer._group
+        self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
+        self._ctx = ctx  # the runnable that subscribed, for the periodic look at its commands
+        self._data_poller = Poller((self._fd,))
+        self._rest_poller = Poller((self._fd, self._end_fd))
+        # Bytes read from the pipe: whole frames from _head to _tail (see _fill).
+        self._buf = bytearray(_READ_BUFFER)
+        self._view = memoryview(self._buf)
+        self._head = 0
+        self._tail = 0
+        # The raw buffers of the last out-of-band frame read, when they were read straight from
+        # the pipe into their targets: (that frame's position, the buffers).
+        self._raws: tuple[int, list[bytearray]] | None = None
+        self._frame_bytes = 64.0  # running mean size of a frame, to read a few values ahead when sharing
+        self._next_check = 0.0  # when to look at commands while serving buffered values
+        self._end_copy = -1  # this subscription's own descriptor of the end channel (see _fds)
+        self._end_finalizer: weakref.finalize | None = None  # type: ignore[type-arg]
+
+    def _fds(self) -> tuple[int, ...]:
+        """The pipe and this subscription's own copy of the end channel's descriptor.
+
+        A waiter over many inputs (a servicing runnable) watches these for as
+        long as it runs.  The end channel stays readable once the stream has
+        ended, so when this subscription ends its copy is made to refer to a
+        pipe nobody writes to (``dup2``): the descriptor number the waiter
+        watches goes quiet instead of waking it for ever.
+        """
+        if self._end_copy < 0 and not self._b._released:
+            self._end_copy = os.dup(self._end_fd)
+            self._end_finalizer = weakref.finalize(self, os.close, self._end_copy)
+            if self._ended is not None:
+                os.dup2(_never_readable(), self._end_copy)
+        return (self._fd, self._end_copy) if self._end_copy >= 0 else (self._fd,)
+
+    def _end(self, error: BaseException | None) -> BaseException:
+        ended = super()._end(error)
+        if self._end_copy >= 0:
+            os.dup2(_never_readable(), self._end_copy)  # this reader has ended: its copy goes quiet
+        return ended
+
+    def _close_copy(self) -> None:
+        """Close this subscription's copy of the end channel (the buffer is released)."""
+        if self._end_finalizer is not None:
+            self._end_finalizer()  # closes it, once
+            self._end_finalizer = None
+        self._end_copy = -1
+
+    def ready(self) -> bool:
+        return (
+            bool(self._items)
+            or self._ended is not None
+            or self._head < self._tail
+            or bool(self._data_poller.poll(0))
+            or bool(self._shared[ENDED])
+            or self._b._failure is not None
+            or self._b._released
+        )
+
+    def _release_now(self) -> None:
+        """The buffer was released in this process: forget what is held, end, close what it opened."""
+        self._items.clear()
+        self._head = self._tail = 0
+        self._raws = None
+        self._end(self._b._released_error())
+        self._close_copy()
+
+    # --- reading the pipe --------------------------------------------------------------------
+    def _fill(self) -> bool:
+        """Read what the pipe holds now, under the read lock, up to a frame boundary; False if nothing.
+
+        Called only when every byte read before has been handed out.
+        """
+        shared = self._shared
+        buf = self._buf
+        if len(buf) > _READ_BUFFER:  # a big frame is done with: back to the usual size
+            buf = self._buf = bytearray(_READ_BUFFER)
+            self._view = memoryview(buf)
+        limit = len(buf)
+        if shared[SUBSCRIBERS] > 1:
+            # Others share the buffer: read about a group's worth of frames, not all there is.
+            limit = min(limit, max(64, int(self._frame_bytes * self._release_at)))
+        lock = self._read_lock
+        lock.acquire()
+        # Negated: dying in here leaves the pipe perhaps mid-frame, which the Runner must treat as broken.
+        shared[READER] = -self._pid
+        try:
+            try:
+                count = os.readv(self._fd, [self._view[:limit]])
+            except BlockingIOError:
+                return False  # another reader took it
+            if count == 0:
+                raise EOFError(f"buffer {self._b.name!r}: its pipe was closed by every publisher")
+            self._head, self._tail = 0, count
+            frames = self._complete_frames()
+        finally:
+            shared[READER] = 0
+            lock.release()
+        if frames:
+            self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
+        return True
+
+    def _complete_frames(self) -> int:
+        """Walk the frames read; finish the last one if it is partial; count completions.  Returns frames.
+
+        Holding the read lock, with every byte before ``_head`` handed out
+        (``_head`` is 0).  The pipe is at a frame boundary afterwards (unless
+        the stream broke: then the partial frame is dropped, and nothing was
+        written after it).
+        """
+        unpack = _SIZE.unpack_from
+        p = self._head
+        frames = 0
+        completions: list[Any] = []
+        while p < self._tail:
+            if self._tail - p >= 5 and (size := unpack(self._buf, p)[0]) >= 0:  # the usual 4-byte header
+                head = 4
+            else:
+                if not self._read_more(p, p + 5):
+                    break
+                if unpack(self._buf, p)[0] < 0 and not self._read_more(p, p + 13):  # a body of 2 GiB or more
+                    break
+                head, size = codec.parse_header(self._buf, p, self._tail)
+            end = p + head + size
+            if end > self._tail and not self._read_more(p, end):
+                break
+            kind = self._buf[p + head]
+            frames += 1
+            if kind == COMPLETE:
+                completions.append(pickle.loads(self._view[p + head + 1 : end]))
+            elif kind == OOB:
+                body = self._view[p + head + 1 : end]
+                (n,) = _COUNT.unpack_from(body, 0)
+                sizes = struct.unpack_from(f"!{n}Q", body, 4)
+                raw_bytes = sum(sizes)
+                if self._tail - end >= raw_bytes:
+                    end += raw_bytes
+                elif not self._read_raws(p, end, sizes):
+                    break
+                else:
+                    end = self._tail  # the last frame read: its raw buffers were read into their targets
+            p = end
+        if completions:
+            self._b._count_completions(completions)
+        return frames
+
+    def _read_more(self, start: int, stop: int) -> bool:
+        """Read the pipe until the frame at ``start`` is buffered up to ``stop``; False if the stream broke.
+
+        Grows the buffer first if need be (``_head`` is 0: nothing moves).  On
+        a break the partial frame is dropped (``_tail`` becomes ``start``).
+        """
+        if stop <= self._tail:
+            return True
+        if stop > len(self._buf):
+            buf = bytearray(max(stop, 2 * len(self._buf)))
+            buf[: self._tail] = self._view[: self._tail]
+            self._buf, self._view = buf, memoryview(buf)
+        if not self._read_into(self._view, self._tail, stop):
+            self._tail = start
+            return False
+        self._tail = stop
+        return True
+
+    def _read_raws(self, frame_at: int, start: int, sizes: tuple[int, ...]) -> bool:
+        """The raw buffers after the out-of-band frame at ``frame_at`` are not all read: read them into their targets.
+
+        What was read of them already is copied; the rest goes straight from the pipe into the buffers.
+        """
+        buffers = [bytearray(size) for size in sizes]
+        pos = start
+        for raw in buffers:
+            have = max(min(len(raw), self._tail - pos), 0)
+            if have:
+                raw[:have] = self._view[pos : pos + have]
+                pos += have
+            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw)):
+                self._tail = frame_at
+                return False
+        self._tail = start  # the raw bytes live in the buffers now
+        self._raws = (frame_at, buffers)
+        return True
+
+    def _read_into(self, view: memoryview, start: int, stop: int) -> bool:
+        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke."""
+        fd = self._fd
+        while start < stop:
+            try:
+                count = os.readv(fd, [view[start:stop]])
+            except BlockingIOError:
+                if self._shared[BROKEN]:
+                    return False  # its writer died: the rest never comes (and nothing is written after)
+                self._await_rest()
+                continue
+            if count == 0:
+                raise EOFError(f"buffer {self._b.name!r}: its pipe was closed in the middle of a value")
+            start += count
+        return True
+
+    def _await_rest(self) -> None:
+        """Block until the pipe is readable, or the stream ends (a break is declared on the end channel).
+
+        Not the one wait for a value: this finishes a frame a publisher is
+        writing now, holding the read lock, and must not stop half-way (that
+        would leave the pipe mid-frame for the other readers), so it does not
+        run commands, like a publisher's own write of a large frame.  Once the
+        end channel is readable it stays so: from then on the pipe alone is
+        watched, looking for a break every ``_BREAK_CHECK`` seconds (a
+        writer's death after the stream ended has no other signal).
+        """
+        if self._shared[ENDED]:
+            self._data_poller.poll(_BREAK_CHECK)
+        else:
+            self._rest_poller.poll(None)
+
+    # --- handing values out ------------------------------------------------------------------
+    def _next(self) -> Any:
+        """The next value from the bytes read; _NOTHING after a batch or completion; _NEED if none is buffered."""
+        start = self._head
+        if start >= self._tail:
+            return _NEED
+        buf = self._buf
+        size: int = _SIZE.unpack_from(buf, start)[0]
+        head = 4
+        if size < 0:
+            head, size = codec.parse_header(buf, start, self._tail)
+        stop = start + head + size
+        self._head = stop
+        kind = buf[start + head]
+        body = self._view[start + head + 1 : stop]
+        if kind == ITEM:
+            try:
+                return pickle.loads(body)
+            finally:
+                self._give_back(1)
+        if kind == OOB:
+            (count,) = _COUNT.unpack_from(body, 0)
+            sizes = struct.unpack_from(f"!{count}Q", body, 4)
+            offset = 4 + 8 * count
+            kind = body[offset]
+            raws = self._raws
+            if raws is not None and raws[0] == start:
+                buffers = raws[1]
+                self._raws = None
+            else:
+                buffers = []
+                pos = stop
+                for n in sizes:
+                    buffers.append(bytearray(self._view[pos : pos + n]))
+                    pos += n
+                self._head = pos
+            try:
+                payload = pickle.loads(body[offset + 1 :], buffers=buffers)
+            finally:
+                if kind == ITEM:
+                    self._give_back(1)
+            if kind == ITEM:
+                return payload
+        else:
+            payload = pickle.loads(body)
+        if kind == BATCH:
+            self._give_back(len(payload))
+            self._items.extend(payload)
+            return _NOTHING
+        # A completion, counted when it was read.  An error ends this reader's stream here (the
+        # others end with it after the values they hold).
+        if payload is not None:
+            self._end(payload if isinstance(payload, BaseException) else deserialize_error(payload))
+        return _NOTHING
+
+    def _give_back(self, count: int) -> None:
+        """Owe ``count`` more permits; give them all back once a group's worth is owed."""
+        owed = self._owed + count
+        if owed >= self._release_at:
+            self._owed = 0
+            self._release(owed)
+        else:
+            self._owed = owed
+
+    def _settle(self) -> None:
+        """Give back every permit owed (before reading the pipe or waiting)."""
+        owed = self._owed
+        if owed:
+            self._owed = 0
+            self._release(owed)
+
+    def _release(self, count: int) -> None:
+        deque(starmap(self._slots.release, repeat((), count)), 0)  # one call per permit, in C
+        self._b._wake_publishers(count)
+
+    def _commands(self) -> None:
+        """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""
+        ctx = self._ctx
+        if ctx is not None:
+            now = time.monotonic()
+            if now >= self._next_check:
+                self._next_check = now + _COMMAND_CHECK
+                ctx.check_stop()
+
+    def _ending(self) -> BaseException | None:
+        """What ends this reader now that it holds nothing: None if the stream goes on."""
+        b = self._b
+        if b._released:
+            self._release_now()
+            return self._ended
+        how = self._shared[ENDED]
+        if how in (END_CLEAN, END_ERROR):
+            return self._end(b._end_error())
+        if how == END_DRAIN or b._failure is not None:
+            # Every whole value still in the pipe first (the others read theirs likewise).
+            if self._fill():
+                return None
+            return self._end(b._failure if b._failure is not None else b._end_error())
+        return None
+
+    def _refill(self, deadline: Deadline) -> bool:
+        """No whole frame is buffered: read more, or wait (servicing commands); False on timeout."""
+        self._settle()
+        ctx = self._ctx
+        if ctx is not None and not ctx.fds and ctx.has_command():
+            ctx.check_stop()  # a thread runnable reading a process buffer
+        while True:
+            if self._ending() is not None or self._head < self._tail:
+                return True
+            if self._fill():
+                return True
+            if not self._wait(deadline):
+                return False
+
+    def _wait(self, deadline: Deadline) -> bool:
+        """The one wait for a value: the pipe readable, the stream ended, or a failure here; False on timeout."""
+        b = self._b
+        ctx = _current.waiting_context()
+        poller = self._data_poller
+        shared = self._shared
+
+        def ready() -> bool:
+            return bool(shared[ENDED]) or b._failure is not None or b._released or bool(poller.poll(0))
+
+        waker = ctx.waker
+        b._wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
+        try:
+            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready)
+        finally:
+            b._wakers.discard(waker)
+
+    def receive(self, timeout: float | None = None) -> T:
+        self._commands()
+        deadline: Deadline | None = None
+        while True:
+            if self._items:
+                value: T = self._items.popleft()
+                return value
+            if self._ended is not None:
+                raise self._ended
+            result = self._next()
+            if result is _NEED:
+                if deadline is None:
+                    deadline = Deadline(timeout)
+                if not self._refill(deadline):
+                    raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
+                continue
+            if result is not _NOTHING:
+                return result  # type: ignore[no-any-return]
+
+    def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
+        if max_items < 1:
+            raise ValueError(f"max_items must be at least 1, got {max_items}")
+        out: list[T] = [self.receive(timeout)]
+        items = self._items
+        shared = self._shared
+        while len(out) < max_items:
+            if items:
+                room = max_items - len(out)
+                if len(items) <= room:
+                    out.extend(items)
+                    items.clear()
+                else:
+                    out.extend(items.popleft() for _ in range(room))
+                continue
+            if self._ended is not None:
+                break
+            result = self._next()
+            if result is _NEED:
+                self._settle()
+                if shared[ENDED] or self._b._released or not self._fill():
+                    break
+            elif result is not _NOTHING:
+                out.append(result)
+        return out

@@ -1,0 +1,380 @@
+"""Buffers shared: several subscribers as a work queue, holds, the end of a shared stream, fan-in, release.
+
+Every test runs in threads and under fork, forkserver and spawn (``env``),
+except those about processes dying or about operating-system resources.
+No test waits by sleeping, and none depends on which of two racing readers
+gets a value: they check multisets, per-publisher order and that every
+reader ends.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from _helpers import Collector, DiesHoldingBufferLock
+
+import puma
+
+pytestmark = pytest.mark.timeout(90)
+
+
+# --- runnables (module level, so spawn and forkserver children import them) -------------------
+class Numbers(puma.Runnable):
+    """Publishes ``first .. first+count-1`` (in batches of ``batch`` if set), then reports "done"."""
+
+    def __init__(
+        self,
+        out: puma.Buffer[int],
+        count: int,
+        name: str = "numbers",
+        first: int = 0,
+        batch: int = 0,
+        fail: bool = False,
+    ) -> None:
+        super().__init__(name, outputs=[out])
+        self._out = out
+        self._count = count
+        self._first = first
+        self._batch = batch
+        self._fail = fail
+
+    def execute(self) -> None:
+        with self.publisher(self._out) as pub:
+            values = range(self._first, self._first + self._count)
+            if self._batch:
+                for start in range(0, self._count, self._batch):
+                    pub.publish_many(values[start : start + self._batch])
+            else:
+                for value in values:
+                    pub.publish(value)
+            if self._fail:
+                raise ValueError(f"{self.name} failed after {self._count} values")
+        self.send_status("done", True)
+
+
+class ReportsStatistics(puma.Runnable):
+    """Reports the statistics of a buffer it holds (not as an input or output), as read in its own process."""
+
+    def __init__(self, buffer: puma.Buffer[Any]) -> None:
+        super().__init__("statistics")
+        self.buffer = buffer
+
+    def execute(self) -> None:
+        self.send_status("statistics", self.buffer.statistics())
+
+
+class HoldsOpen(puma.Runnable):
+    """Holds a buffer's stream open from inside a runnable until told to let go."""
+
+    def __init__(self, buffer: puma.Buffer[Any]) -> None:
+        super().__init__("holds-open")
+        self.buffer = buffer
+
+    @puma.run_in_child_scope
+    def let_go(self) -> bool:
+        self._hold.release()
+        return True
+
+    def execute(self) -> None:
+        with self.buffer.hold_open() as hold:
+            self._hold = hold
+            self.send_status("held", True)
+            self.wait_for_stop()
+
+
+def _all_values(sinks: list[Collector]) -> list[Any]:
+    return sorted(v for sink in sinks for v in sink.status("values"))
+
+
+# --- work sharing ------------------------------------------------------------------------------
+@pytest.mark.parametrize("readers", [2, 4])
+@pytest.mark.parametrize("batch", [0, 25], ids=["single", "batched"])
+def test_runnables_sharing_one_input_receive_each_value_once(env: puma.Environment, readers: int, batch: int) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 16, "work")
+        sinks = [runner.start(Collector(work, name=f"reader-{k}")) for k in range(readers)]
+        for sink in sinks:
+            sink.wait_status("subscribed", timeout=60)
+        runner.start(Numbers(work, 600, batch=batch))
+        runner.join()  # every reader ended
+    assert _all_values(sinks) == list(range(600))
+    assert work.statistics().subscribers == readers
+
+
+def test_the_main_program_and_a_runnable_share_one_input(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 8, "work")
+        mine = work.subscribe()
+        other = runner.start(Collector(work, name="other-reader"))
+        other.wait_status("subscribed", timeout=60)
+        runner.start(Numbers(work, 300))
+        received = list(mine)  # ends when the stream does
+        runner.join()
+        assert mine.ended
+    assert sorted(received + other.status("values")) == list(range(300))
+    assert work.supervision.readers() == frozenset({0, other._puma_record.token})  # type: ignore[union-attr]
+
+
+def test_an_error_completion_reaches_every_reader(env: puma.Environment) -> None:
+    with pytest.raises(ValueError, match="failed after 10 values"):
+        with puma.Runner(env) as runner:
+            work = env.buffer(int, 4, "work")
+            sinks = [runner.start(Collector(work, name=f"reader-{k}", reraise=False)) for k in range(3)]
+            for sink in sinks:
+                sink.wait_status("subscribed", timeout=60)
+            runner.start(Numbers(work, 10, fail=True))
+            runner.join()
+    for sink in sinks:
+        assert sink.status("error")[:2] == ("ValueError", "numbers failed after 10 values")
+    assert _all_values(sinks) == list(range(10))  # every value before the error, each once
+
+
+def test_a_broken_stream_ends_every_reader(process_env: puma.ProcessEnvironment) -> None:
+    """A publisher killed in the middle of a value: every reader ends with its error, after the whole values."""
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(process_env) as runner:
+            work = process_env.buffer(int, 10, "work")
+            sinks = [runner.start(Collector(work, name=f"reader-{k}", reraise=False)) for k in range(2)]
+            for sink in sinks:
+                sink.wait_status("subscribed", timeout=60)
+            runner.start(DiesHoldingBufferLock(work, "write-long"))
+            runner.join()
+    for sink in sinks:
+        assert sink.status("error")[0] == "ChildDiedError"
+    assert _all_values(sinks) == [0, 1, 2]
+
+
+def test_readers_waiting_on_an_empty_stream_end_when_another_reads_the_last_completion(
+    env: puma.Environment,
+) -> None:
+    """Nothing is published: one reader reads the only completion, the others wait on nothing; all end."""
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 4, "work")
+        sinks = [runner.start(Collector(work, name=f"reader-{k}")) for k in range(3)]
+        mine = work.subscribe()
+        for sink in sinks:
+            sink.wait_status("subscribed", timeout=60)
+        runner.start(Numbers(work, 0))
+        assert list(mine) == []
+        runner.join()
+    assert all(sink.status("values") == [] for sink in sinks)
+    assert work.statistics().ended
+
+
+# --- holds: publishers join and leave ----------------------------------------------------------
+def test_a_hold_keeps_the_stream_open_from_one_publisher_to_the_next(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        stage = env.buffer(int, 8, "stage")
+        sink = runner.start(Collector(stage))
+        hold = stage.hold_open()
+        first = runner.start(Numbers(stage, 50, name="first"))
+        first.wait_status("done", timeout=60)
+        second = runner.start(Numbers(stage, 50, name="second", first=100))  # 1 -> 0 -> 1 publishers
+        second.wait_status("done", timeout=60)
+        assert not stage.statistics().ended  # both completed, the hold is out
+        hold.release()
+        hold.release()  # idempotent
+        runner.join()  # the sink ended: releasing the last hold ended the stream
+        stats = stage.statistics()
+        assert (stats.publishers, stats.completed, stats.holds, stats.ended) == (2, 2, 0, True)
+        with pytest.raises(puma.BufferClosedError, match="its stream has ended"):
+            stage.supervision.join()
+        with pytest.raises(puma.BufferClosedError, match="its stream has ended"):
+            stage.hold_open()
+    assert sink.status("values") == list(range(50)) + list(range(100, 150))
+
+
+def test_a_publisher_started_after_the_stream_ended_fails_clearly(env: puma.Environment) -> None:
+    with pytest.raises(puma.BufferClosedError, match="buffer 'stage': its stream has ended"):
+        with puma.Runner(env) as runner:
+            stage = env.buffer(int, 8, "stage")
+            sink = runner.start(Collector(stage))
+            runner.start(Numbers(stage, 5, name="first")).wait_status("done", timeout=60)
+            sink.wait_status("values", timeout=60)  # the stream ended
+            runner.start(Numbers(stage, 5, name="late"))
+            runner.join()
+    assert sink.status("values") == list(range(5))
+    assert stage.statistics().publishers == 1
+
+
+def test_readers_waiting_on_a_held_stream_end_when_the_hold_is_released(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 4, "work")
+        with work.hold_open():
+            sinks = [runner.start(Collector(work, name=f"reader-{k}")) for k in range(2)]
+            for sink in sinks:
+                sink.wait_status("subscribed", timeout=60)
+            runner.start(Numbers(work, 20)).wait_status("done", timeout=60)
+            assert not work.statistics().ended
+        runner.join()
+    assert _all_values(sinks) == list(range(20))
+
+
+def test_a_runnable_can_hold_a_stream_open(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 4, "work")
+        holder = runner.start(HoldsOpen(work))
+        holder.wait_status("held", timeout=60)
+        sink = runner.start(Collector(work))
+        runner.start(Numbers(work, 10)).wait_status("done", timeout=60)
+        assert work.statistics().holds == 1
+        assert not work.statistics().ended
+        assert holder.let_go()  # type: ignore[attr-defined]
+        sink.wait_status("values", timeout=60)  # the stream ended
+        runner.stop(holder)
+        runner.join()
+    assert sink.status("values") == list(range(10))
+
+
+# --- fan-in ----------------------------------------------------------------------------------
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("batch", [0, 20], ids=["single", "batched"])
+def test_sixteen_publishers_into_one_buffer_lose_nothing_and_keep_their_order(
+    env: puma.Environment, batch: int
+) -> None:
+    count = 200
+    with puma.Runner(env) as runner:
+        fan_in = env.buffer(int, 32, "fan-in")
+        sink = runner.start(Collector(fan_in))
+        with fan_in.hold_open():  # the first may complete before the last is started
+            for k in range(16):
+                runner.start(Numbers(fan_in, count, name=f"publisher-{k}", first=k * 10_000, batch=batch))
+        runner.join()
+    values = sink.status("values")
+    assert Counter(values) == Counter(k * 10_000 + i for k in range(16) for i in range(count))
+    for k in range(16):
+        mine = [v for v in values if v // 10_000 == k]
+        assert mine == sorted(mine), f"publisher {k}'s values arrived out of order"
+
+
+# --- statistics --------------------------------------------------------------------------------
+def test_statistics_are_complete_in_the_child_and_the_parent(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 8, "work")
+        sinks = [runner.start(Collector(work, name=f"reader-{k}")) for k in range(2)]
+        for sink in sinks:
+            sink.wait_status("subscribed", timeout=60)
+        hold = work.hold_open()
+        runner.start(Numbers(work, 30)).wait_status("done", timeout=60)
+        there = runner.start(ReportsStatistics(work)).wait_status("statistics", timeout=60)
+        here = work.statistics()
+        hold.release()
+        runner.join()
+    for stats in (there, here):
+        assert (stats.name, stats.capacity, stats.publishers, stats.completed) == ("work", 8, 1, 1)
+        assert (stats.subscribers, stats.holds, stats.ended) == (2, 1, False)
+        assert 0 <= stats.size <= 8
+    final = work.statistics()
+    assert (final.publishers, final.completed, final.holds, final.ended) == (1, 1, 0, True)
+
+
+def test_size_counts_the_values_waiting(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        work = env.buffer(int, 8, "work")
+        runner.start(Numbers(work, 5)).wait_status("done", timeout=60)  # all fit: nobody reads yet
+        stats = work.statistics()
+        assert (stats.size, stats.publishers, stats.completed, stats.subscribers) == (5, 1, 1, 0)
+        assert list(work.subscribe()) == list(range(5))
+        runner.join()
+    assert work.statistics().ended
+
+
+# --- release -----------------------------------------------------------------------------------
+def _semaphore_files(buffer: puma.Buffer[Any]) -> list[str]:
+    names = []
+    for attribute in ("_slots", "_lock", "_read_lock", "_meta"):
+        name = getattr(getattr(buffer, attribute)._semlock, "name", None)
+        if name is not None:
+            names.append("/dev/shm/sem." + name.lstrip("/"))
+    return names
+
+
+@pytest.fixture
+def no_collection() -> Iterator[None]:
+    """Resources must go back at release, not when the collector runs."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def test_release_gives_back_every_descriptor_and_semaphore_at_once(
+    process_env: puma.ProcessEnvironment, no_collection: None
+) -> None:
+    me = psutil.Process()
+    warm = process_env.buffer(int, 4, "warm-up")  # the first one may make multiprocessing's shared heap
+    warm.supervision.release()
+    baseline = me.num_fds()
+    buffer = process_env.buffer(int, 4, "released")
+    files = _semaphore_files(buffer)
+    pub = buffer._open_publisher("main")
+    sub = buffer.subscribe()
+    pub.publish(7)
+    assert sub.receive(timeout=10) == 7
+    hold = buffer.hold_open()
+    assert me.num_fds() > baseline
+    buffer.supervision.release()
+    buffer.supervision.release()  # idempotent
+    assert me.num_fds() == baseline
+    assert not [f for f in files if os.path.exists(f)]
+    stats = buffer.statistics()  # still answers
+    assert (stats.name, stats.publishers, stats.subscribers, stats.holds) == ("released", 0, 1, 1)
+    message = "buffer 'released' was released when its Runner closed"
+    with pytest.raises(puma.BufferClosedError, match=message):
+        pub.publish(8)
+    with pytest.raises(puma.BufferClosedError, match=message):
+        buffer.subscribe()
+    with pytest.raises(puma.BufferClosedError, match=message):
+        sub.receive(timeout=1)
+    with pytest.raises(puma.BufferClosedError, match=message):
+        buffer.hold_open()
+    hold.release()  # after release: nothing to do, no error
+    del pub, sub, buffer, warm, hold
+
+
+def test_a_released_thread_buffer_refuses_clearly(no_collection: None) -> None:
+    buffer = puma.ThreadEnvironment().buffer(int, 4, "released")
+    sub = buffer.subscribe()
+    buffer.supervision.release()
+    message = "buffer 'released' was released when its Runner closed"
+    with pytest.raises(puma.BufferClosedError, match=message):
+        sub.receive(timeout=1)
+    with pytest.raises(puma.BufferClosedError, match=message):
+        buffer.subscribe()
+    with pytest.raises(puma.BufferClosedError, match=message):
+        buffer._open_publisher("main")
+    assert buffer.statistics().subscribers == 1
+
+
+# --- docs/buffers.md: every example runs as written --------------------------------------------
+_DOC = Path(__file__).resolve().parent.parent / "docs" / "buffers.md"
+
+
+def _doc_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
+
+
+def test_the_buffers_doc_has_examples() -> None:
+    assert len(_doc_blocks()) >= 4
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("index", range(len(_doc_blocks())))
+def test_buffers_doc_example_runs(tmp_path: Path, index: int) -> None:
+    script = tmp_path / f"buffers_{index}.py"
+    script.write_text(_doc_blocks()[index])
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip()
