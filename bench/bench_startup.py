@@ -243,7 +243,8 @@ def main() -> None:
         if not wanted(label):
             continue
         common = ["--method", method, "--children", str(count)]
-        puma_args = ["all", "--side", "puma", *common, "--main-imports", ",".join(["puma", *filter(None, [main_imports])])]
+        puma_imports = ",".join(["puma", main_imports] if main_imports else ["puma"])
+        puma_args = ["all", "--side", "puma", *common, "--main-imports", puma_imports]
         if preload:
             puma_args += ["--preload", preload]
         bare_args = ["all", "--side", "bare", *common]
