@@ -144,7 +144,10 @@ def worker_all(side: str, method: str, count: int, preload: list[str]) -> dict[s
         start = now()
         runner.start_blocking(Idle("warm-up"))
         first = (now() - start) * 1e3
-    with puma.Runner(env) as runner:
+    # Generous timeouts: 64 spawn children starting, or exiting, at once on 2 busy CPUs can take
+    # longer than the defaults (10 s for a child to exit after it finished); the bare side waits
+    # as long as it takes, so puma's side does too.
+    with puma.Runner(env, start_timeout=600, stop_timeout=600) as runner:
         start = now()
         idle = runner.start_all([Idle(f"idle-{i}") for i in range(count)])
         elapsed = (now() - start) * 1e3
@@ -173,7 +176,19 @@ def worker_single(method: str, pairs: int) -> dict[str, Any]:
 
 
 # --- the orchestrator ---------------------------------------------------------------------------
-def _run_worker(args: list[str]) -> dict[str, Any]:
+def _run_worker(args: list[str], tries: int = 2) -> dict[str, Any]:
+    """One sample from a fresh interpreter; a failed worker is run once more, then the error is raised."""
+    for attempt in range(tries):
+        try:
+            return _run_worker_once(args)
+        except RuntimeError as exc:
+            print(f"\n{exc}", file=sys.stderr)
+            if attempt == tries - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _run_worker_once(args: list[str]) -> dict[str, Any]:
     done = subprocess.run(
         [sys.executable, os.path.join(HERE, "bench_startup.py"), "--worker", *args],
         capture_output=True,
@@ -202,6 +217,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="8 children, 3 runs")
     parser.add_argument("--only", action="append", default=[], help="only rows whose name contains this")
     parser.add_argument("--pairs", type=int, default=30, help="single fork starts per side per run (default 30)")
+    parser.add_argument("--save", help="append each row's raw samples to this file (JSON lines)")
     # worker options (the orchestrator passes them)
     parser.add_argument("--worker", choices=["all", "single"])
     parser.add_argument("--side", choices=["puma", "bare"])
@@ -236,6 +252,7 @@ def main() -> None:
     time_rows = []
     memory_rows = []
     first_starts: list[str] = []
+    failed: list[str] = []
     for method, main_imports, preload, bare_preload in cases:
         label = f"{method}, main imports {main_imports or 'nothing else'}"
         if preload:
@@ -254,11 +271,19 @@ def main() -> None:
             bare_args += ["--preload", bare_preload]
         ours: list[dict[str, Any]] = []
         theirs: list[dict[str, Any]] = []
-        for _ in range(runs):
-            ours.append(_run_worker(puma_args))
-            theirs.append(_run_worker(bare_args))
-            print(".", end="", file=sys.stderr, flush=True)
+        try:
+            for _ in range(runs):
+                ours.append(_run_worker(puma_args))
+                theirs.append(_run_worker(bare_args))
+                print(".", end="", file=sys.stderr, flush=True)
+        except RuntimeError:
+            failed.append(label)
+            print(f" {label}: a worker failed twice; row left out", file=sys.stderr, flush=True)
+            continue
         print(f" {label}", file=sys.stderr, flush=True)
+        if args.save:
+            with open(args.save, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"row": label, "puma": ours, "bare": theirs}) + "\n")
         bare_name = f"{count} x mp.Process + Pipe handshake"
         if bare_preload:
             bare_name += f", set_forkserver_preload({['__main__', *bare_preload.split(',')]})"
@@ -322,6 +347,8 @@ def main() -> None:
     )
     print()
     print_table(time_rows + memory_rows + single_rows)
+    for label in failed:
+        print(f"\nLeft out (a worker failed twice, see stderr): {label}")
     if first_starts:
         print()
         print("First start in a fresh interpreter (the unrecorded warm-up: starts the fork server, if any), medians:")
