@@ -18,6 +18,9 @@ imports nothing but what it needs, one that also imports numpy):
 * **memory**: while all of them idle, the private memory of each child
   (``psutil.Process(pid).memory_full_info().uss``, the pages no other process
   shares), median over the children, in MiB.
+* **spawn, bare main imports puma too**: the same spawn row with a bare main
+  module that imports puma without using it, so both sides' children import
+  the same modules: the difference left is puma's own start-up machinery.
 * **start_blocking, fork, first in a new Runner**: one ``start_blocking`` of an
   idle runnable in a fresh Runner (its set-up included) against one bare fork
   start plus the same handshake.
@@ -238,13 +241,17 @@ def main() -> None:
     runs = 3 if args.quick else args.runs
     count = 8 if args.quick else args.children
     methods = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
-    # (row label, method, main-module imports besides puma, puma's preload, the bare side's preload)
-    cases: list[tuple[str, str, str, str]] = []
+    # (method, main-module imports besides puma, puma's preload, the bare side's preload, and what
+    # the bare side's main module imports on top: "puma" for the row that shows what importing puma
+    # costs a spawn child, the bare program importing puma without using it)
+    cases: list[tuple[str, str, str, str, str]] = []
     for method in methods:
-        cases.append((method, "", "", ""))
-        cases.append((method, "numpy", "", ""))
+        cases.append((method, "", "", "", ""))
+        cases.append((method, "numpy", "", "", ""))
         if method == "forkserver":
-            cases.append((method, "numpy", "numpy", "numpy"))
+            cases.append((method, "numpy", "numpy", "numpy", ""))
+    if "spawn" in methods:
+        cases.append(("spawn", "", "", "", "puma"))
 
     def wanted(name: str) -> bool:
         return not args.only or any(o in name for o in args.only)
@@ -253,10 +260,12 @@ def main() -> None:
     memory_rows = []
     first_starts: list[str] = []
     failed: list[str] = []
-    for method, main_imports, preload, bare_preload in cases:
+    for method, main_imports, preload, bare_preload, bare_extra in cases:
         label = f"{method}, main imports {main_imports or 'nothing else'}"
         if preload:
             label += f", preload={preload.split(',')}"
+        if bare_extra:
+            label += f", bare main imports {bare_extra} too"
         if not wanted(label):
             continue
         common = ["--method", method, "--children", str(count)]
@@ -265,8 +274,9 @@ def main() -> None:
         if preload:
             puma_args += ["--preload", preload]
         bare_args = ["all", "--side", "bare", *common]
-        if main_imports:
-            bare_args += ["--main-imports", main_imports]
+        bare_imports = ",".join(m for m in (main_imports, bare_extra) if m)
+        if bare_imports:
+            bare_args += ["--main-imports", bare_imports]
         if bare_preload:
             bare_args += ["--preload", bare_preload]
         ours: list[dict[str, Any]] = []
