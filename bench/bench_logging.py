@@ -17,8 +17,17 @@ transport's own cost shows:
   and the parent's handler writes them.  Timed from the moment every child is
   running and told to go, to the moment the Runner has seen the last child end
   (so every record is in the file).  Process start-up is not counted.
-* **baseline**: the same total count logged by one thread of one process,
-  straight into the same kind of handler.
+* **QueueHandler baseline** (the stdlib's own cross-process set-up, the real
+  peer): 4 bare ``multiprocessing.Process`` children, same start method, each
+  with a ``logging.handlers.QueueHandler`` on its root logger putting onto one
+  ``multiprocessing.Queue``; the parent runs a ``logging.handlers.QueueListener``
+  on that queue with the same kind of handler.  Same count, same format (the
+  children set ``%(runnable)s`` with the same filter), timed the same way: from
+  "go" until every child has ended and the listener has written the last
+  record (``listener.stop()`` drains the queue).
+* **1-process baseline**: the same total count logged by one thread of one
+  process, straight into the same kind of handler (what the handler alone
+  can do; no transport).
 
 The ratio is puma / baseline (higher is better); the target is the issue's
 absolute figure, >= 50k records/s in total, checked on puma's median.
@@ -28,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import sys
@@ -114,6 +124,57 @@ def run_puma(method: str, total: int, directory: str, fmt: str = FORMAT) -> floa
     return per_source * SOURCES / elapsed
 
 
+def _queue_child(name: str, count: int, records: multiprocessing.Queue, ready: Connection, go: Connection) -> None:
+    """A bare child: a QueueHandler on its root logger, then ``count`` records at full speed."""
+    handler = logging.handlers.QueueHandler(records)
+    handler.addFilter(puma.logging.RunnableFilter(name))  # %(runnable)s, as puma's records carry it
+    _install(handler)
+    log = logging.getLogger("bench.chatty")
+    ready.send_bytes(b"ready")
+    go.recv_bytes()
+    for i in range(count):
+        log.info("record %d of %s", i, "chatty")
+
+
+def run_queue_listener(method: str, total: int, directory: str, fmt: str = FORMAT) -> float:
+    """Records/second from ``SOURCES`` bare processes: QueueHandler -> mp.Queue -> QueueListener -> file."""
+    path = os.path.join(directory, f"queue-{method}.log")
+    handler = _file_handler(path, fmt)
+    ctx = multiprocessing.get_context(method)
+    records = ctx.Queue()
+    listener = logging.handlers.QueueListener(records, handler)
+    per_source = total // SOURCES
+    readies = [ctx.Pipe(duplex=False) for _ in range(SOURCES)]
+    gos = [ctx.Pipe(duplex=False) for _ in range(SOURCES)]
+    children = [
+        ctx.Process(target=_queue_child, args=(f"chatty-{i}", per_source, records, readies[i][1], gos[i][0]))
+        for i in range(SOURCES)
+    ]
+    try:
+        listener.start()
+        for child in children:
+            child.start()
+        for r, _w in readies:
+            r.recv_bytes()
+        start = now()
+        for _r, w in gos:
+            w.send_bytes(b"go")
+        for child in children:
+            child.join()
+        listener.stop()  # writes what is still queued, then returns
+        elapsed = now() - start
+    finally:
+        handler.close()
+        records.close()
+        for pair in (*readies, *gos):
+            for conn in pair:
+                conn.close()
+    written = _count_lines(path)
+    if written != per_source * SOURCES:
+        raise AssertionError(f"{written} records written, {per_source * SOURCES} expected")
+    return per_source * SOURCES / elapsed
+
+
 def run_baseline(total: int, directory: str, fmt: str = FORMAT) -> float:
     """Records/second logged by one thread of this process into one file."""
     path = os.path.join(directory, "baseline.log")
@@ -177,6 +238,16 @@ def main() -> None:
                 + f" ({row.ours.median / 1000:.1f}k)"
             )
             rows.append(row)
+            peer = compare(
+                f"{SOURCES} processes ({method}) -> listener -> file{label}",
+                unit="records/s",
+                ours=lambda m=method, f=fmt: run_puma(m, total, directory, f),  # type: ignore[misc]
+                theirs=lambda m=method, f=fmt: run_queue_listener(m, total, directory, f),  # type: ignore[misc]
+                baseline=f"{SOURCES} processes, QueueHandler -> mp.Queue -> QueueListener",
+                runs=runs,
+                warmup=True,
+            )
+            rows.append(peer)
     print_table(rows)
 
 
