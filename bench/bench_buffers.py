@@ -186,7 +186,9 @@ def _q_consume(q: Any, rounds: int, producers: int, ready: Any, go: Any, results
     results.put((n, first, now()))
 
 
-def queue_run(ctx: Any, publishers: int, subscribers: int, total: int, batch: int, rounds: int, fifo: bool = False) -> float:
+def queue_run(
+    ctx: Any, publishers: int, subscribers: int, total: int, batch: int, rounds: int, fifo: bool = False
+) -> float:
     """The same with an ``mp.Queue`` (or a faster_fifo Queue): items/s."""
     if fifo:
         import faster_fifo  # type: ignore[import-not-found]
