@@ -180,15 +180,27 @@ class Runner:
         env = environment if environment is not None else self._environment
         self._check_startable(runnable)
         child = env.prepare(runnable)
+        joined: list[Buffer[Any]] = []
+        try:  # it joins its outputs' streams first: one that has ended refuses it, and nothing is filed
+            for out in runnable.outputs:
+                out.supervision.join()
+                joined.append(out)
+        except BaseException:
+            for out in joined:
+                out.supervision.join(-1)
+            raise
         record = ChildRecord(runnable, env, next(self._tokens), self)
-        with self._lock:
-            self._check_startable(runnable)
-            runnable._puma_record = record
-            self._records.append(record)
-            self._by_token[record.token] = record
+        try:
+            with self._lock:
+                self._check_startable(runnable)
+                runnable._puma_record = record
+                self._records.append(record)
+                self._by_token[record.token] = record
+        except BaseException:
+            for out in joined:
+                out.supervision.join(-1)
+            raise
         hold_buffers(self._buffers, runnable)
-        for out in runnable.outputs:
-            out.supervision.join()
         try:
             self._launch(record, child, env, claim)
         except BaseException:
