@@ -28,6 +28,7 @@ from puma._core.errors import (
     StuckRunnableError,
     UsageError,
 )
+from puma._core.naming import present_as as _present_as
 from puma._environments.base import Environment
 from puma._environments.process import ProcessEnvironment
 from puma._environments.thread import ThreadEnvironment
@@ -75,14 +76,7 @@ __all__ = [
     "tick_clock",
 ]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("puma._"):
-        try:
-            _obj.__module__ = "puma"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_present_as("puma", globals(), __all__)
 
 _MOVED = {name: "puma.attributes" for name in attributes.__all__}
 

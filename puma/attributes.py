@@ -52,6 +52,7 @@ from puma._attributes import (
     scope_specific,
     unmanaged,
 )
+from puma._core.naming import present_as as _present_as
 
 __all__ = [
     "AttributeScopeError",
@@ -70,6 +71,4 @@ __all__ = [
     "unmanaged",
 ]
 
-for _name in __all__:
-    globals()[_name].__module__ = __name__  # shown, documented and pickled as puma.attributes.X
-del _name
+_present_as(__name__, globals(), __all__)

@@ -23,15 +23,9 @@ written this way.
 
 from __future__ import annotations
 
+from puma._core.naming import present_as as _present_as
 from puma._environments.base import ChildHandle, Environment, ExitStatus, Message, MessageLink, serve_child
 
 __all__ = ["ChildHandle", "Environment", "ExitStatus", "Message", "MessageLink", "serve_child"]
 
-for _name in __all__:
-    _obj = globals()[_name]
-    if _obj is not Environment and getattr(_obj, "__module__", "").startswith("puma._"):  # puma.Environment
-        try:
-            _obj.__module__ = "puma.environments"
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_present_as("puma.environments", globals(), [n for n in __all__ if n != "Environment"])  # puma.Environment

@@ -14,7 +14,7 @@ from puma._buffers.base import Buffer
 from puma._runnable.runnable import Runnable
 from puma._runner.records import buffers_held_by
 
-__all__ = ["hold_buffers", "let_go_of_buffers"]
+__all__ = ["hold_buffers", "join_outputs", "leave", "let_go_of_buffers"]
 
 _buffer_users: dict[int, int] = {}
 _buffer_users_lock = threading.Lock()
@@ -45,3 +45,26 @@ def let_go_of_buffers(held: dict[int, Buffer[Any]]) -> None:
                 _buffer_users[key] = users
     for buffer in released:
         buffer.supervision.release()
+
+
+def join_outputs(runnable: Runnable) -> list[Buffer[Any]]:
+    """``runnable`` joins the streams of its outputs as a publisher; returns them.
+
+    A stream that has ended refuses it: the streams it joined are left again
+    and the refusal is raised.
+    """
+    joined: list[Buffer[Any]] = []
+    try:
+        for out in runnable.outputs:
+            out.supervision.join()
+            joined.append(out)
+    except BaseException:
+        leave(joined)
+        raise
+    return joined
+
+
+def leave(joined: list[Buffer[Any]]) -> None:
+    """Undo :func:`join_outputs` (a launch that failed)."""
+    for out in joined:
+        out.supervision.join(-1)

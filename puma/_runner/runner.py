@@ -33,7 +33,7 @@ from puma._runnable.runnable import Runnable
 from puma._runner import snapshot as _snapshot
 from puma._runner.policy import FailurePolicy, policy_for
 from puma._runner.records import ChildRecord, Lifecycle
-from puma._runner.resources import hold_buffers, let_go_of_buffers
+from puma._runner.resources import hold_buffers, join_outputs, leave, let_go_of_buffers
 from puma._runner.snapshot import RunnerSnapshot
 from puma._runner.stopping import stuck_error, track
 from puma._runner.supervisor import KILL_GRACE, Supervisor
@@ -180,15 +180,7 @@ class Runner:
         env = environment if environment is not None else self._environment
         self._check_startable(runnable)
         child = env.prepare(runnable)
-        joined: list[Buffer[Any]] = []
-        try:  # it joins its outputs' streams first: one that has ended refuses it, and nothing is filed
-            for out in runnable.outputs:
-                out.supervision.join()
-                joined.append(out)
-        except BaseException:
-            for out in joined:
-                out.supervision.join(-1)
-            raise
+        joined = join_outputs(runnable)  # first: a stream that has ended refuses it, and nothing is filed
         record = ChildRecord(runnable, env, next(self._tokens), self)
         try:
             with self._lock:
@@ -197,16 +189,14 @@ class Runner:
                 self._records.append(record)
                 self._by_token[record.token] = record
         except BaseException:
-            for out in joined:
-                out.supervision.join(-1)
+            leave(joined)
             raise
         hold_buffers(self._buffers, runnable)
         try:
             self._launch(record, child, env, claim)
         except BaseException:
             record.start_claimed = False
-            for out in runnable.outputs:
-                out.supervision.join(-1)
+            leave(joined)
             with self._cond:
                 self._records.remove(record)
                 del self._by_token[record.token]
