@@ -46,13 +46,16 @@ def _fds() -> int:
 
 
 def _semaphores() -> set[str]:
-    """The named semaphores this process holds (mapped), named or already unlinked.
+    """The semaphores this process holds that still have a name in /dev/shm.
 
     Read from this process's own memory map, not by listing /dev/shm, which
-    other programs on the machine fill and empty meanwhile.
+    other programs on the machine fill and empty meanwhile.  (A semaphore
+    already unlinked, as fork's are at once, shows as "(deleted)": it leaves
+    nothing behind.)
     """
     with open(f"/proc/{os.getpid()}/maps") as maps:
-        return {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/sem." in line}
+        paths = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/sem." in line}
+    return {path for path in paths if not path.endswith("(deleted)")}
 
 
 @pytest.fixture
