@@ -70,7 +70,7 @@ def run_example(code: str, folder: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if re.search(r"^def test_", code, re.M):
         script = folder / "test_example.py"
-        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", str(script)]
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(script)]
     else:
         script = folder / "example.py"
         command = [sys.executable, str(script)]
