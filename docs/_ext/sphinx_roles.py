@@ -19,7 +19,9 @@ import griffe
 # The public namespaces the reference renders (puma.X, puma.attributes.X, ...).
 _NAMESPACES = ("puma", "puma.attributes", "puma.logging", "puma.environments")
 # An RST literal block: "text::", a blank line, an indented block.
-_LITERAL = re.compile(r"^(?P<indent>[ ]*)(?P<text>\S[^\n]*?):(?P<colon>:)\n\n(?P<code>(?:(?P=indent)[ ]{4}[^\n]*\n|[ ]*\n)+)", re.M)
+_LITERAL = re.compile(
+    r"^(?P<indent>[ ]*)(?P<text>\S[^\n]*?)::\n\n(?P<code>(?:(?P=indent)[ ]{4}[^\n]*\n|[ ]*\n)+)", re.M
+)
 _ROLE = re.compile(r":(?:py:)?(?:class|meth|func|attr|data|mod|exc|obj):`(~?)([^`]+)`")
 
 
