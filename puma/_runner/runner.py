@@ -68,14 +68,16 @@ class Runner:
             others (those downstream of it end when the error reaches them).
             ``"continue"``: leave the others running; errors are still raised.
 
-    Example::
-
-        env = puma.ThreadEnvironment()        # or puma.ProcessEnvironment()
-        with puma.Runner(env) as runner:
-            raw = env.buffer(int, 10, "raw")
-            runner.start(Producer(raw, 100))
-            runner.start(Consumer(raw))
-            runner.join()
+    Examples:
+        >>> class Count(puma.Runnable):
+        ...     def execute(self) -> None:
+        ...         self.publisher(self.outputs[0]).publish_many(range(5))
+        >>> env = puma.ThreadEnvironment()  # or puma.ProcessEnvironment(), in a guarded script
+        >>> with puma.Runner(env) as runner:
+        ...     numbers = env.buffer(int, 10, "numbers")
+        ...     count = runner.start(Count("count", outputs=[numbers]))
+        ...     print(list(numbers.subscribe()))
+        [0, 1, 2, 3, 4]
     """
 
     def __init__(
