@@ -72,7 +72,7 @@ class Runner:
         >>> class Count(puma.Runnable):
         ...     def execute(self) -> None:
         ...         self.publisher(self.outputs[0]).publish_many(range(5))
-        >>> env = puma.ThreadEnvironment()  # or puma.ProcessEnvironment(), in a guarded script
+        >>> env = puma.ThreadEnvironment()  # or puma.ProcessEnvironment()
         >>> with puma.Runner(env) as runner:
         ...     numbers = env.buffer(int, 10, "numbers")
         ...     count = runner.start(Count("count", outputs=[numbers]))
