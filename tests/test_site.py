@@ -158,7 +158,7 @@ def test_the_reference_lists_every_public_name_and_nothing_else() -> None:
     # puma.Environment) counts once, where it is rendered
     shown = {id(public[name]) for name in documented if name in public}
     missing = [name for name, obj in public.items() if name not in documented and id(obj) not in shown]
-    assert not missing, f"public names missing from docs/reference: {missing}"
+    assert not missing, f"public names missing from docs/reference (add a `::: name` line to a page there): {missing}"
     extra = [name for name in documented if name not in public and name not in modules]
     assert not extra, f"docs/reference documents names that are not public: {extra}"
     assert modules <= set(documented), "each namespace's own docstring is on its page"
