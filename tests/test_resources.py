@@ -8,7 +8,7 @@ after its Runner closed still answers ``status()`` and holds no descriptor.
 from __future__ import annotations
 
 import gc
-import glob
+import os
 from collections.abc import Iterator
 
 import psutil
@@ -45,8 +45,17 @@ def _fds() -> int:
     return psutil.Process().num_fds()
 
 
-def _semaphores() -> int:
-    return len(glob.glob("/dev/shm/sem.*"))
+def _semaphores() -> set[str]:
+    """The semaphores this process holds that still have a name in /dev/shm.
+
+    Read from this process's own memory map, not by listing /dev/shm, which
+    other programs on the machine fill and empty meanwhile.  (A semaphore
+    already unlinked, as fork's are at once, shows as "(deleted)": it leaves
+    nothing behind.)
+    """
+    with open(f"/proc/{os.getpid()}/maps") as maps:
+        paths = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/sem." in line}
+    return {path for path in paths if not path.endswith("(deleted)")}
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ a crash (SIGKILL, segfault, ``os._exit``).
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import select
@@ -52,10 +53,11 @@ class ProcessHandle(ChildHandle):
     claimable = True
 
     def __init__(
-        self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool, from_fork_server: bool
+        self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool, start_method: str
     ) -> None:
         super().__init__(None)
-        self._from_fork_server = from_fork_server
+        self._from_fork_server = start_method == "forkserver"
+        self._forked = start_method == "fork"
         self._end_tree = end_tree
         self._process = process
         self._link = link
@@ -79,9 +81,18 @@ class ProcessHandle(ChildHandle):
         _logging.start_listener()  # the parent end of the child's log records
         self._listening = True
         try:
+            # A forked child shares the parent's pages until it writes to them, and the cyclic
+            # collector writes to every object it visits: frozen objects it leaves alone, so the
+            # child keeps sharing them (the recipe of gc.freeze's documentation).  The parent
+            # unfreezes at once: only the child keeps them frozen.
+            frozen = self._forked and gc.isenabled()
+            if frozen:
+                gc.freeze()
             try:
                 self._process.start()
             finally:
+                if frozen:
+                    gc.unfreeze()
                 self._link.close_child_end()
         except BaseException:
             self._abandon()  # forked, then interrupted (Ctrl-C)?
@@ -225,6 +236,11 @@ class ProcessHandle(ChildHandle):
             _logging.stop_listener()
 
 
+#: What a process child imports to run a runnable (``import puma`` alone loads almost nothing: its
+#: names load on first use).  The fork server imports these once for all its children.
+CHILD_MODULES = ("puma._environments.process_child", "puma._buffers.process")
+
+
 def _preload_in_fork_server(context: Any, modules: Sequence[str]) -> None:
     """Have the fork server import ``modules`` once, so the children it forks start with them loaded.
 
@@ -296,7 +312,7 @@ class ProcessEnvironment(Environment):
             and spawn elsewhere.  puma never changes the global start method:
             it uses its own ``multiprocessing`` context.
         preload: modules the fork server imports once, before it forks any
-            child (forkserver only; puma itself is always preloaded): heavy
+            child (forkserver only; what a puma child needs is always preloaded): heavy
             imports such as ``numpy`` then cost a child nothing.  They must be
             importable without side effects.
         end_process_tree: end the processes a runnable starts (``subprocess``,
@@ -325,7 +341,7 @@ class ProcessEnvironment(Environment):
         self._start_method = method
         self._context: Any = multiprocessing.get_context(method)
         if method == "forkserver":
-            _preload_in_fork_server(self._context, ["puma", *preload])
+            _preload_in_fork_server(self._context, [*CHILD_MODULES, *preload])
 
     @property
     def start_method(self) -> str:
@@ -374,4 +390,4 @@ class ProcessEnvironment(Environment):
             kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )
-        return ProcessHandle(process, link, on_change, self._end_tree, self._start_method == "forkserver")
+        return ProcessHandle(process, link, on_change, self._end_tree, self._start_method)

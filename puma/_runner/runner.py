@@ -175,8 +175,13 @@ class Runner:
         self._start(runnable, environment, claim=False)
         return runnable
 
-    def _start(self, runnable: Runnable, environment: Environment | None, claim: bool) -> ChildRecord:
-        """Launch ``runnable``; ``claim``: the caller reads the child's STARTED itself where it can."""
+    def _start(
+        self, runnable: Runnable, environment: Environment | None, claim: bool, watch: bool = True
+    ) -> ChildRecord:
+        """Launch ``runnable``; ``claim``: the caller reads the child's STARTED itself where it can.
+
+        ``watch=False``: the caller has the supervisor watch it later (once for many launches).
+        """
         if not isinstance(runnable, Runnable):
             raise TypeError(f"Runner.start() takes a puma.Runnable, not {type(runnable).__name__}")
         env = environment if environment is not None else self._environment
@@ -195,7 +200,7 @@ class Runner:
             raise
         hold_buffers(self._buffers, runnable)
         try:
-            self._launch(record, child, env, claim)
+            self._launch(record, child, env, claim, watch)
         except BaseException:
             record.start_claimed = False
             leave(joined)
@@ -227,8 +232,8 @@ class Runner:
         if runnable._puma_record is not None:
             raise PumaError(f"runnable {runnable.name!r} was already started; make a new one to run it again")
 
-    def _launch(self, record: ChildRecord, child: Runnable, env: Environment, claim: bool) -> None:
-        """Launch ``child`` from the right thread; have the supervisor watch it."""
+    def _launch(self, record: ChildRecord, child: Runnable, env: Environment, claim: bool, watch: bool) -> None:
+        """Launch ``child`` from the right thread; have the supervisor watch it (now if ``watch``)."""
         if env.launch_needs_lasting_thread and threading.current_thread() is not threading.main_thread():
             self._ensure_supervisor().launch(record, child).result()  # a thread that lives as long as the child
             return
@@ -236,6 +241,8 @@ class Runner:
         # thread child.  The supervisor is started after a fork, so a Runner's first child does
         # not wait for it.
         handle = self._launch_now(record, child, claim)
+        if not watch:
+            return
         try:
             self._ensure_supervisor().watch()
         except BaseException:
@@ -296,7 +303,16 @@ class Runner:
         ``start_timeout``) bounds the whole wait; a runnable that fails to
         start raises its error, as in :meth:`wait_until_running`.
         """
-        started = [self.start(runnable, environment) for runnable in runnables]
+        started: list[R] = []
+        try:
+            for runnable in runnables:
+                # The supervisor is woken once, after the last launch, not once per child: each
+                # wake-up would rebuild its wait and take the interpreter from this loop.
+                self._start(runnable, environment, claim=False, watch=False)
+                started.append(runnable)
+        finally:
+            if started:
+                self._ensure_supervisor().watch()
         deadline = Deadline(self._start_timeout if timeout is None else timeout)
         for runnable in started:
             self._wait_running(self._record(runnable), deadline)
