@@ -48,7 +48,8 @@ PAGES = [
 ]
 #: The marker of an example that works in threads and processes alike.
 SWITCH = "puma.ThreadEnvironment()  # or puma.ProcessEnvironment()"
-NAMESPACES = ("attributes", "logging", "environments")
+#: The public namespaces: the modules ``puma/<name>.py`` whose name does not start with "_".
+NAMESPACES = tuple(sorted(p.stem for p in (ROOT / "puma").glob("*.py") if not p.stem.startswith("_")))
 
 
 def python_blocks(page: str) -> list[str]:
@@ -142,11 +143,15 @@ def _reference_identifiers() -> list[str]:
 
 def _public_names() -> dict[str, object]:
     """Every public name, by its public path: ``puma.X`` and ``puma.<namespace>.X``."""
-    names: dict[str, object] = {f"puma.{name}": getattr(puma, name) for name in puma.__all__}
+    names: dict[str, object] = {f"puma.{name}": getattr(puma, name) for name in puma.__all__ if name not in NAMESPACES}
     for namespace in NAMESPACES:
         module = importlib.import_module(f"puma.{namespace}")
         names.update({f"puma.{namespace}.{name}": getattr(module, name) for name in module.__all__})
     return names
+
+
+def test_the_namespaces_are_found() -> None:
+    assert {"attributes", "logging", "environments"} <= set(NAMESPACES)
 
 
 def test_the_reference_lists_every_public_name_and_nothing_else() -> None:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import re
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import griffe
 
-# The public namespaces the reference renders (puma.X, puma.attributes.X, ...).
-_NAMESPACES = ("puma", "puma.attributes", "puma.logging", "puma.environments")
 # An RST literal block: "text::", a blank line, an indented block.
 _LITERAL = re.compile(
     r"^(?P<indent>[ ]*)(?P<text>\S[^\n]*?)::\n\n(?P<code>(?:(?P=indent)[ ]{4}[^\n]*\n|[ ]*\n)+)", re.M
@@ -31,10 +30,16 @@ class SphinxRoles(griffe.Extension):
     def on_package(self, *, pkg: griffe.Module, **kwargs: Any) -> None:
         if pkg.name != "puma":
             return
+        # The public namespaces: puma itself, and its modules puma/<name>.py not named "_...".
+        folder = Path(str(pkg.filepath)).parent
+        names = sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+        self._namespaces = ["puma", *(f"puma.{name}" for name in names if name in pkg.members)]
         public: dict[str, str] = {}  # canonical path -> public path
         known: set[str] = set()  # every public path the reference shows (names and their members)
-        for namespace in _NAMESPACES:
+        for namespace in self._namespaces:
             module = pkg if namespace == "puma" else pkg.members[namespace.split(".")[1]]
+            if module.is_alias:
+                module = module.final_target
             known.add(namespace)
             for name in module.exports or ():
                 if name not in module.members:
@@ -70,7 +75,7 @@ class SphinxRoles(griffe.Extension):
             if node.path in self._public:
                 scopes.append(self._public[node.path])
             node = node.parent
-        return [*scopes, *_NAMESPACES]
+        return [*scopes, *self._namespaces]
 
     def _link(self, obj: griffe.Object, short: bool, target: str) -> str:
         target = target.strip().removesuffix("()")
