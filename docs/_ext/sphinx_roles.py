@@ -89,9 +89,8 @@ class SphinxRoles(griffe.Extension):
 
 
 def _fence(match: re.Match[str]) -> str:
-    """An RST literal block as a fenced Python block (a ``Word::`` heading keeps one colon)."""
+    """An RST literal block as a fenced Python block; the line before it keeps one colon."""
     indent, text = match["indent"], match["text"]
     code = textwrap.dedent(match["code"]).strip("\n")
     lines = [f"{indent}{line}" if line else "" for line in ["```python", *code.splitlines(), "```"]]
-    heading = "" if text in ("", ":") else f"{indent}**{text}:**\n\n"
-    return heading + "\n".join(lines) + "\n\n"
+    return f"{indent}{text}:\n\n" + "\n".join(lines) + "\n\n"
