@@ -173,3 +173,31 @@ def test_the_reference_pages_are_in_the_site_navigation() -> None:
     nav = (ROOT / "mkdocs.yml").read_text(encoding="utf-8")
     for path in (DOCS / "reference").glob("*.md"):
         assert f"reference/{path.name}" in nav, path.name
+
+
+# --- the site ---------------------------------------------------------------------------------------
+
+
+def test_every_page_is_in_the_site_navigation() -> None:
+    """A page of docs/ left out of mkdocs.yml's nav would be built but unreachable (the strict build refuses it)."""
+    nav = {
+        line.split(":", 1)[1].strip()
+        for line in (ROOT / "mkdocs.yml").read_text(encoding="utf-8").splitlines()
+        if not line.lstrip().startswith("#") and re.search(r":\s*\S+\.md\s*$", line)
+    }
+    pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md") if "_ext" not in path.parts}
+    assert pages - nav == set(), "add these pages to the nav of mkdocs.yml"
+    assert nav - pages == set(), "the nav of mkdocs.yml names pages that do not exist"
+
+
+@pytest.mark.timeout(300)
+def test_the_site_builds_strictly(tmp_path: Path) -> None:
+    """`mkdocs build --strict`, as CI runs it, where the docs extra is installed (pip install -e ".[docs]")."""
+    pytest.importorskip(
+        "mkdocstrings_handlers.python", reason='the docs extra is not installed (pip install -e ".[docs]")'
+    )
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(tmp_path / "site")]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=280, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (tmp_path / "site" / "reference" / "runner" / "index.html").exists()
