@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 from _helpers import Collector, DiesHoldingBufferLock
 
 import puma
+from puma._buffers.shared import WAITING
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -394,3 +396,53 @@ def test_buffers_doc_example_runs(tmp_path: Path, index: int, where: str) -> Non
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip()
+
+
+def test_room_wakes_only_the_blocked_publishers_it_can_serve() -> None:
+    """Four batches of 4 wait on a full buffer of 8: room for one batch wakes one publisher, once.
+
+    (In one process: the start method makes no difference to the wake-ups.)
+    A publisher woken for too little room would go back to sleep: on a busy
+    machine with 16 publishers that is what made batched fan-in collapse.
+    """
+    buffer = puma.ProcessEnvironment("fork").buffer(int, 8, "fan-in")
+    tokens: list[int] = []
+    write_tokens, want_room = buffer._write_tokens, buffer._want_room  # type: ignore[attr-defined]
+    all_waiting = threading.Event()
+
+    def counting_write(count: int) -> None:
+        tokens.append(count)
+        write_tokens(count)
+
+    def counting_want(useful: int, delta: int) -> None:
+        want_room(useful, delta)
+        if buffer._shared[WAITING] == 4:  # type: ignore[attr-defined]
+            all_waiting.set()
+
+    buffer._write_tokens, buffer._want_room = counting_write, counting_want  # type: ignore[attr-defined]
+    buffer._register_publisher(5)
+    filler = buffer._open_publisher("filler")
+    for i in range(8):
+        filler.publish(i)  # full, with one frame per value: each value read gives its permit back
+    sub = buffer.subscribe()
+
+    def batch(i: int) -> None:
+        buffer._open_publisher(f"batch-{i}").publish_many([100 + i] * 4, timeout=60)
+
+    threads = [threading.Thread(target=batch, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_waiting.wait(60)
+        got = [sub.receive(timeout=60) for _ in range(4)]  # room for one batch, one permit at a time
+        assert got == [0, 1, 2, 3]
+        assert tokens == [1]  # one publisher woken, when its whole batch fitted
+        got += [sub.receive(timeout=60) for _ in range(20)]
+        assert sorted(got[:8]) == list(range(8))
+        batches = got[8:]
+        assert sorted(batches) == sorted([100, 101, 102, 103] * 4)
+        assert all(len(set(batches[k : k + 4])) == 1 for k in range(0, 16, 4)), batches  # each batch whole
+    finally:
+        for thread in threads:
+            thread.join(60)
+        buffer.supervision.release()

@@ -61,10 +61,14 @@ from puma._buffers.shared import (
     SUBSCRIBERS,
     TOKENS,
     WAITING,
+    WANT_FLOORS,
+    WANT_SLOTS,
+    WANTS,
     WRITER,
     EndChannel,
     Guard,
     free_locks_of,
+    want_slot,
 )
 from puma._buffers.supervision import StreamSupervision
 from puma._core import codec
@@ -134,6 +138,7 @@ class ProcessBuffer(Buffer[T]):
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", SHARED_SLOTS)
         self._group = max(1, size // 16)  # permits given back (and room made) at a time
+        self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
         self._local_state()
 
@@ -290,18 +295,43 @@ class ProcessBuffer(Buffer[T]):
         except BlockingIOError:
             pass  # the pipe is full of tokens: every waiter finds one
 
-    def _wake_publishers(self, given_back: int) -> None:
-        """``given_back`` permits came back: one room token per group of them, for publishers waiting."""
+    def _wake_publishers(self) -> None:
+        """Permits came back: one room token for each waiting publisher the free room can serve.
+
+        A waiting publisher says how much room it needs (:data:`WANT` holds the
+        least any of them needs), so a batch of 100 is not woken for every few
+        permits that come back, only to find too few and sleep again.
+        """
         with self._meta_guard:
-            waiting = int(self._shared[WAITING])
-            if waiting:
-                self._write_tokens(min(waiting, max(1, given_back // self._group)))
+            shared = self._shared
+            waiting = int(shared[WAITING])
+            if not waiting:
+                return
+            free = self._free()
+            wakes = 0
+            for k in range(WANT_SLOTS):  # the least demanding first; each needs at least its floor
+                floor = WANT_FLOORS[k]
+                if free < floor:
+                    break
+                count = int(shared[WANTS + k])
+                if count:
+                    served = min(count, free // floor)
+                    wakes += served
+                    free -= served * floor
+            if wakes:
+                self._write_tokens(min(wakes, waiting))
+
+    def _want_room(self, useful: int, delta: int) -> None:
+        """A publisher starts (``delta`` 1) or stops (-1) waiting for ``useful`` permits; under the meta lock."""
+        shared = self._shared
+        shared[WAITING] += delta
+        shared[want_slot(useful)] += delta
 
     def _give_back(self, count: int) -> None:
         """Give back ``count`` permits (values not written after all), waking waiters for them."""
         for _ in range(count):
             self._slots.release()
-        self._wake_publishers(count)
+        self._wake_publishers()
 
     # --- used by puma itself -----------------------------------------------------------------
     def _register_publisher(self, delta: int = 1) -> None:

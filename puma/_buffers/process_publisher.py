@@ -8,12 +8,14 @@ and sleeps on the buffer's "room" pipe in its one wait (its runnable's, or
 the main program's :class:`~puma._core.current.OutsideContext`), so a
 producer held back by a slow consumer still runs its commands.
 
-Room tokens are scarce on purpose: a subscriber writes one token per group
-of permits it gives back (not one per waiting publisher), and a waiter that
-took all it wanted while permits remain passes a token on.  So ``M`` blocked
-publishers are not all woken to find, ``M - 1`` of them, nothing.  A blocked
-batch waits until a group's worth of room (or all it still needs) is free,
-so it writes a useful frame rather than whatever single permit came back.
+Room tokens are scarce on purpose.  A waiting publisher counts itself with
+the room it needs: one permit for a value; for a batch, all it still has to
+write, up to half the capacity, so it writes a useful frame rather than
+whatever single permit came back.  A subscriber giving permits back writes
+one token per waiter the free room can serve, the least demanding first,
+and a waiter that took all it wanted passes the rest on the same way.  So
+``M`` blocked publishers are not all woken to find, ``M - 1`` of them,
+nothing, and a batch is not woken for room it cannot use.
 """
 
 from __future__ import annotations
@@ -98,7 +100,7 @@ class ProcessPublisher(Publisher[T]):
         if got:
             return got
         ctx = _current.waiting_context()
-        useful = min(want, b._group)
+        useful = min(want, b._useful)
         room_fd = b._room_reader.fileno()
 
         def ready() -> bool:
@@ -112,17 +114,17 @@ class ProcessPublisher(Publisher[T]):
             return got > 0
 
         with b._meta_guard:
-            shared[WAITING] += 1
+            b._want_room(useful, 1)
         try:
             ok = ctx.wait((room_fd,), deadline.remaining(), ready)
         finally:
             with b._meta_guard:
-                shared[WAITING] -= 1
+                b._want_room(useful, -1)
                 others = shared[WAITING]
-            if others and got in (want, 0) and b._free() > 0:
-                # Took all we wanted with room left, or leave (timeout, stop) with a token perhaps
-                # consumed: the next waiter may use what is free.
-                b._write_tokens(1)
+            if others and got in (want, 0):
+                # Took all we wanted (room may be left), or leave (timeout, stop) with a token
+                # perhaps consumed: the next waiters may use what is free.
+                b._wake_publishers()
         if got:
             return got
         if not ok:

@@ -376,7 +376,7 @@ class ProcessSubscription(Subscription[T]):
 
     def _release(self, count: int) -> None:
         deque(starmap(self._slots.release, repeat((), count)), 0)  # one call per permit, in C
-        self._b._wake_publishers(count)
+        self._b._wake_publishers()
 
     def _commands(self) -> None:
         """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""

@@ -27,6 +27,8 @@ readers look at with ``MSG_PEEK``.
 
 from __future__ import annotations
 
+import bisect
+import math
 import os
 import pickle
 import socket
@@ -52,10 +54,14 @@ __all__ = [
     "SUBSCRIBER",
     "SUBSCRIBERS",
     "WAITING",
+    "WANTS",
+    "WANT_FLOORS",
+    "WANT_SLOTS",
     "WRITER",
     "EndChannel",
     "Guard",
     "free_locks_of",
+    "want_slot",
 ]
 
 # --- the slots ------------------------------------------------------------------------------
@@ -73,9 +79,22 @@ HOLDS = 10  # stream holds outstanding (Buffer.hold_open)
 ENDED = 11  # how the stream ended (END_*); 0 while it goes on
 SUBSCRIBERS = 12  # subscriptions made, in every process
 END_SIZE = 13  # bytes written on the end channel
-TOKENS = 14  # first of the reader-token slots: Runner token + 1 of each distinct subscribing runnable
+WANTS = 14  # first of the want slots: waiting publishers by the room they need (see WANT_FLOORS)
+WANT_SLOTS = 64
+TOKENS = WANTS + WANT_SLOTS  # first of the reader-token slots: Runner token + 1 of each distinct subscribing runnable
 MAX_READERS = 64
 SHARED_SLOTS = TOKENS + MAX_READERS
+
+#: Want slot ``k`` counts the waiting publishers that need at least ``WANT_FLOORS[k]`` permits (and
+#: less than the next floor): floors a quarter of a power of two apart, so a waiter is woken when the
+#: room is within about 19 % of what it needs, never later.
+WANT_FLOORS = tuple(math.ceil(2 ** (k / 4)) for k in range(WANT_SLOTS))
+
+
+def want_slot(need: int) -> int:
+    """The want slot of a publisher waiting for ``need`` permits."""
+    return WANTS + max(0, bisect.bisect_right(WANT_FLOORS, need) - 1)
+
 
 #: Ended: every publisher that joined completed and no hold is outstanding (the pipe is empty).
 END_CLEAN = 1

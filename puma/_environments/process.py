@@ -9,7 +9,6 @@ a crash (SIGKILL, segfault, ``os._exit``).
 
 from __future__ import annotations
 
-import gc
 import multiprocessing
 import os
 import select
@@ -57,7 +56,6 @@ class ProcessHandle(ChildHandle):
     ) -> None:
         super().__init__(None)
         self._from_fork_server = start_method == "forkserver"
-        self._forked = start_method == "fork"
         self._end_tree = end_tree
         self._process = process
         self._link = link
@@ -81,18 +79,9 @@ class ProcessHandle(ChildHandle):
         _logging.start_listener()  # the parent end of the child's log records
         self._listening = True
         try:
-            # A forked child shares the parent's pages until it writes to them, and the cyclic
-            # collector writes to every object it visits: frozen objects it leaves alone, so the
-            # child keeps sharing them (the recipe of gc.freeze's documentation).  The parent
-            # unfreezes at once: only the child keeps them frozen.
-            frozen = self._forked and gc.isenabled()
-            if frozen:
-                gc.freeze()
             try:
                 self._process.start()
             finally:
-                if frozen:
-                    gc.unfreeze()
                 self._link.close_child_end()
         except BaseException:
             self._abandon()  # forked, then interrupted (Ctrl-C)?

@@ -168,7 +168,7 @@ class ChildRecord:
             answer = handle.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
         except (RunnableNotRunningError, TimeoutError, KeyboardInterrupt):  # TimeoutError is an OSError
             if handle.abandoned_call:
-                self.runner._rewatch_from_anywhere()  # so the supervisor drains the answer that may still come
+                self.runner._watch()  # so the supervisor drains the answer that may still come
             raise
         except OSError as exc:
             raise RunnableNotRunningError(f"runnable {self.name!r} has ended: {exc}") from exc

@@ -175,16 +175,11 @@ class Runner:
         self._start(runnable, environment, claim=False)
         return runnable
 
-    def _start(
-        self, runnable: Runnable, environment: Environment | None, claim: bool, watch: bool = True
-    ) -> ChildRecord:
-        """Launch ``runnable``; ``claim``: the caller reads the child's STARTED itself where it can.
-
-        ``watch=False``: the caller has the supervisor watch it later (once for many launches).
-        """
+    def _start(self, runnable: Runnable, chosen: Environment | None, claim: bool, watch: bool = True) -> ChildRecord:
+        """Launch ``runnable``; ``claim``: the caller reads its STARTED where it can; ``watch``: wake the supervisor."""
         if not isinstance(runnable, Runnable):
             raise TypeError(f"Runner.start() takes a puma.Runnable, not {type(runnable).__name__}")
-        env = environment if environment is not None else self._environment
+        env = chosen if chosen is not None else self._environment
         self._check_startable(runnable)
         child = env.prepare(runnable)
         joined = join_outputs(runnable)  # first: a stream that has ended refuses it, and nothing is filed
@@ -238,12 +233,11 @@ class Runner:
             self._ensure_supervisor().launch(record, child).result()  # a thread that lives as long as the child
             return
         # Launched here: the main thread (for a process, the fastest start), or any thread for a
-        # thread child.  The supervisor is started after a fork, so a Runner's first child does
-        # not wait for it.
+        # thread child.  The supervisor starts after a fork: a Runner's first child does not wait.
         handle = self._launch_now(record, child, claim)
-        if not watch:
-            return
         try:
+            if not watch:
+                return
             self._ensure_supervisor().watch()
         except BaseException:
             _abandon(handle)
@@ -279,10 +273,6 @@ class Runner:
         if supervisor is not None:
             supervisor.watch()
 
-    def _rewatch_from_anywhere(self) -> None:
-        """A direct command call was abandoned: the supervisor drains the answer that may still come."""
-        self._watch()
-
     def start_blocking(self, runnable: R, environment: Environment | None = None, timeout: float | None = None) -> R:
         """Launch ``runnable`` and wait until it runs (see :meth:`wait_until_running`)."""
         limit = self._start_timeout if timeout is None else timeout
@@ -298,16 +288,13 @@ class Runner:
     ) -> list[R]:
         """Launch every runnable, then wait until all of them run; returns them, in order.
 
-        Faster than one :meth:`start_blocking` after another: the children
-        start up side by side.  ``timeout`` (default: the Runner's
-        ``start_timeout``) bounds the whole wait; a runnable that fails to
-        start raises its error, as in :meth:`wait_until_running`.
+        Faster than one :meth:`start_blocking` after another: the children start up side by
+        side.  ``timeout`` (default: the Runner's ``start_timeout``) bounds the whole wait; a
+        runnable that fails to start raises its error, as in :meth:`wait_until_running`.
         """
         started: list[R] = []
-        try:
+        try:  # the supervisor is woken once, after the last launch (each wake-up costs this loop)
             for runnable in runnables:
-                # The supervisor is woken once, after the last launch, not once per child: each
-                # wake-up would rebuild its wait and take the interpreter from this loop.
                 self._start(runnable, environment, claim=False, watch=False)
                 started.append(runnable)
         finally:
