@@ -364,8 +364,21 @@ def test_a_released_thread_buffer_refuses_clearly(no_collection: None) -> None:
 _DOC = Path(__file__).resolve().parent.parent / "docs" / "buffers.md"
 
 
+_SWITCH = "puma.ThreadEnvironment()  # or puma.ProcessEnvironment()"  # promises the one-line switch
+
+
 def _doc_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", _DOC.read_text(), re.S)
+
+
+def _doc_cases() -> list[tuple[int, str]]:
+    """Each example as written, and switched to processes where it says it works there too."""
+    return [
+        (index, where)
+        for index, block in enumerate(_doc_blocks())
+        for where in ("as written", "processes")
+        if where == "as written" or _SWITCH in block
+    ]
 
 
 def test_the_buffers_doc_has_examples() -> None:
@@ -373,10 +386,13 @@ def test_the_buffers_doc_has_examples() -> None:
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("index", range(len(_doc_blocks())))
-def test_buffers_doc_example_runs(tmp_path: Path, index: int) -> None:
+@pytest.mark.parametrize(("index", "where"), _doc_cases())
+def test_buffers_doc_example_runs(tmp_path: Path, index: int, where: str) -> None:
+    code = _doc_blocks()[index]
+    if where == "processes":
+        code = code.replace(_SWITCH, "puma.ProcessEnvironment()")
     script = tmp_path / f"buffers_{index}.py"
-    script.write_text(_doc_blocks()[index])
+    script.write_text(code)
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=100, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip()

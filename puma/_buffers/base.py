@@ -96,6 +96,27 @@ class Buffer(abc.ABC, Generic[T]):
     The stream ends when every publisher that joined has completed and no
     hold (:meth:`hold_open`) is outstanding.  A runnable with the buffer in
     its ``outputs`` joins when the Runner starts it and leaves by completing.
+
+    Examples:
+        A buffer of at most two values between a runnable and the main program:
+
+        >>> import puma
+        >>> class Letters(puma.Runnable):
+        ...     def __init__(self, out: puma.Buffer[str]) -> None:
+        ...         super().__init__("letters", outputs=[out])
+        ...         self._out = out
+        ...     def execute(self) -> None:
+        ...         with self.publisher(self._out) as pub:
+        ...             for letter in "abc":
+        ...                 pub.publish(letter)  # waits while the buffer is full
+        >>> env = puma.ThreadEnvironment()
+        >>> with puma.Runner(env) as runner:
+        ...     letters = env.buffer(str, 2, "letters")
+        ...     producer = runner.start(Letters(letters))
+        ...     print(list(letters.subscribe()))  # ends when the publisher completes
+        ...     print(letters.statistics().ended)
+        ['a', 'b', 'c']
+        True
     """
 
     def __init__(self, item_type: type[T] | Any, size: int, name: str) -> None:

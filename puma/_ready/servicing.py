@@ -387,14 +387,26 @@ class SingleBufferServicingRunnable(ServicingRunnable, Generic[T]):
         ticks_paused: start with ticks paused.
         batch_size: most values handled before pending commands and ticks are.
 
-    Example::
-
-        class Scale(puma.SingleBufferServicingRunnable[float]):
-            def __init__(self, inp: puma.Buffer[float], out: puma.Buffer[float]) -> None:
-                super().__init__("scale", inp, outputs=[out])
-
-            def on_value(self, value: float) -> float:
-                return value * 2.0
+    Examples:
+        >>> import puma
+        >>> class Numbers(puma.Runnable):
+        ...     def __init__(self, out: puma.Buffer[float]) -> None:
+        ...         super().__init__("numbers", outputs=[out])
+        ...         self._out = out
+        ...     def execute(self) -> None:
+        ...         self.publisher(self._out).publish_many([1.0, 2.0, 3.0])
+        >>> class Scale(puma.SingleBufferServicingRunnable[float]):
+        ...     def __init__(self, inp: puma.Buffer[float], out: puma.Buffer[float]) -> None:
+        ...         super().__init__("scale", inp, outputs=[out])
+        ...     def on_value(self, value: float) -> float:
+        ...         return value * 2.0  # published to every output
+        >>> env = puma.ThreadEnvironment()
+        >>> with puma.Runner(env) as runner:
+        ...     raw, scaled = env.buffer(float, 4, "raw"), env.buffer(float, 4, "scaled")
+        ...     scale = runner.start(Scale(raw, scaled))
+        ...     numbers = runner.start(Numbers(raw))
+        ...     print(list(scaled.subscribe()))
+        [2.0, 4.0, 6.0]
     """
 
     def __init__(

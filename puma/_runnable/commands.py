@@ -118,6 +118,31 @@ def run_in_child_scope(function: Callable[Concatenate[S, P], R]) -> ChildScopeMe
     raises does not harm the runnable: later commands still run.  Calling a
     command on a runnable that is not running raises
     :class:`~puma.RunnableNotRunningError`.
+
+    Examples:
+        >>> import puma
+        >>> class Counter(puma.CommandDrivenRunnable):
+        ...     def __init__(self) -> None:
+        ...         super().__init__("counter")
+        ...         self._count = 0
+        ...     @puma.run_in_child_scope
+        ...     def add(self, n: int) -> int:
+        ...         if n < 0:
+        ...             raise ValueError("only up")
+        ...         self._count += n
+        ...         return self._count
+        >>> with puma.Runner(puma.ThreadEnvironment()) as runner:
+        ...     counter = runner.start(Counter())
+        ...     print(counter.add(2), counter.add(3))
+        ...     try:
+        ...         counter.add(-1)
+        ...     except ValueError as error:
+        ...         print("refused:", error)
+        ...     print(counter.add.submit(10).result(timeout=30))  # a future instead of waiting
+        ...     runner.stop()
+        2 5
+        refused: only up
+        15
     """
     return ChildScopeMethod(function)
 

@@ -59,17 +59,27 @@ class Runnable(abc.ABC):
             :meth:`execute` ends (with the error, if it raised), so downstream
             runnables always end.
 
-    Example::
+    Examples:
+        A runnable that reports a status and answers a command until stopped:
 
-        class Producer(puma.Runnable):
-            def __init__(self, out: puma.Buffer[int], count: int) -> None:
-                super().__init__("producer", outputs=[out])
-                self._out, self._count = out, count
-
-            def execute(self) -> None:
-                with self.publisher(self._out) as pub:
-                    for i in range(self._count):
-                        pub.publish(i)
+        >>> import puma
+        >>> class Greeter(puma.Runnable):
+        ...     def __init__(self, greeting: str) -> None:
+        ...         super().__init__("greeter")
+        ...         self._greeting = greeting
+        ...     def execute(self) -> None:
+        ...         self.send_status("said", f"{self._greeting}, world")
+        ...         self.wait_for_stop()  # commands run meanwhile
+        ...     @puma.run_in_child_scope
+        ...     def shout(self) -> str:
+        ...         return self._greeting.upper()
+        >>> with puma.Runner(puma.ThreadEnvironment()) as runner:
+        ...     greeter = runner.start(Greeter("hello"))
+        ...     print(greeter.wait_status("said", timeout=30))
+        ...     print(greeter.shout())  # runs in the child, returns here
+        ...     runner.stop()
+        hello, world
+        HELLO
     """
 
     # puma's own state is scoped like any user attribute (docs/attributes.md): the record is the

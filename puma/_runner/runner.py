@@ -62,20 +62,20 @@ class Runner:
             processes can be mixed under one Runner.
         stop_timeout: how long a stopped runnable may take to end before it is
             terminated, then killed, and reported as :class:`~puma.StuckRunnableError`.
-        start_timeout: default bound of :meth:`start_blocking` and
-            :meth:`wait_until_running`.
+        start_timeout: default bound of :meth:`start_blocking` and :meth:`wait_until_running`.
         on_failure: ``"stop"`` (default): when a runnable fails or dies, stop the
             others (those downstream of it end when the error reaches them).
             ``"continue"``: leave the others running; errors are still raised.
 
-    Example::
-
-        env = puma.ThreadEnvironment()        # or puma.ProcessEnvironment()
-        with puma.Runner(env) as runner:
-            raw = env.buffer(int, 10, "raw")
-            runner.start(Producer(raw, 100))
-            runner.start(Consumer(raw))
-            runner.join()
+    Examples:
+        >>> class Count(puma.Runnable):
+        ...     def execute(self) -> None:
+        ...         self.publisher(self.outputs[0]).publish_many(range(5))
+        >>> env = puma.ThreadEnvironment()  # or puma.ProcessEnvironment()
+        >>> with puma.Runner(env) as runner:
+        ...     count = runner.start(Count("count", outputs=[env.buffer(int, 10, "numbers")]))
+        ...     print(list(count.outputs[0].subscribe()))  # the main program reads its output
+        [0, 1, 2, 3, 4]
     """
 
     def __init__(
