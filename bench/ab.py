@@ -3,7 +3,7 @@
 Run from the repository root::
 
     python bench/ab.py /path/to/old/checkout                       # bench_core.py, 3 rounds
-    python bench/ab.py /path/to/old --script bench/bench_buffers.py --rounds 5 -- --only fan
+    python bench/ab.py /path/to/old --script bench/bench_buffers.py --rounds 5 --only fan
 
 Each round runs the script (this checkout's copy, so both sides run exactly the
 same rows) once against the other checkout's ``puma`` and once against this
@@ -60,13 +60,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--this", default=ROOT, help="this side's checkout (default: the one holding this script)")
     parser.add_argument("--script", default=os.path.join(HERE, "bench_core.py"))
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("extra", nargs="*", help="arguments for the script (after --)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)  # the rest goes to the script
+    extra = [a for a in extra if a != "--"]
     sides: dict[str, list[dict[str, tuple[str, float]]]] = {"other": [], "this": []}
     for round_ in range(args.rounds):
         for side, checkout in (("other", os.path.abspath(args.other)), ("this", os.path.abspath(args.this))):
             print(f"round {round_ + 1}/{args.rounds}: {side} ({checkout})", file=sys.stderr, flush=True)
-            sides[side].append(_run(args.script, checkout, args.extra))
+            sides[side].append(_run(args.script, checkout, extra))
     names = [n for n in sides["this"][0] if all(n in run for run in sides["other"] + sides["this"])]
     print(f"| benchmark | unit | ratio to baseline: other | ratio: this | this / other ({args.rounds} rounds) |")
     print("| --- | --- | --- | --- | --- |")
