@@ -1,0 +1,540 @@
+"""The parent side of a batch map: hands chunks to workers, collects results, survives deaths.
+
+One loop in the caller's thread does everything, sleeping in one wait over
+the workers' outboxes (and, with a per-item timeout, until the earliest
+moment an input can overrun):
+
+* **dispatch**: each live worker has its own inbox and at most two chunks
+  outstanding (the one it runs, the next); inputs are pulled lazily, never
+  more than ``max_in_flight`` ahead of what the caller has taken;
+* **collect**: a chunk's values and failures come back together; a failure
+  whose type is retried goes back to the queue;
+* **a death** ends the worker's outbox with the :class:`~puma.ChildDiedError`;
+  the worker's mark names the input it was on: that input is failed (or
+  retried, until it has killed ``poison_after`` workers), everything else it
+  held is queued again, and a new worker takes its seat;
+* **a timeout** kills the worker running the overdue input: its death fails
+  that input with :class:`ItemTimeout`;
+* **recycling**: a worker past ``max_items`` or ``max_rss`` gets no more work,
+  ends when its last chunk is back, and a new one starts at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from puma._batch.records import BatchError, Failure, Interrupted, ItemTimeout, WorkerDied, short_repr
+from puma._batch.worker import SLOTS_PER_WORKER, BatchWorker, Marks
+from puma._buffers.base import Buffer, Publisher, Subscription
+from puma._core import current as _current
+from puma._core.errors import (
+    BufferCompleted,
+    BufferEmpty,
+    ChildDiedError,
+    PumaError,
+    SerializedError,
+    StuckRunnableError,
+    UsageError,
+    deserialize_error,
+)
+from puma._environments.base import Environment
+from puma._runner.runner import Runner
+
+__all__ = ["Engine", "Options"]
+
+PREFETCH = 2  # chunks outstanding per worker: the one it runs and the next
+TARGET_CHUNK_SECONDS = 0.02  # self-tuned chunks aim at tens of milliseconds
+
+
+@dataclass
+class Options:
+    """Everything a map was asked to do (checked by the public functions)."""
+
+    environment: Environment
+    workers: int
+    chunk_size: int | None = None
+    timeout: float | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    poison_after: int = 2
+    max_items: int | None = None
+    max_rss: int | None = None
+    max_in_flight: int | None = None
+    max_failures: int | None = None
+    progress: bool = False
+    ordered: bool = True
+
+
+class _Chunk:
+    __slots__ = ("args", "id", "indices")
+
+    def __init__(self, chunk_id: int, indices: list[int], args: list[Any]) -> None:
+        self.id = chunk_id
+        self.indices = indices
+        self.args = args
+
+
+class _Seat:
+    """One worker: its runnable, its inbox and outbox, its mark slot, the chunks it holds."""
+
+    def __init__(self, worker: BatchWorker, slot: int, pub: Publisher[Any], sub: Subscription[Any]) -> None:
+        self.worker = worker
+        self.slot = slot
+        self.pub = pub
+        self.sub = sub
+        self.outstanding: deque[int] = deque()
+        self.items = 0
+        self.retiring = False
+        self.timed_out: int | None = None
+        self.pid: int | None = None
+        self.label = worker.name
+
+
+def _contiguous(indices: list[int]) -> range | list[int]:
+    """A range when the indices follow each other (it pickles in a few bytes)."""
+    if indices and indices[-1] - indices[0] == len(indices) - 1:
+        return range(indices[0], indices[-1] + 1)
+    return indices
+
+
+class Engine:
+    """One map: the Runner, the workers and the loop (iterate :meth:`run`)."""
+
+    def __init__(self, call: Callable[[Any], Any], items: Iterable[Any], options: Options, keep: bool) -> None:
+        self._call = call
+        self._o = options
+        self._keep = keep  # keep every outcome (for Interrupted / BatchError partial results)
+        try:
+            self._total: int | None = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            self._total = None
+        self._source: Iterator[Any] | None = iter(items)
+        self._next_index = 0
+        self._pending: deque[tuple[int, Any]] = deque()  # re-queued inputs: they go first
+        self._chunks: dict[int, _Chunk] = {}
+        self._chunk_ids = 0
+        self._attempts: dict[int, int] = {}
+        self._deaths: dict[int, int] = {}
+        self._seats: list[_Seat] = []
+        self._free_slots: list[int] = []
+        self._names = 0
+        self._per_item: float | None = None
+        self._size = 1
+        self._released = 0  # outcomes the caller has taken (bounds what is in flight)
+        self._finished = 0
+        self._failures: list[Failure] = []
+        self._outcomes: dict[int, Any] = {}
+        self._ready: list[tuple[int, Any]] = []
+        self._runner: Runner | None = None
+        self._marks: Marks | None = None
+        self._bar: Any = None
+        if options.max_in_flight is not None:
+            self._bound = options.max_in_flight
+        elif self._total is not None:
+            self._bound = max(self._total, 1)
+        else:
+            self._bound = max(1024, 256 * options.workers)
+
+    # --- the public face ---------------------------------------------------------------------
+    @property
+    def failures(self) -> list[Failure]:
+        """The failures so far, in the order they happened."""
+        return self._failures
+
+    def release(self, count: int) -> None:
+        """The caller has taken ``count`` more outcomes: as many more inputs may be pulled."""
+        self._released += count
+
+    def run(self) -> Iterator[list[tuple[int, Any]]]:
+        """Batches of ``(index, value or Failure)`` as they finish (any order)."""
+        try:
+            self._open()
+            while True:
+                self._dispatch()
+                if self._ready:
+                    batch, self._ready = self._ready, []
+                    yield batch
+                    continue
+                if not self._chunks and not self._pending and self._source is None:
+                    break
+                self._collect()
+        except KeyboardInterrupt:
+            self._interrupt()
+            raise Interrupted(dict(self._outcomes)) from None
+        finally:
+            self._close()
+
+    # --- set-up and tear-down ------------------------------------------------------------------
+    def _open(self) -> None:
+        o = self._o
+        crossing = o.environment.buffer(int, 1, "probe")._crossable()
+        slots = 2 * o.workers + 2
+        self._marks = Marks(slots * SLOTS_PER_WORKER, shared=crossing)
+        self._free_slots = list(range(slots - 1, -1, -1))
+        self._crossing = crossing
+        self._runner = Runner(o.environment, on_failure="continue", stop_timeout=1.0)
+        if o.progress:
+            self._bar = _progress_bar(self._total)
+        for _ in range(o.workers):
+            self._seat()
+
+    def _seat(self) -> _Seat | None:
+        """Start a worker in a free slot."""
+        if not self._free_slots:
+            return None
+        assert self._runner is not None and self._marks is not None
+        slot = self._free_slots.pop()
+        self._marks.view[slot * SLOTS_PER_WORKER] = 0
+        env = self._o.environment
+        self._names += 1
+        inbox: Buffer[Any] = env.buffer(tuple, PREFETCH + 2, f"batch-inbox-{self._names}")
+        outbox: Buffer[Any] = env.buffer(tuple, PREFETCH + 2, f"batch-outbox-{self._names}")
+        worker = BatchWorker(
+            f"batch-worker-{self._names}",
+            self._call,
+            inbox,
+            outbox,
+            self._marks,
+            slot,
+            timed=self._o.timeout is not None,
+            measure_rss=self._o.max_rss is not None,
+        )
+        inbox._register_publisher()
+        pub = inbox._open_publisher("the batch map")
+        sub = outbox.subscribe()
+        self._runner.start(worker)
+        seat = _Seat(worker, slot, pub, sub)
+        seat.pid = self._runner.pid(worker)
+        seat.label = f"{worker.name} (process {seat.pid})" if crossing_pid(seat.pid) else f"{worker.name} (thread)"
+        self._seats.append(seat)
+        return seat
+
+    def _close(self) -> None:
+        runner, self._runner = self._runner, None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        try:
+            if runner is not None:
+                for seat in self._seats:
+                    if not seat.pub.completed:
+                        try:
+                            seat.pub.complete()
+                        except PumaError:
+                            pass
+                try:
+                    runner.close()
+                except BaseException as errors:  # noqa: BLE001 - the deaths were handled as failures
+                    members = list(errors.exceptions) if isinstance(errors, BaseExceptionGroup) else [errors]
+                    left = [m for m in members if not isinstance(m, ChildDiedError | StuckRunnableError)]
+                    if left and not isinstance(errors, KeyboardInterrupt):
+                        raise
+        finally:
+            if self._marks is not None:
+                self._marks.close()
+                self._marks = None
+
+    def _interrupt(self) -> None:
+        """Ctrl-C: no more work; the workers are killed at once (what they ran is lost anyway)."""
+        self._source = None
+        self._pending.clear()
+        for seat in self._seats:
+            if seat.pid is not None and self._crossing:
+                try:
+                    os.kill(seat.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if self._runner is not None:
+            self._runner.stop()
+
+    # --- dispatch ----------------------------------------------------------------------------
+    def _chunk_size(self) -> int:
+        o = self._o
+        if o.chunk_size is not None:
+            return o.chunk_size
+        if self._per_item is not None:
+            wanted = max(1, int(TARGET_CHUNK_SECONDS / max(self._per_item, 1e-9)))
+            self._size = max(1, min(wanted, 4 * self._size))
+        if self._total is not None:
+            left = self._total - self._next_index + len(self._pending)
+        else:
+            left = self._bound
+        cap = max(1, math.ceil(left / (2 * o.workers)))
+        return max(1, min(self._size, cap))
+
+    def _take(self, size: int) -> tuple[list[int], list[Any]]:
+        indices: list[int] = []
+        args: list[Any] = []
+        pending = self._pending
+        while pending and len(indices) < size:
+            index, arg = pending.popleft()
+            indices.append(index)
+            args.append(arg)
+        source = self._source
+        if source is not None and len(indices) < size:
+            room = self._bound - (self._next_index - self._released)
+            want = min(size - len(indices), room)
+            start = self._next_index
+            for arg in source:
+                args.append(arg)
+                want -= 1
+                if want <= 0:
+                    break
+            else:
+                self._source = None
+            got = len(args) - len(indices)
+            indices.extend(range(start, start + got))
+            self._next_index = start + got
+            if self._source is None and self._total is None:
+                self._total = self._next_index
+        return indices, args
+
+    def _dispatch(self) -> None:
+        for seat in self._seats:
+            if seat.retiring or seat.timed_out is not None:
+                continue
+            while len(seat.outstanding) < PREFETCH:
+                if not self._pending and (
+                    self._source is None or self._next_index - self._released >= self._bound
+                ):
+                    return
+                indices, args = self._take(self._chunk_size())
+                if not indices:
+                    return
+                self._chunk_ids += 1
+                chunk = _Chunk(self._chunk_ids, indices, args)
+                self._chunks[chunk.id] = chunk
+                seat.outstanding.append(chunk.id)
+                seat.pub.publish((chunk.id, _contiguous(indices), args))
+
+    # --- collect -----------------------------------------------------------------------------
+    def _collect(self) -> None:
+        seats = self._seats
+        waker = _current.waiting_context().waker
+        waker.clear()
+        ready = [s for s in seats if s.sub.ready()]
+        if not ready:
+            fds = tuple(fd for s in seats for fd in s.sub._fds())
+            waker.wait(fds, self._until_overdue())
+            ready = [s for s in seats if s.sub.ready()]
+        for seat in ready:
+            self._drain(seat)
+        if self._o.timeout is not None:
+            self._check_timeouts()
+
+    def _drain(self, seat: _Seat) -> None:
+        while True:
+            try:
+                done = seat.sub.receive_many(8, timeout=0)
+            except BufferEmpty:
+                return
+            except BufferCompleted:
+                self._ended(seat)
+                return
+            except Exception as error:  # noqa: BLE001 - the worker is gone: its death, or its failure
+                self._died(seat, error)
+                return
+            for message in done:
+                self._chunk_done(seat, message)
+
+    def _chunk_done(self, seat: _Seat, message: tuple[Any, ...]) -> None:
+        chunk_id, values, failures, elapsed, rss = message
+        chunk = self._chunks.pop(chunk_id)
+        seat.outstanding.remove(chunk_id)
+        count = len(chunk.indices)
+        seat.items += count
+        per = elapsed / count
+        self._per_item = per if self._per_item is None else 0.5 * (self._per_item + per)
+        if failures:
+            failed = {f[0]: f for f in failures}
+            for position, (index, arg) in enumerate(zip(chunk.indices, chunk.args, strict=True)):
+                entry = failed.get(position)
+                if entry is None:
+                    self._outcome(index, values[position])
+                    continue
+                _, frozen, task, clipboard = entry
+                error = deserialize_error(frozen) if isinstance(frozen, SerializedError) else frozen
+                self._failed(index, arg, error, seat, task=task, clipboard=clipboard)
+        else:
+            ready = self._ready
+            keep = self._keep
+            for index, value in zip(chunk.indices, values, strict=True):
+                ready.append((index, value))
+                if keep:
+                    self._outcomes[index] = value
+            self._finished += count
+            self._attempts_done(chunk.indices)
+        if self._bar is not None:
+            self._bar.update(count)
+        o = self._o
+        if (o.max_items is not None and seat.items >= o.max_items) or (o.max_rss is not None and rss > o.max_rss):
+            self._retire(seat)
+
+    def _attempts_done(self, indices: Iterable[int]) -> None:
+        if self._attempts:
+            for index in indices:
+                self._attempts.pop(index, None)
+                self._deaths.pop(index, None)
+
+    def _outcome(self, index: int, value: Any) -> None:
+        self._ready.append((index, value))
+        if self._keep:
+            self._outcomes[index] = value
+        self._finished += 1
+        self._attempts.pop(index, None)
+        self._deaths.pop(index, None)
+
+    def _failed(
+        self,
+        index: int,
+        arg: Any,
+        error: BaseException,
+        seat: _Seat,
+        *,
+        task: str | None = None,
+        clipboard: Any = None,
+        retry: bool | None = None,
+        signal_name: str | None = None,
+    ) -> None:
+        attempts = self._attempts.get(index, 1)
+        o = self._o
+        if retry is None:
+            retry = isinstance(error, o.retry_on) if o.retry_on else False
+            retry = retry and attempts <= o.retries
+        if retry:
+            self._attempts[index] = attempts + 1
+            self._pending.append((index, arg))
+            return
+        failure = Failure(
+            index, short_repr(arg), error, seat.label, attempts, signal_name, task, clipboard, input=arg
+        )
+        self._failures.append(failure)
+        if self._bar is not None:
+            self._bar.set_postfix(failed=len(self._failures), refresh=False)
+        self._outcome(index, failure)
+        if o.max_failures is not None and len(self._failures) >= o.max_failures:
+            raise BatchError(
+                f"{len(self._failures)} inputs failed: stopped at max_failures={o.max_failures}",
+                sorted(self._failures, key=lambda f: f.index),
+                dict(self._outcomes),
+                stopped_early=True,
+            )
+
+    # --- ends, deaths, timeouts, recycling ---------------------------------------------------------
+    def _retire(self, seat: _Seat) -> None:
+        if seat.retiring:
+            return
+        seat.retiring = True
+        for chunk_id in list(seat.outstanding)[1:]:  # the next chunk goes to another worker
+            pass  # it is already in the inbox: the worker runs it before it ends
+        seat.pub.complete()
+        self._seat()
+
+    def _forget(self, seat: _Seat) -> None:
+        self._seats.remove(seat)
+        self._free_slots.append(seat.slot)
+
+    def _ended(self, seat: _Seat) -> None:
+        """A retired worker has sent its last results and ended."""
+        self._forget(seat)
+        if seat.outstanding:  # cannot happen: it ends after its inbox, and its results come first
+            self._requeue_all(seat)
+        if not seat.retiring:
+            self._seat()
+
+    def _requeue_all(self, seat: _Seat, except_index: int | None = None) -> None:
+        back: list[tuple[int, Any]] = []
+        for chunk_id in seat.outstanding:
+            chunk = self._chunks.pop(chunk_id)
+            back.extend((i, a) for i, a in zip(chunk.indices, chunk.args, strict=True) if i != except_index)
+        seat.outstanding.clear()
+        self._pending.extendleft(reversed(back))
+
+    def _died(self, seat: _Seat, error: BaseException) -> None:
+        """The worker's outbox ended with an error: it died (or failed outside any input)."""
+        assert self._marks is not None
+        mark = int(self._marks.view[seat.slot * SLOTS_PER_WORKER]) - 1
+        victim = seat.timed_out if seat.timed_out is not None else mark
+        held = {i: a for cid in seat.outstanding for i, a in zip(self._chunks[cid].indices, self._chunks[cid].args)}
+        self._forget(seat)
+        if not isinstance(error, ChildDiedError) or (error.before_start and victim not in held):
+            self._requeue_all(seat)
+            raise error  # not a death an input caused: the workers cannot run (or puma failed)
+        exitcode = error.exitcode
+        self._requeue_all(seat, except_index=victim if victim in held else None)
+        if victim in held:
+            arg = held[victim]
+            if seat.timed_out is not None:
+                limit = self._o.timeout
+                timeout = ItemTimeout(f"input {victim} ran longer than the timeout of {limit} s; its worker was replaced")
+                timeout.__cause__ = error
+                self._failed(victim, arg, timeout, seat)
+            else:
+                deaths = self._deaths.get(victim, 0) + 1
+                self._deaths[victim] = deaths
+                poison = deaths >= self._o.poison_after
+                died = WorkerDied(victim, seat.pid, exitcode, deaths, poison and deaths > 1)
+                died.__cause__ = error
+                self._failed(victim, arg, died, seat, retry=not poison, signal_name=died.signal)
+        if not seat.retiring:
+            self._seat()
+
+    def _until_overdue(self) -> float | None:
+        """Seconds until the earliest moment a running input can pass the timeout (None: no timeout)."""
+        timeout = self._o.timeout
+        if timeout is None or self._marks is None:
+            return None
+        view = self._marks.view
+        now = time.monotonic_ns()
+        earliest = now + int(timeout * 1e9)
+        for seat in self._seats:
+            at = seat.slot * SLOTS_PER_WORKER
+            if seat.timed_out is None and view[at]:
+                earliest = min(earliest, int(view[at + 1]) + int(timeout * 1e9))
+        return max(0.0, (earliest - now) / 1e9) + 0.001
+
+    def _check_timeouts(self) -> None:
+        assert self._marks is not None and self._o.timeout is not None
+        view = self._marks.view
+        limit = int(self._o.timeout * 1e9)
+        now = time.monotonic_ns()
+        for seat in self._seats:
+            at = seat.slot * SLOTS_PER_WORKER
+            index = int(view[at])
+            if seat.timed_out is None and index and now - int(view[at + 1]) > limit and int(view[at]) == index:
+                seat.timed_out = index - 1
+                if seat.pid is not None:
+                    try:
+                        os.kill(seat.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+
+
+def crossing_pid(pid: int | None) -> bool:
+    """True for a worker in a process of its own."""
+    return pid is not None and pid != os.getpid()
+
+
+def _progress_bar(total: int | None) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+
+def check_workers(workers: int | None) -> int:
+    """The worker count: ``os.cpu_count()`` by default."""
+    if workers is None:
+        return max(1, os.cpu_count() or 1)
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+        raise UsageError(f"workers must be a positive int, not {workers!r}")
+    return workers
