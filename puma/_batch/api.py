@@ -112,12 +112,49 @@ def _inline(
             break
 
 
+_MISSING = object()
+
+
+class _Collected:
+    """The results of map(), put in place as chunks come back (a slice assignment per whole chunk)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        try:
+            total = len(items)  # type: ignore[arg-type]
+        except TypeError:
+            total = 0
+        self._list: list[Any] = [_MISSING] * total
+        self._more: dict[int, Any] = {}
+
+    def put(self, indices: Sequence[int], values: list[Any]) -> None:
+        out = self._list
+        if isinstance(indices, range) and indices.stop <= len(out):
+            out[indices.start : indices.stop] = values
+            return
+        for index, value in zip(indices, values, strict=True):
+            if index < len(out):
+                out[index] = value
+            else:
+                self._more[index] = value
+
+    def as_list(self) -> list[Any]:
+        if self._more:
+            start = len(self._list)
+            self._list.extend(self._more[i] for i in range(start, start + len(self._more)))
+        return self._list
+
+    def as_dict(self) -> dict[int, Any]:
+        found = {i: v for i, v in enumerate(self._list) if v is not _MISSING}
+        found.update(self._more)
+        return found
+
+
 def _ordered(engine: Engine) -> Iterator[Any]:
     waiting: dict[int, Any] = {}
     next_index = 0
     for batch in engine.run():
-        for index, value in batch:
-            waiting[index] = value
+        for indices, values in batch:
+            waiting.update(zip(indices, values, strict=True))
         start = next_index
         while next_index in waiting:
             yield waiting.pop(next_index)
@@ -127,9 +164,9 @@ def _ordered(engine: Engine) -> Iterator[Any]:
 
 def _unordered(engine: Engine) -> Iterator[Any]:
     for batch in engine.run():
-        engine.release(len(batch))
-        for _index, value in batch:
-            yield value
+        for _indices, values in batch:
+            engine.release(len(values))
+            yield from values
 
 
 def imap(
@@ -253,19 +290,20 @@ def map(  # noqa: A001 - the obvious name, in its own namespace
         options = _options(environment, workers, chunk_size, timeout, retries, retry_on, poison_after,
                            max_items_per_worker, max_rss_per_worker, max_in_flight, max_failures, progress, True)
         engine = Engine(fn, items, options, keep=False)
-        collected: dict[int, Any] = {}
+        collected = _Collected(items)
         try:
             for batch in engine.run():
-                collected.update(batch)
-                engine.release(len(batch))
+                for indices, values in batch:
+                    collected.put(indices, values)
+                    engine.release(len(values))
         except Interrupted as interrupted:
-            interrupted.results.update(collected)
+            interrupted.results.update(collected.as_dict())
             interrupted.done = len(interrupted.results)
             raise
         except BatchError as error:
-            error.results.update(collected)
+            error.results.update(collected.as_dict())
             raise
-        results = [collected[i] for i in range(len(collected))]
+        results = collected.as_list()
     failures = [r for r in results if isinstance(r, Failure)]
     if failures and post_mortem:
         replay(fn, failures[0])

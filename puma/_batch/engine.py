@@ -21,13 +21,14 @@ moment an input can overrun):
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,7 @@ class Options:
 class _Chunk:
     __slots__ = ("args", "id", "indices")
 
-    def __init__(self, chunk_id: int, indices: list[int], args: list[Any]) -> None:
+    def __init__(self, chunk_id: int, indices: Sequence[int], args: Sequence[Any]) -> None:
         self.id = chunk_id
         self.indices = indices
         self.args = args
@@ -98,9 +99,9 @@ class _Seat:
         self.label = worker.name
 
 
-def _contiguous(indices: list[int]) -> range | list[int]:
+def _contiguous(indices: Sequence[int]) -> Sequence[int]:
     """A range when the indices follow each other (it pickles in a few bytes)."""
-    if indices and indices[-1] - indices[0] == len(indices) - 1:
+    if isinstance(indices, list) and indices and indices[-1] - indices[0] == len(indices) - 1:
         return range(indices[0], indices[-1] + 1)
     return indices
 
@@ -117,6 +118,8 @@ class Engine:
         except TypeError:
             self._total = None
         self._source: Iterator[Any] | None = iter(items)
+        # A range, list or tuple is sliced, not iterated: a range's slice crosses in a few bytes.
+        self._seq: Any = items if isinstance(items, range | list | tuple) else None
         self._next_index = 0
         self._pending: deque[tuple[int, Any]] = deque()  # re-queued inputs: they go first
         self._chunks: dict[int, _Chunk] = {}
@@ -132,7 +135,7 @@ class Engine:
         self._finished = 0
         self._failures: list[Failure] = []
         self._outcomes: dict[int, Any] = {}
-        self._ready: list[tuple[int, Any]] = []
+        self._ready: list[tuple[Sequence[int], list[Any]]] = []
         self._runner: Runner | None = None
         self._marks: Marks | None = None
         self._bar: Any = None
@@ -149,12 +152,19 @@ class Engine:
         """The failures so far, in the order they happened."""
         return self._failures
 
+    def outcomes(self) -> dict[int, Any]:
+        """Every outcome kept so far, by index (with ``keep``), and those not taken yet."""
+        out = dict(self._outcomes)
+        for indices, values in self._ready:
+            out.update(zip(indices, values, strict=True))
+        return out
+
     def release(self, count: int) -> None:
         """The caller has taken ``count`` more outcomes: as many more inputs may be pulled."""
         self._released += count
 
-    def run(self) -> Iterator[list[tuple[int, Any]]]:
-        """Batches of ``(index, value or Failure)`` as they finish (any order)."""
+    def run(self) -> Iterator[list[tuple[Sequence[int], list[Any]]]]:
+        """Batches of ``(indices, values or Failures)`` as they finish (any order)."""
         try:
             self._open()
             while True:
@@ -168,7 +178,7 @@ class Engine:
                 self._collect()
         except KeyboardInterrupt:
             self._interrupt()
-            raise Interrupted(dict(self._outcomes)) from None
+            raise Interrupted(self.outcomes()) from None
         finally:
             self._close()
 
@@ -270,7 +280,7 @@ class Engine:
         cap = max(1, math.ceil(left / (2 * o.workers)))
         return max(1, min(self._size, cap))
 
-    def _take(self, size: int) -> tuple[list[int], list[Any]]:
+    def _take(self, size: int) -> tuple[Sequence[int], Sequence[Any]]:
         indices: list[int] = []
         args: list[Any] = []
         pending = self._pending
@@ -283,18 +293,22 @@ class Engine:
             room = self._bound - (self._next_index - self._released)
             want = min(size - len(indices), room)
             start = self._next_index
-            for arg in source:
-                args.append(arg)
-                want -= 1
-                if want <= 0:
-                    break
+            if self._seq is not None:
+                stop = min(start + want, len(self._seq))
+                fresh: Any = self._seq[start:stop]
+                if stop >= len(self._seq):
+                    self._source = None
             else:
-                self._source = None
-            got = len(args) - len(indices)
-            indices.extend(range(start, start + got))
-            self._next_index = start + got
-            if self._source is None and self._total is None:
-                self._total = self._next_index
+                fresh = list(itertools.islice(source, want))
+                stop = start + len(fresh)
+                if len(fresh) < want:
+                    self._source = None
+                    self._total = stop
+            self._next_index = stop
+            if not indices:
+                return range(start, stop), fresh
+            indices.extend(range(start, stop))
+            args.extend(fresh)
         return indices, args
 
     def _dispatch(self) -> None:
@@ -364,30 +378,20 @@ class Engine:
                 error = deserialize_error(frozen) if isinstance(frozen, SerializedError) else frozen
                 self._failed(index, arg, error, seat, task=task, clipboard=clipboard)
         else:
-            ready = self._ready
-            keep = self._keep
-            for index, value in zip(chunk.indices, values, strict=True):
-                ready.append((index, value))
-                if keep:
-                    self._outcomes[index] = value
+            self._ready.append((chunk.indices, values))
             self._finished += count
-            self._attempts_done(chunk.indices)
+            if self._attempts:
+                for index in chunk.indices:
+                    self._attempts.pop(index, None)
+                    self._deaths.pop(index, None)
         if self._bar is not None:
             self._bar.update(count)
         o = self._o
         if (o.max_items is not None and seat.items >= o.max_items) or (o.max_rss is not None and rss > o.max_rss):
             self._retire(seat)
 
-    def _attempts_done(self, indices: Iterable[int]) -> None:
-        if self._attempts:
-            for index in indices:
-                self._attempts.pop(index, None)
-                self._deaths.pop(index, None)
-
     def _outcome(self, index: int, value: Any) -> None:
-        self._ready.append((index, value))
-        if self._keep:
-            self._outcomes[index] = value
+        self._ready.append(((index,), [value]))
         self._finished += 1
         self._attempts.pop(index, None)
         self._deaths.pop(index, None)
@@ -424,7 +428,7 @@ class Engine:
             raise BatchError(
                 f"{len(self._failures)} inputs failed: stopped at max_failures={o.max_failures}",
                 sorted(self._failures, key=lambda f: f.index),
-                dict(self._outcomes),
+                self.outcomes(),
                 stopped_early=True,
             )
 
