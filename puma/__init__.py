@@ -17,6 +17,7 @@ from puma._core.naming import present_as as _present_as
 
 if TYPE_CHECKING:  # what the names are, for type checkers; at run time they load on first use
     from puma import attributes as attributes
+    from puma import batch as batch
     from puma import environments as environments
     from puma import logging as logging
     from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
@@ -76,6 +77,7 @@ _WHERE: dict[str, str] = {
     "ThreadEnvironment": "puma._environments.thread",
     "UsageError": "puma._core.errors",
     "attributes": "puma.attributes",
+    "batch": "puma.batch",
     "environments": "puma.environments",
     "logging": "puma.logging",
     "run_in_child_scope": "puma._runnable.commands",
@@ -114,6 +116,7 @@ __all__ = [
     "ThreadEnvironment",
     "UsageError",
     "__version__",
+    "batch",
     "run_in_child_scope",
     "tick_clock",
 ]

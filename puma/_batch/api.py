@@ -22,7 +22,7 @@ R = TypeVar("R")
 EnvironmentChoice = Environment | Literal["process", "thread", "inline"]
 
 
-def _options(
+def _options(  # noqa: PLR0917 - one place that checks every option, called positionally from here only
     environment: EnvironmentChoice,
     workers: int | None,
     chunk_size: int | None,
@@ -43,7 +43,9 @@ def _options(
         elif environment == "thread":
             env = ThreadEnvironment()
         else:
-            raise UsageError(f"environment must be 'process', 'thread', 'inline' or an Environment, not {environment!r}")
+            raise UsageError(
+                f"environment must be 'process', 'thread', 'inline' or an Environment, not {environment!r}"
+            )
     elif isinstance(environment, Environment):
         env = environment
     else:
@@ -58,8 +60,12 @@ def _options(
     if retries < 0 or poison_after < 1:
         raise UsageError("retries must be >= 0 and poison_after >= 1")
     retry_types = retry_on if isinstance(retry_on, tuple) else (retry_on,)
-    for limit, name in ((max_items_per_worker, "max_items_per_worker"), (max_rss_per_worker, "max_rss_per_worker"),
-                        (max_in_flight, "max_in_flight"), (max_failures, "max_failures")):
+    for limit, name in (
+        (max_items_per_worker, "max_items_per_worker"),
+        (max_rss_per_worker, "max_rss_per_worker"),
+        (max_in_flight, "max_in_flight"),
+        (max_failures, "max_failures"),
+    ):
         if limit is not None and (not isinstance(limit, int) or limit < 1):
             raise UsageError(f"{name} must be a positive int or None, not {limit!r}")
     if progress is None:
@@ -100,11 +106,12 @@ def _inline(
                 if retry_on and isinstance(exc, retry_on) and attempts <= retries:
                     attempts += 1
                     continue
-                task, clipboard, error = None, None, exc
+                task, clipboard = None, None
+                error_: BaseException = exc
                 if isinstance(exc, TaskFailed):
-                    task, clipboard, error = exc.task, dict(exc.clipboard), exc.error
+                    task, clipboard, error_ = exc.task, dict(exc.clipboard), exc.error
                 failures += 1
-                value = Failure(index, short_repr(arg), error, "inline", attempts, None, task, clipboard, input=arg)
+                value = Failure(index, short_repr(arg), error_, "inline", attempts, None, task, clipboard, input=arg)
                 if options is not None and options.max_failures is not None and failures >= options.max_failures:
                     yield index, value
                     return
@@ -194,11 +201,41 @@ def imap(
     generator is fine).  Arguments are those of :func:`map`.
     """
     if debug or environment == "inline":
-        options = None if debug else _options("thread", 1, chunk_size, None, retries, retry_on, poison_after,
-                                              None, None, None, max_failures, False, True)
+        options = (
+            None
+            if debug
+            else _options(
+                "thread",
+                1,
+                chunk_size,
+                None,
+                retries,
+                retry_on,
+                poison_after,
+                None,
+                None,
+                None,
+                max_failures,
+                False,
+                True,
+            )
+        )
         return (value for _i, value in _inline(fn, items, options, debug))
-    options = _options(environment, workers, chunk_size, timeout, retries, retry_on, poison_after,
-                       max_items_per_worker, max_rss_per_worker, max_in_flight, max_failures, progress, True)
+    options = _options(
+        environment,
+        workers,
+        chunk_size,
+        timeout,
+        retries,
+        retry_on,
+        poison_after,
+        max_items_per_worker,
+        max_rss_per_worker,
+        max_in_flight,
+        max_failures,
+        progress,
+        True,
+    )
     return _ordered(Engine(fn, items, options, keep=False))
 
 
@@ -222,14 +259,28 @@ def imap_unordered(
 ) -> Iterator[R | Failure]:
     """Like :func:`imap`, but each result as soon as it is ready (a :class:`Failure` knows its ``index``)."""
     if debug or environment == "inline":
-        return imap(fn, items, debug=debug, environment="inline", retries=retries, retry_on=retry_on,
-                    max_failures=max_failures)
-    options = _options(environment, workers, chunk_size, timeout, retries, retry_on, poison_after,
-                       max_items_per_worker, max_rss_per_worker, max_in_flight, max_failures, progress, False)
+        return imap(
+            fn, items, debug=debug, environment="inline", retries=retries, retry_on=retry_on, max_failures=max_failures
+        )
+    options = _options(
+        environment,
+        workers,
+        chunk_size,
+        timeout,
+        retries,
+        retry_on,
+        poison_after,
+        max_items_per_worker,
+        max_rss_per_worker,
+        max_in_flight,
+        max_failures,
+        progress,
+        False,
+    )
     return _unordered(Engine(fn, items, options, keep=False))
 
 
-def map(  # noqa: A001 - the obvious name, in its own namespace
+def map(
     fn: Callable[[T], R],
     items: Iterable[T],
     *,
@@ -282,13 +333,27 @@ def map(  # noqa: A001 - the obvious name, in its own namespace
         UsageError: a bad argument.
     """
     if debug or environment == "inline":
-        options = _options("thread", 1, chunk_size, None, retries, retry_on, poison_after,
-                           None, None, None, max_failures, False, True)
+        options = _options(
+            "thread", 1, chunk_size, None, retries, retry_on, poison_after, None, None, None, max_failures, False, True
+        )
         pairs = list(_inline(fn, items, None if debug else options, debug))
         results: list[Any] = [value for _i, value in pairs]
     else:
-        options = _options(environment, workers, chunk_size, timeout, retries, retry_on, poison_after,
-                           max_items_per_worker, max_rss_per_worker, max_in_flight, max_failures, progress, True)
+        options = _options(
+            environment,
+            workers,
+            chunk_size,
+            timeout,
+            retries,
+            retry_on,
+            poison_after,
+            max_items_per_worker,
+            max_rss_per_worker,
+            max_in_flight,
+            max_failures,
+            progress,
+            True,
+        )
         engine = Engine(fn, items, options, keep=False)
         collected = _Collected(items)
         try:
@@ -309,7 +374,9 @@ def map(  # noqa: A001 - the obvious name, in its own namespace
         replay(fn, failures[0])
     if failures and (errors == "raise" or (options.max_failures is not None and len(failures) >= options.max_failures)):
         raise BatchError(
-            f"{len(failures)} of {len(results)} inputs failed", failures, dict(enumerate(results)),
+            f"{len(failures)} of {len(results)} inputs failed",
+            failures,
+            dict(enumerate(results)),
             stopped_early=errors != "raise",
         )
     return results
@@ -342,7 +409,7 @@ def replay(fn: Callable[[Any], Any] | Sequence[Callable[[dict[str, Any]], Any]],
     (None if the input passes here: the failure needed the worker's conditions).
     """
     failure = _first_failure(failed)
-    call: Callable[[Any], Any] = Chain(fn) if isinstance(fn, list | tuple) else fn  # type: ignore[arg-type]
+    call: Callable[[Any], Any] = Chain(fn) if isinstance(fn, list | tuple) else fn  # type: ignore[assignment]
     print(f"puma.batch.replay: {failure}", file=sys.stderr)
     try:
         call(failure.input)

@@ -93,6 +93,7 @@ class _Seat:
         self.sub = sub
         self.outstanding: deque[int] = deque()
         self.items = 0
+        self.assigned = 0
         self.retiring = False
         self.timed_out: int | None = None
         self.pid: int | None = None
@@ -212,8 +213,8 @@ class Engine:
             self._call,
             inbox,
             outbox,
-            self._marks,
-            slot,
+            marks=self._marks,
+            slot=slot,
             timed=self._o.timeout is not None,
             measure_rss=self._o.max_rss is not None,
         )
@@ -242,7 +243,7 @@ class Engine:
                             pass
                 try:
                     runner.close()
-                except BaseException as errors:  # noqa: BLE001 - the deaths were handled as failures
+                except BaseException as errors:
                     members = list(errors.exceptions) if isinstance(errors, BaseExceptionGroup) else [errors]
                     left = [m for m in members if not isinstance(m, ChildDiedError | StuckRunnableError)]
                     if left and not isinstance(errors, KeyboardInterrupt):
@@ -273,10 +274,7 @@ class Engine:
         if self._per_item is not None:
             wanted = max(1, int(TARGET_CHUNK_SECONDS / max(self._per_item, 1e-9)))
             self._size = max(1, min(wanted, 4 * self._size))
-        if self._total is not None:
-            left = self._total - self._next_index + len(self._pending)
-        else:
-            left = self._bound
+        left = self._bound if self._total is None else self._total - self._next_index + len(self._pending)
         cap = max(1, math.ceil(left / (2 * o.workers)))
         return max(1, min(self._size, cap))
 
@@ -316,17 +314,22 @@ class Engine:
             if seat.retiring or seat.timed_out is not None:
                 continue
             while len(seat.outstanding) < PREFETCH:
-                if not self._pending and (
-                    self._source is None or self._next_index - self._released >= self._bound
-                ):
+                limit = self._o.max_items
+                if limit is not None and seat.assigned >= limit:
+                    break
+                if not self._pending and (self._source is None or self._next_index - self._released >= self._bound):
                     return
-                indices, args = self._take(self._chunk_size())
+                size = self._chunk_size()
+                if limit is not None:
+                    size = min(size, limit - seat.assigned)
+                indices, args = self._take(size)
                 if not indices:
                     return
                 self._chunk_ids += 1
                 chunk = _Chunk(self._chunk_ids, indices, args)
                 self._chunks[chunk.id] = chunk
                 seat.outstanding.append(chunk.id)
+                seat.assigned += len(indices)
                 seat.pub.publish((chunk.id, _contiguous(indices), args))
 
     # --- collect -----------------------------------------------------------------------------
@@ -417,9 +420,7 @@ class Engine:
             self._attempts[index] = attempts + 1
             self._pending.append((index, arg))
             return
-        failure = Failure(
-            index, short_repr(arg), error, seat.label, attempts, signal_name, task, clipboard, input=arg
-        )
+        failure = Failure(index, short_repr(arg), error, seat.label, attempts, signal_name, task, clipboard, input=arg)
         self._failures.append(failure)
         if self._bar is not None:
             self._bar.set_postfix(failed=len(self._failures), refresh=False)
@@ -437,9 +438,7 @@ class Engine:
         if seat.retiring:
             return
         seat.retiring = True
-        for chunk_id in list(seat.outstanding)[1:]:  # the next chunk goes to another worker
-            pass  # it is already in the inbox: the worker runs it before it ends
-        seat.pub.complete()
+        seat.pub.complete()  # what is in its inbox still runs there; then it ends
         self._seat()
 
     def _forget(self, seat: _Seat) -> None:
@@ -467,7 +466,11 @@ class Engine:
         assert self._marks is not None
         mark = int(self._marks.view[seat.slot * SLOTS_PER_WORKER]) - 1
         victim = seat.timed_out if seat.timed_out is not None else mark
-        held = {i: a for cid in seat.outstanding for i, a in zip(self._chunks[cid].indices, self._chunks[cid].args)}
+        held = {
+            i: a
+            for cid in seat.outstanding
+            for i, a in zip(self._chunks[cid].indices, self._chunks[cid].args, strict=True)
+        }
         self._forget(seat)
         if not isinstance(error, ChildDiedError) or (error.before_start and victim not in held):
             self._requeue_all(seat)
@@ -478,7 +481,9 @@ class Engine:
             arg = held[victim]
             if seat.timed_out is not None:
                 limit = self._o.timeout
-                timeout = ItemTimeout(f"input {victim} ran longer than the timeout of {limit} s; its worker was replaced")
+                timeout = ItemTimeout(
+                    f"input {victim} ran longer than the timeout of {limit} s; its worker was replaced"
+                )
                 timeout.__cause__ = error
                 self._failed(victim, arg, timeout, seat)
             else:
@@ -528,8 +533,10 @@ def crossing_pid(pid: int | None) -> bool:
 
 
 def _progress_bar(total: int | None) -> Any:
+    import importlib
+
     try:
-        from tqdm import tqdm
+        tqdm = importlib.import_module("tqdm").tqdm
     except ImportError:
         return None
     return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)

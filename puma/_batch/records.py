@@ -128,7 +128,12 @@ class Failure:
         return "\n".join(lines)
 
 
-class BatchError(PumaError, ExceptionGroup):  # type: ignore[misc]
+def _members(failures: list[Failure]) -> list[Exception]:
+    out = [f.error if isinstance(f.error, Exception) else PumaError(repr(f.error)) for f in failures]
+    return out or [PumaError("no failure")]
+
+
+class BatchError(PumaError, ExceptionGroup):
     """One or more inputs failed (raised on request, or at once after ``max_failures``).
 
     An :class:`ExceptionGroup` of the failures' exceptions, with the records:
@@ -146,7 +151,7 @@ class BatchError(PumaError, ExceptionGroup):  # type: ignore[misc]
     def __new__(
         cls, message: str, failures: list[Failure], results: dict[int, Any], stopped_early: bool = False
     ) -> BatchError:
-        self = super().__new__(cls, message, [f.error for f in failures] or [PumaError("no failure")])
+        self = super().__new__(cls, message, _members(failures))
         self.failures = failures
         self.results = results
         self.stopped_early = stopped_early
@@ -155,7 +160,7 @@ class BatchError(PumaError, ExceptionGroup):  # type: ignore[misc]
     def __init__(
         self, message: str, failures: list[Failure], results: dict[int, Any], stopped_early: bool = False
     ) -> None:
-        super().__init__(message, [f.error for f in failures] or [PumaError("no failure")])
+        super().__init__(message, _members(failures))
 
     def derive(self, excs: Any) -> BatchError:  # type: ignore[override]
         return BatchError(self.message, self.failures, self.results, self.stopped_early)

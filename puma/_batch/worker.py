@@ -60,7 +60,8 @@ class Marks:
     @property
     def view(self) -> memoryview:
         """The slots, as 64-bit integers."""
-        return self._view
+        view: memoryview = self._view
+        return view
 
     def __getstate__(self) -> dict[str, Any]:
         if self.name is None:
@@ -68,14 +69,15 @@ class Marks:
         return {"name": self.name, "slots": self._slots}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        import _posixshmem
+        import importlib
 
+        shm_open = importlib.import_module("_posixshmem").shm_open
         self._slots = state["slots"]
         self.name = state["name"]
         self._shm = None
         # Mapped straight from the block's name: not registered with a resource tracker, since
         # the parent alone creates and unlinks it.
-        fd = _posixshmem.shm_open("/" + self.name, os.O_RDWR, mode=0o600)
+        fd = shm_open("/" + self.name, os.O_RDWR, mode=0o600)
         try:
             self._map = mmap.mmap(fd, max(8, self._slots * 8))
         finally:
@@ -140,8 +142,9 @@ def _crossing_clipboard(clipboard: Any, crossing: bool) -> Any:
 def run_chunk(
     call: Callable[[Any], Any],
     indices: Sequence[int],
-    args: list[Any],
+    args: Sequence[Any],
     view: memoryview,
+    *,
     at: int,
     timed: bool,
     crossing: bool,
@@ -178,6 +181,7 @@ class BatchWorker(Runnable):
         call: Callable[[Any], Any],
         inbox: Buffer[Any],
         outbox: Buffer[Any],
+        *,
         marks: Marks,
         slot: int,
         timed: bool,
@@ -204,7 +208,7 @@ class BatchWorker(Runnable):
         with self.publisher(self._outbox) as out:
             for chunk_id, indices, args in self._inbox.subscribe():
                 began = time.perf_counter()
-                values, failures = run_chunk(call, indices, args, view, at, timed, crossing)
+                values, failures = run_chunk(call, indices, args, view, at=at, timed=timed, crossing=crossing)
                 rss = process.memory_info().rss if process is not None else 0
                 done: Done = (chunk_id, values, failures, time.perf_counter() - began, rss)
                 try:
