@@ -338,6 +338,7 @@ def map(
         )
         pairs = list(_inline(fn, items, None if debug else options, debug))
         results: list[Any] = [value for _i, value in pairs]
+        failures = [r for r in results if isinstance(r, Failure)]
     else:
         options = _options(
             environment,
@@ -369,7 +370,7 @@ def map(
             error.results.update(collected.as_dict())
             raise
         results = collected.as_list()
-    failures = [r for r in results if isinstance(r, Failure)]
+        failures = sorted(engine.failures, key=lambda f: f.index)
     if failures and post_mortem:
         replay(fn, failures[0])
     if failures and (errors == "raise" or (options.max_failures is not None and len(failures) >= options.max_failures)):

@@ -53,6 +53,7 @@ __all__ = ["Engine", "Options"]
 
 PREFETCH = 2  # chunks outstanding per worker: the one it runs and the next
 TARGET_CHUNK_SECONDS = 0.02  # self-tuned chunks aim at tens of milliseconds
+GROWTH = 8  # a chunk is at most this many times the last one (a first fast input proves little)
 
 
 @dataclass
@@ -273,7 +274,7 @@ class Engine:
             return o.chunk_size
         if self._per_item is not None:
             wanted = max(1, int(TARGET_CHUNK_SECONDS / max(self._per_item, 1e-9)))
-            self._size = max(1, min(wanted, 4 * self._size))
+            self._size = max(1, min(wanted, GROWTH * self._size))
         left = self._bound if self._total is None else self._total - self._next_index + len(self._pending)
         cap = max(1, math.ceil(left / (2 * o.workers)))
         return max(1, min(self._size, cap))

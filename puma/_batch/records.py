@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import reprlib
 import signal as _signal
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +54,8 @@ class WorkerDied(PumaError):
         self.deaths = deaths
         self.poison = poison
         self.signal = signal_name(exitcode)
+        #: ``time.monotonic()`` when the parent saw the death (the clock is the same in every process).
+        self.noticed_at = time.monotonic()
         how = f"killed by {self.signal}" if self.signal else f"exited with code {exitcode}"
         text = f"input {index} killed its worker (process {pid}, {how})"
         if poison:
@@ -60,7 +63,7 @@ class WorkerDied(PumaError):
         super().__init__(text)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.index, self.pid, self.exitcode, self.deaths, self.poison))
+        return (type(self), (self.index, self.pid, self.exitcode, self.deaths, self.poison), self.__dict__)
 
 
 class ItemTimeout(PumaError, TimeoutError):

@@ -154,13 +154,14 @@ def run_chunk(
     failures: list[tuple[int, SerializedError | BaseException, str | None, Any]] = []
     append = values.append
     clock = time.monotonic_ns
-    for position, (index, arg) in enumerate(zip(indices, args, strict=True)):
+    for index, arg in zip(indices, args, strict=True):
         if timed:
             view[at + 1] = clock()  # written before the index, so the parent never sees an old start
         view[at] = index + 1
         try:
             append(call(arg))
         except (Exception, SystemExit) as exc:  # noqa: BLE001 - every failure is one input's record
+            position = len(values)
             append(None)
             task: str | None = None
             clipboard: Any = None
