@@ -116,6 +116,8 @@ class Chain:
             try:
                 update = task(clipboard)
             except Exception as exc:
+                if exc.__traceback__ is not None:  # the traceback starts in the task, not here
+                    exc.__traceback__ = exc.__traceback__.tb_next
                 raise TaskFailed(getattr(task, "__qualname__", repr(task)), clipboard, exc) from exc
             if isinstance(update, dict):
                 clipboard.update(update)
