@@ -209,6 +209,36 @@ def test_max_rss_replaces_the_worker() -> None:
     assert len(set(pids)) >= 2 and max(pids.count(pid) for pid in set(pids)) <= 10
 
 
+def lock_at_3(x: int) -> object:
+    import threading
+
+    return threading.Lock() if x == 3 else x
+
+
+def test_what_will_not_pickle_is_that_input_s_failure(process_env: puma.ProcessEnvironment) -> None:
+    import threading
+
+    results = batch.map(lock_at_3, range(6), workers=2, environment=process_env)
+    assert isinstance(results[3], batch.Failure) and "cannot be sent to the parent" in str(results[3].error)
+    assert [r for i, r in enumerate(results) if i != 3] == [0, 1, 2, 4, 5]
+    sent = batch.map(identity, [1, threading.Lock(), 3], workers=2, environment=process_env)
+    assert sent[0] == 1 and sent[2] == 3
+    assert isinstance(sent[1], batch.Failure) and "cannot be sent to a worker" in str(sent[1].error)
+
+
+def test_empty_and_unsized_inputs(env: puma.Environment) -> None:
+    assert batch.map(identity, [], environment=env) == []
+    assert list(batch.imap_unordered(identity, iter([]), environment=env)) == []
+    assert batch.map(identity, (i for i in range(5)), workers=3, environment=env) == list(range(5))
+
+
+def test_the_progress_bar_shows_done_and_failed(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("tqdm")
+    batch.map(square_or_raise, range(40), workers=2, environment="thread", chunk_size=5, progress=True)
+    shown = capsys.readouterr().err
+    assert "40/40" in shown and "failed=1" in shown
+
+
 # --- inline, debug, replay, bad input ---------------------------------------------------------------
 
 

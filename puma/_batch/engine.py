@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import pickle
 import signal
 import sys
 import time
@@ -181,6 +182,9 @@ class Engine:
         except KeyboardInterrupt:
             self._interrupt()
             raise Interrupted(self.outcomes()) from None
+        except GeneratorExit:
+            self._interrupt()  # the caller stopped iterating: what the workers run is not wanted
+            raise
         finally:
             self._close()
 
@@ -195,8 +199,10 @@ class Engine:
         self._runner = Runner(o.environment, on_failure="continue", stop_timeout=1.0)
         if o.progress:
             self._bar = _progress_bar(self._total)
-        for _ in range(o.workers):
-            self._seat()
+        if self._total == 0:
+            self._source = None
+            return  # nothing to do: no worker is started
+        self._top_up()
 
     def _seat(self) -> _Seat | None:
         """Start a worker in a free slot."""
@@ -326,12 +332,35 @@ class Engine:
                 indices, args = self._take(size)
                 if not indices:
                     return
-                self._chunk_ids += 1
-                chunk = _Chunk(self._chunk_ids, indices, args)
-                self._chunks[chunk.id] = chunk
-                seat.outstanding.append(chunk.id)
-                seat.assigned += len(indices)
-                seat.pub.publish((chunk.id, _contiguous(indices), args))
+                self._send(seat, indices, args)
+
+    def _send(self, seat: _Seat, indices: Sequence[int], args: Sequence[Any]) -> None:
+        """One chunk to ``seat``'s inbox (an input that will not pickle is that input's failure)."""
+        self._chunk_ids += 1
+        chunk = _Chunk(self._chunk_ids, indices, args)
+        try:
+            seat.pub.publish((chunk.id, _contiguous(indices), args))
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            if not self._crossing:
+                raise
+            kept: list[tuple[int, Any]] = []
+            for index, arg in zip(indices, args, strict=True):
+                try:
+                    pickle.dumps(arg, protocol=5)
+                except Exception as error:  # noqa: BLE001 - this input cannot reach a worker
+                    failed = TypeError(f"the input ({type(arg).__qualname__}) cannot be sent to a worker: {error}")
+                    failed.__cause__ = error
+                    self._failed(index, arg, failed, None, retry=False)
+                else:
+                    kept.append((index, arg))
+            if len(kept) == len(indices):
+                raise exc from None  # something else would not pickle
+            if kept:
+                self._send(seat, [i for i, _ in kept], [a for _, a in kept])
+            return
+        self._chunks[chunk.id] = chunk
+        seat.outstanding.append(chunk.id)
+        seat.assigned += len(indices)
 
     # --- collect -----------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -405,7 +434,7 @@ class Engine:
         index: int,
         arg: Any,
         error: BaseException,
-        seat: _Seat,
+        seat: _Seat | None,
         *,
         task: str | None = None,
         clipboard: Any = None,
@@ -421,7 +450,8 @@ class Engine:
             self._attempts[index] = attempts + 1
             self._pending.append((index, arg))
             return
-        failure = Failure(index, short_repr(arg), error, seat.label, attempts, signal_name, task, clipboard, input=arg)
+        worker = seat.label if seat is not None else "(not sent)"
+        failure = Failure(index, short_repr(arg), error, worker, attempts, signal_name, task, clipboard, input=arg)
         self._failures.append(failure)
         if self._bar is not None:
             self._bar.set_postfix(failed=len(self._failures), refresh=False)
@@ -440,7 +470,14 @@ class Engine:
             return
         seat.retiring = True
         seat.pub.complete()  # what is in its inbox still runs there; then it ends
-        self._seat()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        """Start workers until ``workers`` of them take work (a slot frees when a retired one ends)."""
+        working = sum(1 for s in self._seats if not s.retiring)
+        while working < self._o.workers and self._free_slots:
+            self._seat()
+            working += 1
 
     def _forget(self, seat: _Seat) -> None:
         self._seats.remove(seat)
@@ -451,8 +488,7 @@ class Engine:
         self._forget(seat)
         if seat.outstanding:  # cannot happen: it ends after its inbox, and its results come first
             self._requeue_all(seat)
-        if not seat.retiring:
-            self._seat()
+        self._top_up()
 
     def _requeue_all(self, seat: _Seat, except_index: int | None = None) -> None:
         back: list[tuple[int, Any]] = []
@@ -494,8 +530,7 @@ class Engine:
                 died = WorkerDied(victim, seat.pid, exitcode, deaths, poison and deaths > 1)
                 died.__cause__ = error
                 self._failed(victim, arg, died, seat, retry=not poison, signal_name=died.signal)
-        if not seat.retiring:
-            self._seat()
+        self._top_up()
 
     def _until_overdue(self) -> float | None:
         """Seconds until the earliest moment a running input can pass the timeout (None: no timeout)."""
@@ -540,7 +575,7 @@ def _progress_bar(total: int | None) -> Any:
         tqdm = importlib.import_module("tqdm").tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True, leave=False)
+    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True)
 
 
 def check_workers(workers: int | None) -> int:
