@@ -124,6 +124,19 @@ def test_imap_is_ordered_and_lazy_over_an_infinite_generator(env: puma.Environme
     assert taken == 3000
 
 
+def slow_after_3(x: int) -> int:
+    if x >= 3:
+        time.sleep(60)  # the caller stops iterating long before this returns
+    return x
+
+
+def test_leaving_an_imap_early_ends_its_workers(process_env: puma.ProcessEnvironment) -> None:
+    results = batch.imap(slow_after_3, range(100), workers=2, environment=process_env, chunk_size=1)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    results.close()  # type: ignore[attr-defined]  # the workers in their long inputs are ended now
+    # (the leak check after the test fails it if any worker process is left)
+
+
 def test_errors_raise_groups_the_failures(env: puma.Environment) -> None:
     with pytest.raises(batch.BatchError) as caught:
         batch.map(square_or_raise, range(20), workers=2, environment=env, errors="raise")
@@ -178,6 +191,39 @@ def test_a_death_is_retried_in_a_new_worker(process_env: puma.ProcessEnvironment
     marker = str(tmp_path / "killed")
     results = batch.map(kill_once, [(i, marker) for i in range(12)], workers=2, environment=process_env, chunk_size=4)
     assert results == list(range(12))
+
+
+def block_at_5_once(arg: tuple[int, str]) -> int:
+    """Input 5, the first time, tells the test its pid through a FIFO, then waits to be killed."""
+    x, fifo = arg
+    marker = fifo + ".seen"
+    if x == 5 and not os.path.exists(marker):
+        Path(marker).touch()
+        with open(fifo, "w") as out:
+            out.write(f"{os.getpid()}\n")
+        time.sleep(60)
+    return x
+
+
+def test_a_worker_killed_from_outside_mid_chunk_costs_nothing_but_a_retry(
+    process_env: puma.ProcessEnvironment, tmp_path: Path
+) -> None:
+    import threading
+
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    got: list[object] = []
+    items = [(i, fifo) for i in range(20)]
+    mapper = threading.Thread(
+        target=lambda: got.append(batch.map(block_at_5_once, items, workers=2, environment=process_env, chunk_size=10))
+    )
+    mapper.start()
+    with open(fifo) as inp:
+        pid = int(inp.readline())
+    os.kill(pid, signal.SIGKILL)  # as the OOM killer would, in the middle of a chunk
+    mapper.join(30)
+    assert not mapper.is_alive()
+    assert got == [list(range(20))]  # input 5 was tried again in a new worker; nothing else was lost
 
 
 def test_a_hang_times_out_and_costs_that_input(process_env: puma.ProcessEnvironment) -> None:
