@@ -6,7 +6,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
-from puma._batch.engine import Engine, Options, check_workers
+from puma._batch.engine import Engine, Options, check_workers, crosses
 from puma._batch.records import BatchError, Failure, Interrupted, short_repr
 from puma._batch.worker import Chain, TaskFailed
 from puma._core.errors import UsageError
@@ -55,7 +55,7 @@ def _options(  # noqa: PLR0917 - one place that checks every option, called posi
     if timeout is not None:
         if timeout <= 0:
             raise UsageError(f"timeout must be positive, not {timeout!r}")
-        if not env.buffer(int, 1, "probe")._crossable():
+        if not crosses(env):
             raise UsageError("a per-item timeout needs process workers (a thread cannot be stopped mid-input)")
     if retries < 0 or poison_after < 1:
         raise UsageError("retries must be >= 0 and poison_after >= 1")
@@ -236,7 +236,7 @@ def imap(
         progress,
         True,
     )
-    return _ordered(Engine(fn, items, options, keep=False))
+    return _ordered(Engine(fn, items, options))
 
 
 def imap_unordered(
@@ -277,7 +277,7 @@ def imap_unordered(
         progress,
         False,
     )
-    return _unordered(Engine(fn, items, options, keep=False))
+    return _unordered(Engine(fn, items, options))
 
 
 def map(
@@ -355,7 +355,7 @@ def map(
             progress,
             True,
         )
-        engine = Engine(fn, items, options, keep=False)
+        engine = Engine(fn, items, options)
         collected = _Collected(items)
         try:
             for batch in engine.run():

@@ -27,6 +27,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +49,7 @@ from puma._core.errors import (
     deserialize_error,
 )
 from puma._environments.base import Environment
+from puma._environments.thread import ThreadEnvironment
 from puma._runner.runner import Runner
 
 __all__ = ["Engine", "Options"]
@@ -112,10 +114,9 @@ def _contiguous(indices: Sequence[int]) -> Sequence[int]:
 class Engine:
     """One map: the Runner, the workers and the loop (iterate :meth:`run`)."""
 
-    def __init__(self, call: Callable[[Any], Any], items: Iterable[Any], options: Options, keep: bool) -> None:
+    def __init__(self, call: Callable[[Any], Any], items: Iterable[Any], options: Options) -> None:
         self._call = call
         self._o = options
-        self._keep = keep  # keep every outcome (for Interrupted / BatchError partial results)
         try:
             self._total: int | None = len(items)  # type: ignore[arg-type]
         except TypeError:
@@ -137,11 +138,11 @@ class Engine:
         self._released = 0  # outcomes the caller has taken (bounds what is in flight)
         self._finished = 0
         self._failures: list[Failure] = []
-        self._outcomes: dict[int, Any] = {}
         self._ready: list[tuple[Sequence[int], list[Any]]] = []
         self._runner: Runner | None = None
         self._marks: Marks | None = None
         self._bar: Any = None
+        self._ctrl_c = False  # Ctrl-C was pressed while the loop ran
         if options.max_in_flight is not None:
             self._bound = options.max_in_flight
         elif self._total is not None:
@@ -156,8 +157,8 @@ class Engine:
         return self._failures
 
     def outcomes(self) -> dict[int, Any]:
-        """Every outcome kept so far, by index (with ``keep``), and those not taken yet."""
-        out = dict(self._outcomes)
+        """The outcomes finished and not handed to the caller yet, by index."""
+        out: dict[int, Any] = {}
         for indices, values in self._ready:
             out.update(zip(indices, values, strict=True))
         return out
@@ -169,16 +170,21 @@ class Engine:
     def run(self) -> Iterator[list[tuple[Sequence[int], list[Any]]]]:
         """Batches of ``(indices, values or Failures)`` as they finish (any order)."""
         try:
+            self._catch_ctrl_c(True)
             self._open()
             while True:
                 self._dispatch()
                 if self._ready:
                     batch, self._ready = self._ready, []
+                    self._catch_ctrl_c(False)  # the caller's own code sees Ctrl-C as usual
                     yield batch
+                    self._catch_ctrl_c(True)
                     continue
                 if not self._chunks and not self._pending and self._source is None:
                     break
                 self._collect()
+                if self._ctrl_c:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             self._interrupt()
             raise Interrupted(self.outcomes()) from None
@@ -186,12 +192,34 @@ class Engine:
             self._interrupt()  # the caller stopped iterating: what the workers run is not wanted
             raise
         finally:
+            self._catch_ctrl_c(False)
             self._close()
+
+    def _catch_ctrl_c(self, on: bool) -> None:
+        """While the loop runs in the main thread, Ctrl-C sets a flag the loop acts on at a safe point.
+
+        A KeyboardInterrupt raised at any bytecode could leave a buffer or the
+        Runner half-way through a change; the flag is seen after the one wait
+        (which the handler wakes).  The first press puts the previous handler
+        back, so a second press interrupts at once.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if on:
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                signal.signal(signal.SIGINT, self._on_ctrl_c)
+        elif signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def _on_ctrl_c(self, signum: int, frame: object) -> None:
+        self._ctrl_c = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _current.waiting_context().waker.wake()
 
     # --- set-up and tear-down ------------------------------------------------------------------
     def _open(self) -> None:
         o = self._o
-        crossing = o.environment.buffer(int, 1, "probe")._crossable()
+        crossing = crosses(o.environment)
         slots = 2 * o.workers + 2
         self._marks = Marks(slots * SLOTS_PER_WORKER, shared=crossing)
         self._free_slots = list(range(slots - 1, -1, -1))
@@ -561,6 +589,11 @@ class Engine:
                         os.kill(seat.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+
+
+def crosses(environment: Environment) -> bool:
+    """True if the environment's workers run in processes of their own (every one but threads)."""
+    return not isinstance(environment, ThreadEnvironment)
 
 
 def crossing_pid(pid: int | None) -> bool:
