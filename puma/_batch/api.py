@@ -6,7 +6,8 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
-from puma._batch.engine import Engine, Options, check_workers, crosses
+from puma._batch.engine import Engine
+from puma._batch.options import Options, check_workers, crosses
 from puma._batch.records import BatchError, Failure, Interrupted, short_repr
 from puma._batch.worker import Chain, TaskFailed
 from puma._core.errors import UsageError

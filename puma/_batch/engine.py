@@ -26,14 +26,13 @@ import math
 import os
 import pickle
 import signal
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from puma._batch.options import Options, crosses, crossing_pid, progress_bar
 from puma._batch.records import BatchError, Failure, Interrupted, ItemTimeout, WorkerDied, short_repr
 from puma._batch.worker import SLOTS_PER_WORKER, BatchWorker, Marks
 from puma._buffers.base import Buffer, Publisher, Subscription
@@ -45,37 +44,15 @@ from puma._core.errors import (
     PumaError,
     SerializedError,
     StuckRunnableError,
-    UsageError,
     deserialize_error,
 )
-from puma._environments.base import Environment
-from puma._environments.thread import ThreadEnvironment
 from puma._runner.runner import Runner
 
-__all__ = ["Engine", "Options"]
+__all__ = ["Engine"]
 
 PREFETCH = 2  # chunks outstanding per worker: the one it runs and the next
 TARGET_CHUNK_SECONDS = 0.02  # self-tuned chunks aim at tens of milliseconds
 GROWTH = 8  # a chunk is at most this many times the last one (a first fast input proves little)
-
-
-@dataclass
-class Options:
-    """Everything a map was asked to do (checked by the public functions)."""
-
-    environment: Environment
-    workers: int
-    chunk_size: int | None = None
-    timeout: float | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = ()
-    poison_after: int = 2
-    max_items: int | None = None
-    max_rss: int | None = None
-    max_in_flight: int | None = None
-    max_failures: int | None = None
-    progress: bool = False
-    ordered: bool = True
 
 
 class _Chunk:
@@ -226,7 +203,7 @@ class Engine:
         self._crossing = crossing
         self._runner = Runner(o.environment, on_failure="continue", stop_timeout=1.0)
         if o.progress:
-            self._bar = _progress_bar(self._total)
+            self._bar = progress_bar(self._total)
         if self._total == 0:
             self._source = None
             return  # nothing to do: no worker is started
@@ -589,32 +566,3 @@ class Engine:
                         os.kill(seat.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-
-
-def crosses(environment: Environment) -> bool:
-    """True if the environment's workers run in processes of their own (every one but threads)."""
-    return not isinstance(environment, ThreadEnvironment)
-
-
-def crossing_pid(pid: int | None) -> bool:
-    """True for a worker in a process of its own."""
-    return pid is not None and pid != os.getpid()
-
-
-def _progress_bar(total: int | None) -> Any:
-    import importlib
-
-    try:
-        tqdm = importlib.import_module("tqdm").tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="input", file=sys.stderr, dynamic_ncols=True)
-
-
-def check_workers(workers: int | None) -> int:
-    """The worker count: ``os.cpu_count()`` by default."""
-    if workers is None:
-        return max(1, os.cpu_count() or 1)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-        raise UsageError(f"workers must be a positive int, not {workers!r}")
-    return workers
