@@ -306,21 +306,27 @@ def parse(line):
     return int(fields[1])
 
 if __name__ == "__main__":
-    results = batch.map(parse, ["a,1", "b,2", "c,x"], workers=2, environment=sys.argv[1])
-    print("FAILED", [f.index for f in results if isinstance(f, batch.Failure)], flush=True)
-    batch.replay(parse, results)
+    lines = ["a,1", "b,2", "c,x"]
+    if sys.argv[2] == "replay":
+        results = batch.map(parse, lines, workers=2, environment=sys.argv[1])
+        print("FAILED", [f.index for f in results if isinstance(f, batch.Failure)], flush=True)
+        batch.replay(parse, results)
+    else:
+        results = batch.map(parse, lines, workers=2, environment=sys.argv[1], post_mortem=True)
+        print("FAILED", [f.index for f in results if isinstance(f, batch.Failure)], flush=True)
     print("REPLAYED", flush=True)
 """
 
 
+@pytest.mark.parametrize("how", ["replay", "post_mortem"])
 @pytest.mark.parametrize("kind", ["thread", "process"])
-def test_replay_opens_pdb_on_the_first_failure(tmp_path: Path, kind: str) -> None:
+def test_replay_opens_pdb_on_the_first_failure(tmp_path: Path, kind: str, how: str) -> None:
     import subprocess
 
     script = tmp_path / "replay_me.py"
     script.write_text(REPLAY_SCRIPT)
     done = subprocess.run(
-        [sys.executable, str(script), kind],
+        [sys.executable, str(script), kind, how],
         input="p fields\nq\n",
         capture_output=True,
         text=True,
@@ -331,6 +337,12 @@ def test_replay_opens_pdb_on_the_first_failure(tmp_path: Path, kind: str) -> Non
     assert "FAILED [2]" in done.stdout
     assert "['c', 'x']" in done.stdout  # pdb printed a local of the failing frame
     assert "REPLAYED" in done.stdout
+
+
+def test_replay_refuses_a_death() -> None:
+    died = batch.Failure(3, "3", batch.WorkerDied(3, 123, -9, 2, True), signal="SIGKILL")
+    with pytest.raises(puma.UsageError, match="kill or hang this process"):
+        batch.replay(kill_self_at_15, [0, died])
 
 
 def test_bad_arguments_say_what_is_wrong() -> None:

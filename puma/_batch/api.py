@@ -8,7 +8,7 @@ from typing import Any, Literal, TypeVar
 
 from puma._batch.engine import Engine
 from puma._batch.options import Options, check_workers, crosses
-from puma._batch.records import BatchError, Failure, Interrupted, short_repr
+from puma._batch.records import BatchError, Failure, Interrupted, ItemTimeout, WorkerDied, short_repr
 from puma._batch.worker import Chain, TaskFailed
 from puma._core.errors import UsageError
 from puma._environments.base import Environment
@@ -406,7 +406,8 @@ def replay(fn: Callable[[Any], Any] | Sequence[Callable[[dict[str, Any]], Any]],
     """Re-run the first failing input here, in the caller, and open ``pdb.post_mortem`` on its real frames.
 
     ``failed``: a :class:`Failure`, a list of results (the first Failure in it
-    is taken), or a :class:`BatchError`.  ``fn`` is the function (or the list
+    that raised is taken: a death or a timeout would kill or hang the caller),
+    a :class:`BatchError` or an :class:`Interrupted`.  ``fn`` is the function (or the list
     of tasks of a chain) that failed.  Returns the exception the replay raised
     (None if the input passes here: the failure needed the worker's conditions).
     """
@@ -431,12 +432,21 @@ def _post_mortem(exc: BaseException) -> BaseException:
 
 
 def _first_failure(failed: Any) -> Failure:
+    """The first failure that raised (a death or a timeout would kill or hang the caller if re-run here)."""
     if isinstance(failed, Failure):
-        return failed
-    if isinstance(failed, BatchError | Interrupted):
-        values = [*failed.failures] if isinstance(failed, BatchError) else list(failed.results.values())
-        failed = values
-    for value in failed:
-        if isinstance(value, Failure):
-            return value
-    raise UsageError("replay() needs a Failure, a BatchError or results with a Failure in them")
+        candidates = [failed]
+    elif isinstance(failed, BatchError):
+        candidates = list(failed.failures)
+    elif isinstance(failed, Interrupted):
+        candidates = [v for _i, v in sorted(failed.results.items()) if isinstance(v, Failure)]
+    else:
+        candidates = [v for v in failed if isinstance(v, Failure)]
+    if not candidates:
+        raise UsageError("replay() needs a Failure, a BatchError or results with a Failure in them")
+    for failure in candidates:
+        if not isinstance(failure.error, WorkerDied | ItemTimeout):
+            return failure
+    raise UsageError(
+        f"the failures are deaths or timeouts ({candidates[0]}): re-running one here would kill or hang this "
+        "process; run it alone with debug=True under a debugger, or look at failure.report()"
+    )

@@ -98,6 +98,8 @@ class Engine:
             self._total: int | None = len(items)  # type: ignore[arg-type]
         except TypeError:
             self._total = None
+        if self._total is not None and 0 < self._total < options.workers:
+            options.workers = self._total  # no worker would get an input
         self._source: Iterator[Any] | None = iter(items)
         # A range, list or tuple is sliced, not iterated: a range's slice crosses in a few bytes.
         self._seq: Any = items if isinstance(items, range | list | tuple) else None
