@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 SCRIPT = """
-import os, sys, time
+import faulthandler, os, signal, sys, time
 from puma import batch
+faulthandler.register(signal.SIGUSR1, file=open(sys.argv[2] + ".stacks", "w"), all_threads=True)
 
 def slow(x):
     with open(sys.argv[2], "a") as f:
@@ -69,7 +71,16 @@ def test_first_ctrl_c_stops_the_map_and_leaves_no_orphan(tmp_path: Path, kind: s
         # Both workers are in long inputs before the key is pressed.
         assert all(_line(fd, 30, pending).startswith("LONG") for _ in range(2))
         subprocess.run(["tmux", "send-keys", "-t", session, "C-c"], check=True)
-        answer = _line(fd, 15, pending)
+        try:
+            answer = _line(fd, 15, pending)
+        except AssertionError as error:
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], capture_output=True, text=True)
+            for proc in psutil.process_iter(["cmdline"]):  # the script's own process: its threads' stacks
+                if str(script) in (proc.info["cmdline"] or []):
+                    proc.send_signal(signal.SIGUSR1)
+            select.select([], [], [], 1.0)
+            stacks = Path(str(pids) + ".stacks").read_text() if Path(str(pids) + ".stacks").exists() else ""
+            raise AssertionError(f"{error}; the terminal shows:\n{screen.stdout}\n{stacks}") from None
         assert answer.startswith("INTERRUPTED [0, 1, 2, 3]"), answer  # the partial results are reachable
     finally:
         os.close(fd)

@@ -122,6 +122,8 @@ class Engine:
         self._marks: Marks | None = None
         self._bar: Any = None
         self._ctrl_c = False  # Ctrl-C was pressed while the loop ran
+        self._signal_pipe: tuple[int, int] | None = None  # written by the C signal handler (set_wakeup_fd)
+        self._old_wakeup: int | None = None
         if options.max_in_flight is not None:
             self._bound = options.max_in_flight
         elif self._total is not None:
@@ -178,22 +180,32 @@ class Engine:
         """While the loop runs in the main thread, Ctrl-C sets a flag the loop acts on at a safe point.
 
         A KeyboardInterrupt raised at any bytecode could leave a buffer or the
-        Runner half-way through a change; the flag is seen after the one wait
-        (which the handler wakes).  The first press puts the previous handler
-        back, so a second press interrupts at once.
+        Runner half-way through a change; the flag is seen after the one wait.
+        The signal may reach any thread, so it also writes to a pipe that wait
+        watches (``signal.set_wakeup_fd``).  The first press puts the default
+        handler back, so a second press interrupts at once.
         """
         if threading.current_thread() is not threading.main_thread():
             return
         if on:
-            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-                signal.signal(signal.SIGINT, self._on_ctrl_c)
-        elif signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
+            if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+                return  # the program has its own handler: leave Ctrl-C to it
+            if self._signal_pipe is None:
+                self._signal_pipe = os.pipe()
+                for fd in self._signal_pipe:
+                    os.set_blocking(fd, False)
+            signal.signal(signal.SIGINT, self._on_ctrl_c)
+            self._old_wakeup = signal.set_wakeup_fd(self._signal_pipe[1], warn_on_full_buffer=False)
+            return
+        if signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self._old_wakeup is not None:
+            signal.set_wakeup_fd(self._old_wakeup)
+            self._old_wakeup = None
 
     def _on_ctrl_c(self, signum: int, frame: object) -> None:
         self._ctrl_c = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        _current.waiting_context().waker.wake()
 
     # --- set-up and tear-down ------------------------------------------------------------------
     def _open(self) -> None:
@@ -263,6 +275,10 @@ class Engine:
                     if left and not isinstance(errors, KeyboardInterrupt):
                         raise
         finally:
+            if self._signal_pipe is not None:
+                for fd in self._signal_pipe:
+                    os.close(fd)
+                self._signal_pipe = None
             if self._marks is not None:
                 self._marks.close()
                 self._marks = None
@@ -375,9 +391,13 @@ class Engine:
         waker = _current.waiting_context().waker
         waker.clear()
         ready = [s for s in seats if s.sub.ready()]
-        if not ready:
+        if not ready and not self._ctrl_c:
             fds = tuple(fd for s in seats for fd in s.sub._fds())
-            waker.wait(fds, self._until_overdue())
+            if self._old_wakeup is not None and self._signal_pipe is not None:
+                fds += (self._signal_pipe[0],)
+            woken = waker.wait(fds, self._until_overdue())
+            if self._signal_pipe is not None and self._signal_pipe[0] in woken:
+                _drain_pipe(self._signal_pipe[0])
             ready = [s for s in seats if s.sub.ready()]
         for seat in ready:
             self._drain(seat)
@@ -568,3 +588,11 @@ class Engine:
                         os.kill(seat.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+
+
+def _drain_pipe(fd: int) -> None:
+    try:
+        while os.read(fd, 256):
+            pass
+    except BlockingIOError:
+        pass
