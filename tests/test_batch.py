@@ -120,7 +120,7 @@ def test_imap_is_ordered_and_lazy_over_an_infinite_generator(env: puma.Environme
         assert value == expected
         taken += 1
         assert pulled[0] - taken <= 64  # never more than max_in_flight ahead of the caller
-    results.close()  # type: ignore[attr-defined]  # stops the workers
+    results.close()  # stops the workers
     assert taken == 3000
 
 
@@ -133,7 +133,7 @@ def slow_after_3(x: int) -> int:
 def test_leaving_an_imap_early_ends_its_workers(process_env: puma.ProcessEnvironment) -> None:
     results = batch.imap(slow_after_3, range(100), workers=2, environment=process_env, chunk_size=1)
     assert [next(results) for _ in range(3)] == [0, 1, 2]
-    results.close()  # type: ignore[attr-defined]  # the workers in their long inputs are ended now
+    results.close()  # the workers in their long inputs are ended now
     # (the leak check after the test fails it if any worker process is left)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar
 
 from puma._batch.engine import Engine
@@ -157,7 +157,7 @@ class _Collected:
         return found
 
 
-def _ordered(engine: Engine) -> Iterator[Any]:
+def _ordered(engine: Engine) -> Generator[Any, None, None]:
     waiting: dict[int, Any] = {}
     next_index = 0
     for batch in engine.run():
@@ -170,7 +170,7 @@ def _ordered(engine: Engine) -> Iterator[Any]:
         engine.release(next_index - start)
 
 
-def _unordered(engine: Engine) -> Iterator[Any]:
+def _unordered(engine: Engine) -> Generator[Any, None, None]:
     for batch in engine.run():
         for _indices, values in batch:
             engine.release(len(values))
@@ -194,12 +194,15 @@ def imap(
     max_failures: int | None = None,
     progress: bool | None = None,
     debug: bool = False,
-) -> Iterator[R | Failure]:
+) -> Generator[R | Failure, None, None]:
     """Map ``fn`` over ``items`` lazily, in input order: a value per good input, a :class:`Failure` per failing one.
 
     Inputs are taken from ``items`` as workers need them, never more than
     ``max_in_flight`` ahead of what the caller has taken (an infinite
-    generator is fine).  Arguments are those of :func:`map`.
+    generator is fine).  Arguments are those of :func:`map`.  Closing the
+    iterator (or leaving a ``for`` loop over it early and dropping it) ends
+    the workers at once.  On Ctrl-C it raises :class:`Interrupted`, whose
+    ``results`` hold what had finished and was not yielded yet.
     """
     if debug or environment == "inline":
         options = (
@@ -257,7 +260,7 @@ def imap_unordered(
     max_failures: int | None = None,
     progress: bool | None = None,
     debug: bool = False,
-) -> Iterator[R | Failure]:
+) -> Generator[R | Failure, None, None]:
     """Like :func:`imap`, but each result as soon as it is ready (a :class:`Failure` knows its ``index``)."""
     if debug or environment == "inline":
         return imap(
