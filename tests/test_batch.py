@@ -285,6 +285,32 @@ def test_the_progress_bar_shows_done_and_failed(capsys: pytest.CaptureFixture[st
     assert "40/40" in shown and "failed=1" in shown
 
 
+def sleep_10ms(x: int) -> int:
+    time.sleep(0.01)
+    return x
+
+
+def test_chunks_tune_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
+    from puma._batch import engine
+
+    sizes: list[int] = []
+    send = engine.Engine._send
+
+    def record(self, seat, indices, args):  # type: ignore[no-untyped-def]
+        sizes.append(len(indices))
+        send(self, seat, indices, args)
+
+    monkeypatch.setattr(engine.Engine, "_send", record)
+    assert batch.map(identity, range(20_000), workers=2, environment="thread") == list(range(20_000))
+    assert sizes[0] == 1 and max(sizes) > 1000 and len(sizes) < 200  # small at first, then large
+    sizes.clear()
+    assert batch.map(sleep_10ms, range(40), workers=2, environment="thread") == list(range(40))
+    assert max(sizes) <= 8  # inputs of 10 ms: chunks of a few tens of ms
+    sizes.clear()
+    batch.map(identity, range(100), workers=2, environment="thread", chunk_size=7)
+    assert set(sizes[:-1]) == {7}  # fixed on request
+
+
 # --- inline, debug, replay, bad input ---------------------------------------------------------------
 
 
