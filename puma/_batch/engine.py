@@ -34,10 +34,12 @@ from typing import Any
 
 from puma._batch.options import Options, crosses, crossing_pid, progress_bar
 from puma._batch.records import BatchError, Failure, Interrupted, ItemTimeout, WorkerDied, short_repr
+from puma._batch.seats import Chunk, Seat, contiguous, drain_pipe
 from puma._batch.worker import SLOTS_PER_WORKER, BatchWorker, Marks
-from puma._buffers.base import Buffer, Publisher, Subscription
+from puma._buffers.base import Buffer
 from puma._core import current as _current
 from puma._core.errors import (
+    BufferClosedError,
     BufferCompleted,
     BufferEmpty,
     ChildDiedError,
@@ -53,39 +55,6 @@ __all__ = ["Engine"]
 PREFETCH = 2  # chunks outstanding per worker: the one it runs and the next
 TARGET_CHUNK_SECONDS = 0.02  # self-tuned chunks aim at tens of milliseconds
 GROWTH = 8  # a chunk is at most this many times the last one (a first fast input proves little)
-
-
-class _Chunk:
-    __slots__ = ("args", "id", "indices")
-
-    def __init__(self, chunk_id: int, indices: Sequence[int], args: Sequence[Any]) -> None:
-        self.id = chunk_id
-        self.indices = indices
-        self.args = args
-
-
-class _Seat:
-    """One worker: its runnable, its inbox and outbox, its mark slot, the chunks it holds."""
-
-    def __init__(self, worker: BatchWorker, slot: int, pub: Publisher[Any], sub: Subscription[Any]) -> None:
-        self.worker = worker
-        self.slot = slot
-        self.pub = pub
-        self.sub = sub
-        self.outstanding: deque[int] = deque()
-        self.items = 0
-        self.assigned = 0
-        self.retiring = False
-        self.timed_out: int | None = None
-        self.pid: int | None = None
-        self.label = worker.name
-
-
-def _contiguous(indices: Sequence[int]) -> Sequence[int]:
-    """A range when the indices follow each other (it pickles in a few bytes)."""
-    if isinstance(indices, list) and indices and indices[-1] - indices[0] == len(indices) - 1:
-        return range(indices[0], indices[-1] + 1)
-    return indices
 
 
 class Engine:
@@ -105,11 +74,11 @@ class Engine:
         self._seq: Any = items if isinstance(items, range | list | tuple) else None
         self._next_index = 0
         self._pending: deque[tuple[int, Any]] = deque()  # re-queued inputs: they go first
-        self._chunks: dict[int, _Chunk] = {}
+        self._chunks: dict[int, Chunk] = {}
         self._chunk_ids = 0
         self._attempts: dict[int, int] = {}
         self._deaths: dict[int, int] = {}
-        self._seats: list[_Seat] = []
+        self._seats: list[Seat] = []
         self._free_slots: list[int] = []
         self._names = 0
         self._per_item: float | None = None
@@ -121,6 +90,7 @@ class Engine:
         self._runner: Runner | None = None
         self._marks: Marks | None = None
         self._bar: Any = None
+        self._shown = 0  # inputs the progress bar shows as done
         self._ctrl_c = False  # Ctrl-C was pressed while the loop ran
         self._signal_pipe: tuple[int, int] | None = None  # written by the C signal handler (set_wakeup_fd)
         self._old_wakeup: int | None = None
@@ -223,7 +193,7 @@ class Engine:
             return  # nothing to do: no worker is started
         self._top_up()
 
-    def _seat(self) -> _Seat | None:
+    def _seat(self) -> Seat | None:
         """Start a worker in a free slot."""
         if not self._free_slots:
             return None
@@ -248,7 +218,7 @@ class Engine:
         pub = inbox._open_publisher("the batch map")
         sub = outbox.subscribe()
         self._runner.start(worker)
-        seat = _Seat(worker, slot, pub, sub)
+        seat = Seat(worker, slot, pub, sub)
         seat.pid = self._runner.pid(worker)
         seat.label = f"{worker.name} (process {seat.pid})" if crossing_pid(seat.pid) else f"{worker.name} (thread)"
         self._seats.append(seat)
@@ -357,12 +327,12 @@ class Engine:
                     return
                 self._send(seat, indices, args)
 
-    def _send(self, seat: _Seat, indices: Sequence[int], args: Sequence[Any]) -> None:
+    def _send(self, seat: Seat, indices: Sequence[int], args: Sequence[Any]) -> None:
         """One chunk to ``seat``'s inbox (an input that will not pickle is that input's failure)."""
         self._chunk_ids += 1
-        chunk = _Chunk(self._chunk_ids, indices, args)
+        chunk = Chunk(self._chunk_ids, indices, args)
         try:
-            seat.pub.publish((chunk.id, _contiguous(indices), args))
+            seat.pub.publish((chunk.id, contiguous(indices), args))
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             if not self._crossing:
                 raise
@@ -397,14 +367,17 @@ class Engine:
                 fds += (self._signal_pipe[0],)
             woken = waker.wait(fds, self._until_overdue())
             if self._signal_pipe is not None and self._signal_pipe[0] in woken:
-                _drain_pipe(self._signal_pipe[0])
+                drain_pipe(self._signal_pipe[0])
             ready = [s for s in seats if s.sub.ready()]
         for seat in ready:
             self._drain(seat)
+        if self._bar is not None and self._finished > self._shown:
+            self._bar.update(self._finished - self._shown)  # inputs done (a retry is not one)
+            self._shown = self._finished
         if self._o.timeout is not None:
             self._check_timeouts()
 
-    def _drain(self, seat: _Seat) -> None:
+    def _drain(self, seat: Seat) -> None:
         while True:
             try:
                 done = seat.sub.receive_many(8, timeout=0)
@@ -419,7 +392,7 @@ class Engine:
             for message in done:
                 self._chunk_done(seat, message)
 
-    def _chunk_done(self, seat: _Seat, message: tuple[Any, ...]) -> None:
+    def _chunk_done(self, seat: Seat, message: tuple[Any, ...]) -> None:
         chunk_id, values, failures, elapsed, rss = message
         chunk = self._chunks.pop(chunk_id)
         seat.outstanding.remove(chunk_id)
@@ -444,8 +417,6 @@ class Engine:
                 for index in chunk.indices:
                     self._attempts.pop(index, None)
                     self._deaths.pop(index, None)
-        if self._bar is not None:
-            self._bar.update(count)
         o = self._o
         if (o.max_items is not None and seat.items >= o.max_items) or (o.max_rss is not None and rss > o.max_rss):
             self._retire(seat)
@@ -461,7 +432,7 @@ class Engine:
         index: int,
         arg: Any,
         error: BaseException,
-        seat: _Seat | None,
+        seat: Seat | None,
         *,
         task: str | None = None,
         clipboard: Any = None,
@@ -492,7 +463,7 @@ class Engine:
             )
 
     # --- ends, deaths, timeouts, recycling ---------------------------------------------------------
-    def _retire(self, seat: _Seat) -> None:
+    def _retire(self, seat: Seat) -> None:
         if seat.retiring:
             return
         seat.retiring = True
@@ -506,18 +477,18 @@ class Engine:
             self._seat()
             working += 1
 
-    def _forget(self, seat: _Seat) -> None:
+    def _forget(self, seat: Seat) -> None:
         self._seats.remove(seat)
         self._free_slots.append(seat.slot)
 
-    def _ended(self, seat: _Seat) -> None:
+    def _ended(self, seat: Seat) -> None:
         """A retired worker has sent its last results and ended."""
         self._forget(seat)
         if seat.outstanding:  # cannot happen: it ends after its inbox, and its results come first
             self._requeue_all(seat)
         self._top_up()
 
-    def _requeue_all(self, seat: _Seat, except_index: int | None = None) -> None:
+    def _requeue_all(self, seat: Seat, except_index: int | None = None) -> None:
         back: list[tuple[int, Any]] = []
         for chunk_id in seat.outstanding:
             chunk = self._chunks.pop(chunk_id)
@@ -525,7 +496,7 @@ class Engine:
         seat.outstanding.clear()
         self._pending.extendleft(reversed(back))
 
-    def _died(self, seat: _Seat, error: BaseException) -> None:
+    def _died(self, seat: Seat, error: BaseException) -> None:
         """The worker's outbox ended with an error: it died (or failed outside any input)."""
         assert self._marks is not None
         mark = int(self._marks.view[seat.slot * SLOTS_PER_WORKER]) - 1
@@ -536,10 +507,13 @@ class Engine:
             for i, a in zip(self._chunks[cid].indices, self._chunks[cid].args, strict=True)
         }
         self._forget(seat)
-        if not isinstance(error, ChildDiedError) or (error.before_start and victim not in held):
+        # A death in the middle of writing results may show as the broken stream before the
+        # Runner names the death: a death too (the worker was between inputs: none is failed).
+        death = isinstance(error, ChildDiedError | BufferClosedError)
+        if not death or (getattr(error, "before_start", False) and victim not in held):
             self._requeue_all(seat)
             raise error  # not a death an input caused: the workers cannot run (or puma failed)
-        exitcode = error.exitcode
+        exitcode = getattr(error, "exitcode", None)
         self._requeue_all(seat, except_index=victim if victim in held else None)
         if victim in held:
             arg = held[victim]
@@ -588,11 +562,3 @@ class Engine:
                         os.kill(seat.pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-
-
-def _drain_pipe(fd: int) -> None:
-    try:
-        while os.read(fd, 256):
-            pass
-    except BlockingIOError:
-        pass
