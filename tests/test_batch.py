@@ -290,6 +290,13 @@ def sleep_10ms(x: int) -> int:
     return x
 
 
+def test_a_chunk_s_indices_cross_as_a_range_only_when_they_follow_each_other() -> None:
+    from puma._batch.seats import contiguous
+
+    assert contiguous([3, 4, 5]) == range(3, 6)
+    assert contiguous([3, 9, 5]) == [3, 9, 5] and contiguous([5, 3, 4]) == [5, 3, 4]
+
+
 def test_chunks_tune_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
     from puma._batch import engine
 
