@@ -1,9 +1,10 @@
 """puma: runnables in threads or processes, with buffers, commands, statuses and errors handled.
 
-The whole public surface is here and in three namespaces: :mod:`puma.attributes`
+The whole public surface is here and in four namespaces: :mod:`puma.attributes`
 (how each attribute of a runnable crosses into its child), :mod:`puma.logging`
-(one log output for every thread and process) and :mod:`puma.environments`
-(for writing an environment of your own).  Everything else lives in private
+(one log output for every thread and process), :mod:`puma.environments`
+(for writing an environment of your own) and :mod:`puma.batch` (a batch map
+with a record per failing input).  Everything else lives in private
 modules.
 """
 
