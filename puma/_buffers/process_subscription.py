@@ -33,6 +33,7 @@ import struct
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,7 +50,7 @@ from puma._buffers.shared import (
 )
 from puma._core import codec
 from puma._core import current as _current
-from puma._core.errors import BufferEmpty, deserialize_error
+from puma._core.errors import BufferCompleted, BufferEmpty, deserialize_error
 from puma._core.waiting import Deadline, Poller
 
 if TYPE_CHECKING:
@@ -452,6 +453,41 @@ class ProcessSubscription(Subscription[T]):
                 continue
             if result is not _NOTHING:
                 return result  # type: ignore[no-any-return]
+
+    def __iter__(self) -> Iterator[T]:
+        # What Subscription.__iter__ does (receive until the stream completes), with the usual
+        # frame, one small value, handled right here: no call per value but pickle's.
+        items = self._items
+        loads = pickle.loads
+        unpack = _SIZE.unpack_from
+        while True:
+            self._commands()
+            if items:
+                yield items.popleft()
+                continue
+            start = self._head
+            if self._ended is None and start < self._tail:
+                buf = self._buf
+                size: int = unpack(buf, start)[0]
+                if size >= 0 and buf[start + 4] == ITEM:
+                    stop = start + 4 + size
+                    self._head = stop
+                    try:
+                        value: T = loads(self._view[start + 5 : stop])
+                    finally:
+                        owed = self._owed + 1
+                        if owed >= self._release_at:
+                            self._owed = 0
+                            self._release(owed)
+                        else:
+                            self._owed = owed
+                    yield value
+                    continue
+            try:
+                value = self.receive()
+            except BufferCompleted:
+                return
+            yield value
 
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:
