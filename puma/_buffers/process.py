@@ -302,8 +302,13 @@ class ProcessBuffer(Buffer[T]):
         least any of them needs), so a batch of 100 is not woken for every few
         permits that come back, only to find too few and sleep again.
         """
+        shared = self._shared
+        if not shared[WAITING]:
+            # Read without the lock: a publisher counts itself as waiting (under the lock, a
+            # full barrier) before it looks for permits, and the permits were given back (a
+            # semaphore post, another) before this look, so one of the two sees the other.
+            return
         with self._meta_guard:
-            shared = self._shared
             waiting = int(shared[WAITING])
             if not waiting:
                 return

@@ -208,10 +208,8 @@ class ProcessPublisher(Publisher[T]):
     def publish_many(self, values: Iterable[T], timeout: float | None = None) -> None:
         check = self._check
         pending = list(values)
-        if check is not None:
-            for value in pending:
-                if not isinstance(value, check):
-                    raise self._b._type_error(value)
+        if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
+            raise self._b._type_error(next(v for v in pending if not isinstance(v, check)))
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         total = len(pending)

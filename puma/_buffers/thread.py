@@ -24,6 +24,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription
@@ -348,10 +349,8 @@ class _ThreadPublisher(Publisher[T]):
         b = self._b
         check = b._check
         pending = list(values)
-        if check is not None:
-            for value in pending:
-                if not isinstance(value, check):
-                    raise b._type_error(value)
+        if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
+            raise b._type_error(next(v for v in pending if not isinstance(v, check)))
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         while start < len(pending):
