@@ -118,27 +118,6 @@ __all__ = [
     "tick_clock",
 ]
 
-# Scoped-attribute helpers live in puma.attributes; ``puma.copied`` says so (without importing it).
-_MOVED = dict.fromkeys(
-    (
-        "AttributeScopeError",
-        "ProcessAction",
-        "ScopedAttribute",
-        "ThreadAction",
-        "ValueSource",
-        "child_only",
-        "copied",
-        "factory",
-        "manually_managed",
-        "parent_only",
-        "per_scope_value",
-        "python_default",
-        "scope_specific",
-        "unmanaged",
-    ),
-    "puma.attributes",
-)
-
 
 # Errors are named after ``puma`` from the start: a traceback shows ``puma.UsageError`` even when the
 # program never wrote that name.  (Every child imports them anyway.)
@@ -164,9 +143,12 @@ def __getattr__(name: str) -> object:
             value = getattr(loaded, name)
         globals()[name] = value
         return value
-    where = _MOVED.get(name)
-    if where is not None:
-        raise AttributeError(f"puma.{name} is {where}.{name} (from {where} import {name})")
+    if not name.startswith("_"):
+        # The scoped-attribute helpers live in puma.attributes: ``puma.copied`` says so.
+        from puma import attributes
+
+        if name in attributes.__all__:
+            raise AttributeError(f"puma.{name} is puma.attributes.{name} (from puma.attributes import {name})")
     raise AttributeError(f"module 'puma' has no attribute {name!r}")
 
 
