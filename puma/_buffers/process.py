@@ -137,7 +137,7 @@ class ProcessBuffer(Buffer[T]):
         self._read_lock = context.Lock()  # held while a reader reads the pipe (to a frame boundary)
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", SHARED_SLOTS)
-        self._group = max(1, size // 16)  # permits given back (and room made) at a time
+        self._group = max(1, size // 4)  # permits given back (and room made) at a time
         self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
         self._local_state()

@@ -20,9 +20,13 @@ going to exactly one of them:
   :mod:`puma._buffers.shared`).  A reader ends after handing out the values
   it already holds.
 
-Permits go back in groups of ``capacity // 16`` while a subscription works
+Permits go back in groups of ``capacity // 4`` while a subscription works
 through values it already read, and all it owes before it reads the pipe
-again or waits.
+again or waits.  Large groups on purpose: a give-back that finds publishers
+waiting writes room tokens, and every publisher waiting on the room pipe
+wakes for each write; with 16 blocked batch publishers, groups of a quarter
+instead of a sixteenth made a third as many writes and carried 1.5x the
+values.
 """
 
 from __future__ import annotations
@@ -502,7 +506,7 @@ class ProcessSubscription(Subscription[T]):
                     out.extend(items)
                     items.clear()
                 else:
-                    out.extend(items.popleft() for _ in range(room))
+                    out.extend(starmap(items.popleft, repeat((), room)))  # a C loop
                 continue
             if self._ended is not None:
                 break
