@@ -29,7 +29,7 @@ from itertools import repeat, takewhile
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers.base import Publisher
-from puma._buffers.shared import CLOSED, COMPLETED, WAITING, WRITER
+from puma._buffers.shared import CLOSED, COMPLETED, WRITER
 from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
@@ -120,11 +120,11 @@ class ProcessPublisher(Publisher[T]):
         finally:
             with b._meta_guard:
                 b._want_room(useful, -1)
-                others = shared[WAITING]
-            if others and got in (want, 0):
                 # Took all we wanted (room may be left), or leave (timeout, stop) with a token
                 # perhaps consumed: the next waiters may use what is free.
-                b._wake_publishers()
+                wakes = b._wakes_due() if got in (want, 0) else 0
+            if wakes:
+                b._write_tokens(wakes)
         if got:
             return got
         if not ok:
