@@ -1,0 +1,598 @@
+"""A pool of fixed-shape numpy chunks: borrowed, handed over through buffers, returned, crash-aware.
+
+Design (see docs/frames.md):
+
+* The pool's memory is one shared file (:mod:`puma._frames.memory`): a
+  header of 64-bit slots, then ``count`` chunks.  The header records, for
+  each chunk, who has it: free, held by a pid, in flight (handed over, not
+  received yet), or shared by fan-out readers (their pids).  A generation
+  number per chunk changes whenever it changes hands, so a stale handle (an
+  old holder, a frame dropped by a live source) is recognised.
+* Free chunks are 4-byte indices in a pipe.  A borrower takes one with a
+  non-blocking read; one that finds none waits for the pipe to become
+  readable in its runnable's one wait, so stops and commands still reach it,
+  and any process that frees a chunk wakes it by writing the index back.
+* The header and the pipe change together under a lock: a thread lock plus
+  a POSIX record lock on the memory file, which the kernel lets go of when
+  its holder dies, so a killed process never leaves the pool locked.
+* When a process dies the Runner's supervisor calls
+  :func:`free_frames_held_by`: its chunks (held, or its reader's share)
+  return and the free list is rebuilt from the header, so a chunk is never
+  lost between the pipe and the header either.
+* In a ThreadEnvironment the same pool keeps plain arrays and a deque: no
+  system call per frame.
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import multiprocessing
+import os
+import struct
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from puma._core import current as _context
+from puma._core.errors import BufferEmpty, PumaError
+from puma._core.waiting import Deadline, Waker
+from puma._frames.errors import FrameOwnershipError
+from puma._frames.frame import LIVE, SHARE, WRITABLE, Frame
+from puma._frames.memory import Memory
+from puma._frames.registry import pools
+
+__all__ = ["FramePool", "FramePoolStatistics"]
+
+# --- the header ---------------------------------------------------------------------------
+H_COUNT = 0
+H_DROPS = 1  # frames a drop-oldest pool dropped
+H_SEQ = 2  # hand-overs so far (orders frames in flight, oldest first)
+H_BORROWS = 3  # borrows so far
+H_RETURNED = 4  # chunks returned because their holder died
+HEAD = 8
+MAX_SHARES = 8  # most fan-out readers of one chunk
+W = 4 + MAX_SHARES  # slots per chunk
+OWNER, GEN, SEQ, READERS, SHARES = 0, 1, 2, 3, 4
+FREE = 0
+IN_FLIGHT = -1  # OWNER: handed over, not received yet
+SHARED = -2  # OWNER: fan-out readers hold it (their pids in the share slots; -1: not received yet)
+MOST_CHUNKS = 16384
+
+_TOKEN = struct.Struct("=i")
+_here = pools
+
+
+@dataclass(frozen=True)
+class FramePoolStatistics:
+    """A snapshot of a frame pool (the same figures in every process that has it).
+
+    Attributes:
+        name: the pool's name.
+        count: chunks in the pool.
+        free: chunks nobody holds.
+        borrowed: chunks held by a borrower or a receiver (writable).
+        in_flight: chunks handed over into a buffer and not received yet.
+        shared: chunks held read-only by fan-out readers.
+        drops: frames a drop-oldest pool dropped so far.
+        borrows: borrows so far.
+        returned: chunks returned because the process holding them died.
+    """
+
+    name: str
+    count: int
+    free: int
+    borrowed: int
+    in_flight: int
+    shared: int
+    drops: int
+    borrows: int
+    returned: int
+
+
+class _FileLock:
+    """The pool's lock: a thread lock, then a record lock on the memory file (freed by the kernel at death)."""
+
+    __slots__ = ("_fd", "_local")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._local = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._local.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1)
+        except BaseException:
+            self._local.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1)
+        self._local.release()
+
+
+def _layout(shape: tuple[int, ...], dtype: np.dtype[Any], count: int) -> tuple[int, int, int]:
+    """(header bytes, chunk stride, total bytes): chunks page-aligned when they are a page or more."""
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    align = 4096 if nbytes >= 4096 else 64
+    stride = max(align, -(-nbytes // align) * align)
+    header = -(-(8 * (HEAD + W * count)) // 4096) * 4096
+    return header, stride, header + stride * count
+
+
+class FramePool:
+    """A pool of ``count`` numpy chunks of one ``shape`` and ``dtype``, borrowed and handed over without copies.
+
+    Make it through the environment (``env.frame_pool(...)``) or with
+    ``FramePool(env, ...)``: in a :class:`~puma.ProcessEnvironment` the chunks
+    live in shared memory (on Linux an anonymous ``memfd``, nothing in
+    ``/dev/shm``) and the pool crosses into child processes as an attribute of
+    a runnable; in a :class:`~puma.ThreadEnvironment` they are plain arrays.
+    The API is the same.
+
+    >>> import numpy as np, puma
+    >>> pool = puma.frames.FramePool(puma.ThreadEnvironment(), (2, 3), np.float32, count=2)
+    >>> with pool.borrow() as frame:
+    ...     frame.array[:] = 1.5
+    ...     float(frame.array.sum())
+    9.0
+    >>> pool.statistics().free
+    2
+
+    Args:
+        env: the environment the runnables using it run in.
+        shape: every chunk's shape.
+        dtype: every chunk's dtype.
+        count: how many chunks (frames in use at once, in flight included).
+        name: for messages and statistics.
+        drop_oldest: for live sources: when no chunk is free, :meth:`borrow`
+            takes the oldest frame handed over and not received yet
+            (its receiver finds it :attr:`~Frame.dropped`) instead of waiting.
+
+    Raises:
+        SharedMemoryTooSmall: the machine (or ``/dev/shm``) cannot hold it.
+    """
+
+    _dtype: np.dtype[Any]
+    _count: int
+    _shape: tuple[int, ...]
+    _name: str
+
+    def __init__(
+        self,
+        env: Any,
+        shape: int | tuple[int, ...],
+        dtype: Any = np.uint8,
+        count: int = 4,
+        name: str = "frames",
+        *,
+        drop_oldest: bool = False,
+    ) -> None:
+        shape = (shape,) if isinstance(shape, int) else tuple(int(n) for n in shape)
+        if any(n < 0 for n in shape):
+            raise ValueError(f"frame pool {name!r}: shape {shape} has a negative size")
+        if not 1 <= count <= MOST_CHUNKS:
+            raise ValueError(f"frame pool {name!r}: count must be between 1 and {MOST_CHUNKS}, got {count}")
+        self._dtype = np.dtype(dtype)
+        if self._dtype.hasobject:
+            raise TypeError(f"frame pool {name!r}: dtype {self._dtype} holds Python objects, which cannot be shared")
+        self._shape = shape
+        self._count = count
+        self._name = name
+        self._drop_oldest = drop_oldest
+        self._key = f"{os.getpid()}-{os.urandom(6).hex()}"
+        self._creator = os.getpid()
+        self._header_bytes, self._stride, size = _layout(shape, self._dtype, count)
+        self._shared_memory: Memory | None = None
+        if getattr(env, "is_process", False):
+            self._shared_memory = Memory.create(name, size)
+            tokens_r, tokens_w = os.pipe()
+            self._setup_shared(tokens_r, tokens_w)
+            self._header[H_COUNT] = count
+            self._put_tokens(range(count))
+        else:
+            self._setup_local()
+        _here[self._key] = self
+
+    # --- set-up in each process --------------------------------------------------------------
+    def _setup_local(self) -> None:
+        self._memory: Any = np.zeros(self._header_bytes + self._stride * self._count, dtype=np.uint8)
+        self._header = np.zeros(HEAD + W * self._count, dtype=np.int64)
+        self._header[H_COUNT] = self._count
+        self._lock: Any = threading.Lock()
+        self._free_local: collections.deque[int] = collections.deque(range(self._count))
+        self._waiters: list[Waker] = []
+        self._tokens_r = self._tokens_w = -1
+        self._closed = False
+        self._reduced: Any = None
+        self._finalizer: Any = None
+
+    def _setup_shared(self, tokens_r: int, tokens_w: int) -> None:
+        memory = self._shared_memory
+        assert memory is not None
+        self._memory = memory.map
+        self._header = np.frombuffer(memory.map, dtype=np.int64, count=HEAD + W * self._count)
+        self._lock = _FileLock(memory.fd)
+        self._tokens_r, self._tokens_w = tokens_r, tokens_w
+        os.set_blocking(tokens_r, False)
+        os.set_blocking(tokens_w, False)
+        need = 4 * self._count
+        if need > 4096 and hasattr(fcntl, "F_SETPIPE_SZ"):
+            fcntl.fcntl(tokens_w, fcntl.F_SETPIPE_SZ, max(need, 65536))
+        self._closed = False
+        self._reduced = None
+        self._finalizer = weakref.finalize(self, _close_shared, memory, tokens_r, tokens_w)
+
+    # --- the public face -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The pool's name."""
+        return self._name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Every chunk's shape."""
+        return self._shape
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """Every chunk's dtype."""
+        return self._dtype
+
+    @property
+    def count(self) -> int:
+        """How many chunks the pool has."""
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one chunk's array."""
+        return int(np.prod(self._shape, dtype=np.int64)) * self._dtype.itemsize
+
+    @property
+    def shared(self) -> bool:
+        """True if the chunks are in shared memory (the pool crosses into child processes)."""
+        return self._shared_memory is not None
+
+    def borrow(self, timeout: float | None = None) -> Frame:
+        """A free chunk, held by the caller: wait for one while none is free (the producer is held back).
+
+        The wait is the runnable's one wait: a stop or a command reaches it.
+        A ``drop_oldest`` pool takes the oldest frame in flight instead of
+        waiting, when there is one.
+
+        Raises:
+            BufferEmpty: no chunk came free within ``timeout`` seconds (a ``TimeoutError``).
+            StopRequested: the runnable was asked to stop while it waited.
+        """
+        frame = self.try_borrow()
+        if frame is not None:
+            return frame
+        ctx = _context.waiting_context()
+        deadline = Deadline(timeout)
+        got: list[Frame] = []
+        waker = ctx.waker
+
+        def ready() -> bool:
+            found = self.try_borrow(_waker=waker)
+            if found is not None:
+                got.append(found)
+            return found is not None
+
+        fds = (self._tokens_r,) if self._shared_memory is not None else ()
+        try:
+            if not ctx.wait(fds, deadline.remaining(), ready, f"a free frame of pool {self._name!r}"):
+                raise BufferEmpty(f"frame pool {self._name!r}: no chunk came free within {timeout} s")
+        finally:
+            if self._shared_memory is None:
+                with self._lock:
+                    if waker in self._waiters:
+                        self._waiters.remove(waker)
+        return got[0]
+
+    def try_borrow(self, *, _waker: Waker | None = None) -> Frame | None:
+        """A free chunk now, or ``None`` (a ``drop_oldest`` pool takes the oldest frame in flight first)."""
+        self._check_open()
+        me = os.getpid()
+        header = self._header
+        with self._lock:
+            index = self._take_token()
+            if index is None and self._drop_oldest:
+                index = self._oldest_in_flight()
+                if index is not None:
+                    header[H_DROPS] += 1
+            if index is None:
+                if _waker is not None and self._shared_memory is None and _waker not in self._waiters:
+                    self._waiters.append(_waker)
+                return None
+            base = HEAD + W * index
+            header[base + OWNER] = me
+            header[base + GEN] += 1
+            header[H_BORROWS] += 1
+            gen = int(header[base + GEN])
+        return Frame(self, index, gen, WRITABLE, LIVE)
+
+    def statistics(self) -> FramePoolStatistics:
+        """Who holds the chunks now, and the counters."""
+        header = self._header
+        with self._lock:
+            owners = header[HEAD + OWNER : HEAD + W * self._count : W].copy()
+            drops, borrows, returned = int(header[H_DROPS]), int(header[H_BORROWS]), int(header[H_RETURNED])
+        return FramePoolStatistics(
+            self._name,
+            self._count,
+            int((owners == FREE).sum()),
+            int((owners > 0).sum()),
+            int((owners == IN_FLIGHT).sum()),
+            int((owners == SHARED).sum()),
+            drops,
+            borrows,
+            returned,
+        )
+
+    def close(self) -> None:
+        """Close the pool's descriptors in this process; the memory goes when the last view and process let go."""
+        if self._closed:
+            return
+        self._closed = True
+        _here.pop(self._key, None)
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> FramePool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        where = "shared" if self._shared_memory is not None else "thread"
+        return f"<FramePool {self._name!r}: {self._count} x {self._shape} {self._dtype}, {where}>"
+
+    # --- crossing into a child process ---------------------------------------------------------------
+    def __reduce__(self) -> Any:
+        memory = self._shared_memory
+        if memory is None:
+            raise PumaError(
+                f"frame pool {self._name!r} was made for threads: make it with the ProcessEnvironment "
+                "its runnables run in to use it from a child process"
+            )
+        self._check_open()
+        spec = (self._key, self._name, self._shape, self._dtype.str, self._count, self._drop_oldest, memory.size)
+        if multiprocessing.context.get_spawning_popen() is not None:  # a child being started: pass the fds
+            from multiprocessing.reduction import DupFd
+
+            fds = (DupFd(memory.fd), DupFd(self._tokens_r), DupFd(self._tokens_w))
+            return (_attach, (spec, fds, None, memory.name))
+        if self._reduced is None:  # inside a value: the process that has it open is named instead
+            self._reduced = (
+                _attach,
+                (spec, None, (os.getpid(), memory.fd, self._tokens_r, self._tokens_w), memory.name),
+            )
+        return self._reduced
+
+    # --- the chunks' life (used by Frame) ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PumaError(f"frame pool {self._name!r} is closed")
+
+    def _view(self, index: int) -> np.ndarray[Any, Any]:
+        offset = self._header_bytes + self._stride * index
+        return np.ndarray(self._shape, self._dtype, buffer=self._memory, offset=offset)
+
+    def _slot(self, index: int) -> int:
+        return HEAD + W * index
+
+    def _give_back(self, index: int, gen: int, kind: int) -> None:
+        header = self._header
+        base = HEAD + W * index
+        me = os.getpid()
+        with self._lock:
+            if header[base + GEN] != gen:
+                return  # returned already (its holder was deemed dead, or the pool was reset)
+            if kind == SHARE:
+                if not self._drop_share(base, me):
+                    return
+            elif header[base + OWNER] != me:
+                return
+            header[base + OWNER] = FREE
+            header[base + GEN] += 1
+            self._put_tokens((index,))
+
+    def _drop_share(self, base: int, pid: int) -> bool:
+        """One reader of a shared chunk lets go (lock held): True if it was the last."""
+        header = self._header
+        for k in range(MAX_SHARES):
+            if header[base + SHARES + k] == pid:
+                header[base + SHARES + k] = 0
+                header[base + READERS] -= 1
+                break
+        else:
+            return False
+        return bool(header[base + READERS] <= 0)
+
+    def _hand_over(self, index: int, gen: int, kind: int) -> int:
+        """The holder publishes the frame: it is in flight now; its new generation."""
+        header = self._header
+        base = HEAD + W * index
+        me = os.getpid()
+        with self._lock:
+            if header[base + GEN] != gen:
+                raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            if kind == SHARE:
+                for k in range(MAX_SHARES):
+                    if header[base + SHARES + k] == me:
+                        header[base + SHARES + k] = -1  # a reader passes its share on
+                        return gen
+                raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            header[base + OWNER] = IN_FLIGHT
+            header[H_SEQ] += 1
+            header[base + SEQ] = header[H_SEQ]
+            header[base + GEN] += 1
+            return int(header[base + GEN])
+
+    def _fan_out(self, index: int, gen: int, kind: int, count: int) -> int:
+        """The holder hands ``count`` read-only shares on; the new generation."""
+        if count > MAX_SHARES:
+            raise PumaError(f"frame pool {self._name!r}: a frame can be shared by at most {MAX_SHARES} readers")
+        header = self._header
+        base = HEAD + W * index
+        me = os.getpid()
+        with self._lock:
+            if header[base + GEN] != gen:
+                raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            if kind == SHARE:
+                if not self._drop_share(base, me):
+                    raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+                free = [k for k in range(MAX_SHARES) if header[base + SHARES + k] == 0]
+                if len(free) < count:
+                    raise PumaError(f"frame pool {self._name!r}: a frame can be shared by at most {MAX_SHARES} readers")
+            else:
+                free = list(range(MAX_SHARES))
+                header[base + READERS] = 0
+            for k in free[:count]:
+                header[base + SHARES + k] = -1
+            header[base + READERS] += count
+            header[base + OWNER] = SHARED
+            return gen
+
+    def _claim(self, index: int, gen: int, kind: int) -> bool:
+        """A frame handed to this process arrives: take it (False: dropped meanwhile)."""
+        header = self._header
+        base = HEAD + W * index
+        me = os.getpid()
+        with self._lock:
+            if header[base + GEN] != gen:
+                return False
+            if kind == SHARE:
+                if header[base + OWNER] != SHARED:
+                    return False
+                for k in range(MAX_SHARES):
+                    if header[base + SHARES + k] == -1:
+                        header[base + SHARES + k] = me
+                        return True
+                return False
+            if header[base + OWNER] not in (IN_FLIGHT, me):
+                return False
+            header[base + OWNER] = me
+            return True
+
+    def _oldest_in_flight(self) -> int | None:
+        """A drop-oldest pool reclaims the frame handed over longest ago and not received (lock held)."""
+        header = self._header
+        owners = header[HEAD + OWNER : HEAD + W * self._count : W]
+        waiting = np.flatnonzero(owners == IN_FLIGHT)
+        if not len(waiting):
+            return None
+        seqs = header[HEAD + SEQ : HEAD + W * self._count : W][waiting]
+        return int(waiting[int(np.argmin(seqs))])
+
+    def _free_pid(self, pid: int) -> int:
+        """Return the chunks the dead process ``pid`` held, and rebuild the free list (how many returned)."""
+        if self._closed or pid <= 0:
+            return 0
+        header = self._header
+        returned = 0
+        with self._lock:
+            while self._take_token() is not None:
+                pass  # the free list is rebuilt from the header below
+            for index in range(self._count):
+                base = HEAD + W * index
+                owner = header[base + OWNER]
+                last = False
+                while owner == SHARED and pid in header[base + SHARES : base + W]:
+                    last = self._drop_share(base, pid)
+                if owner == pid or last:
+                    header[base + OWNER] = FREE
+                    header[base + GEN] += 1
+                    returned += 1
+            header[H_RETURNED] += returned
+            self._put_tokens([i for i in range(self._count) if header[HEAD + W * i + OWNER] == FREE])
+        return returned
+
+    # --- the free list ---------------------------------------------------------------------------------
+    def _take_token(self) -> int | None:
+        """A free chunk's index, or None (lock held)."""
+        if self._shared_memory is None:
+            return self._free_local.popleft() if self._free_local else None
+        try:
+            data = os.read(self._tokens_r, 4)
+        except BlockingIOError:
+            return None
+        index: int = _TOKEN.unpack(data)[0]
+        return index
+
+    def _put_tokens(self, indices: Any) -> None:
+        """Chunks came free (lock held): wake whoever waits for one."""
+        if self._shared_memory is None:
+            self._free_local.extend(indices)
+            for waker in self._waiters:
+                waker.wake()
+            self._waiters.clear()
+            return
+        data = b"".join(_TOKEN.pack(i) for i in indices)
+        if data:
+            os.write(self._tokens_w, data)  # the pipe holds every index at once: never full
+
+
+def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
+    for fd in (tokens_r, tokens_w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    memory.close()
+
+
+def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, int, int, int] | None, name: str | None) -> FramePool:
+    """The pool in this process: the one already here, or mapped from the descriptors passed (or named)."""
+    key, label, shape, dtype, count, drop_oldest, size = spec
+    found = _here.get(key)
+    if found is not None and not found._closed:
+        if fds is not None:
+            for fd in (d.detach() for d in fds):
+                os.close(fd)
+        return found
+    if fds is not None:
+        mem_fd, tokens_r, tokens_w = (d.detach() for d in fds)
+    else:
+        assert where is not None
+        pid, *numbers = where
+        try:
+            mem_fd = os.open(f"/proc/{pid}/fd/{numbers[0]}", os.O_RDWR) if name is None else -1
+            tokens_r = os.open(f"/proc/{pid}/fd/{numbers[1]}", os.O_RDONLY | os.O_NONBLOCK)
+            tokens_w = os.open(f"/proc/{pid}/fd/{numbers[2]}", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise PumaError(
+                f"frame pool {label!r} is not open in this process (pid {os.getpid()}) and cannot be opened from "
+                f"process {pid}: give the pool to the runnable (an attribute, or a constructor argument) so it "
+                "crosses when the runnable starts"
+            ) from exc
+    pool = FramePool.__new__(FramePool)
+    pool._key, pool._name, pool._shape, pool._dtype = key, label, tuple(shape), np.dtype(dtype)
+    pool._count, pool._drop_oldest, pool._creator = count, drop_oldest, -1
+    pool._header_bytes, pool._stride, _ = _layout(pool._shape, pool._dtype, count)
+    if name is not None:
+        if mem_fd >= 0:
+            os.close(mem_fd)
+        pool._shared_memory = Memory.open_named(name, size)
+    else:
+        pool._shared_memory = Memory(mem_fd, size, None, False)
+    pool._setup_shared(tokens_r, tokens_w)
+    _here[key] = pool
+    return pool
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_here.values()):  # a lock held by another thread at the fork is nobody's here
+        if pool._shared_memory is not None:
+            pool._lock = _FileLock(pool._shared_memory.fd)
+        else:
+            pool._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
