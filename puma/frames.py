@@ -16,8 +16,9 @@ from __future__ import annotations
 from puma._core.naming import present_as as _present_as
 from puma._frames.errors import FrameDropped, FrameOwnershipError
 from puma._frames.frame import Frame
+from puma._frames.header import FramePoolStatistics
 from puma._frames.memory import SharedMemoryTooSmall
-from puma._frames.pool import FramePool, FramePoolStatistics
+from puma._frames.pool import FramePool
 
 __all__ = [
     "Frame",

@@ -106,6 +106,7 @@ class Memory:
         self.owner = os.getpid() if owner else -1  # the process that made it (and unlinks a named one)
         flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
         self.map = mmap.mmap(fd, size, flags=flags, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # (Python's mmap keeps a duplicate descriptor of its own while the mapping lives.)
 
     @classmethod
     def create(cls, label: str, size: int) -> Memory:
@@ -123,12 +124,12 @@ class Memory:
         try:
             os.ftruncate(fd, size)
             _reserve(fd, size, label, anonymous)
-            memory = cls(fd, size, name, True)
         except BaseException:
             os.close(fd)
             if name is not None:
                 _unlink(name)
             raise
+        memory = cls(fd, size, name, True)
         _touch(memory.map, size)
         return memory
 
@@ -143,6 +144,10 @@ class Memory:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+            try:
+                self.map.close()  # and its own descriptor
+            except BufferError:
+                pass  # arrays still use it: the mapping (and its descriptor) go with the last of them
         if self.owner == os.getpid() and self.name is not None:
             _unlink(self.name)
             self.owner = -1

@@ -32,7 +32,6 @@ import os
 import struct
 import threading
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -42,86 +41,35 @@ from puma._core.errors import BufferEmpty, PumaError
 from puma._core.waiting import Deadline, Waker
 from puma._frames.errors import FrameOwnershipError
 from puma._frames.frame import LIVE, SHARE, WRITABLE, Frame
+from puma._frames.header import (
+    FREE,
+    GEN,
+    H_BORROWS,
+    H_COUNT,
+    H_DROPS,
+    H_RETURNED,
+    H_SEQ,
+    HEAD,
+    IN_FLIGHT,
+    MAX_SHARES,
+    MOST_CHUNKS,
+    OWNER,
+    READERS,
+    SEQ,
+    SHARED,
+    SHARES,
+    FramePoolStatistics,
+    W,
+    _FileLock,
+    _layout,
+)
 from puma._frames.memory import Memory
 from puma._frames.registry import pools
 
-__all__ = ["FramePool", "FramePoolStatistics"]
-
-# --- the header ---------------------------------------------------------------------------
-H_COUNT = 0
-H_DROPS = 1  # frames a drop-oldest pool dropped
-H_SEQ = 2  # hand-overs so far (orders frames in flight, oldest first)
-H_BORROWS = 3  # borrows so far
-H_RETURNED = 4  # chunks returned because their holder died
-HEAD = 8
-MAX_SHARES = 8  # most fan-out readers of one chunk
-W = 4 + MAX_SHARES  # slots per chunk
-OWNER, GEN, SEQ, READERS, SHARES = 0, 1, 2, 3, 4
-FREE = 0
-IN_FLIGHT = -1  # OWNER: handed over, not received yet
-SHARED = -2  # OWNER: fan-out readers hold it (their pids in the share slots; -1: not received yet)
-MOST_CHUNKS = 16384
+__all__ = ["FramePool"]
 
 _TOKEN = struct.Struct("=i")
 _here = pools
-
-
-@dataclass(frozen=True)
-class FramePoolStatistics:
-    """A snapshot of a frame pool (the same figures in every process that has it).
-
-    Attributes:
-        name: the pool's name.
-        count: chunks in the pool.
-        free: chunks nobody holds.
-        borrowed: chunks held by a borrower or a receiver (writable).
-        in_flight: chunks handed over into a buffer and not received yet.
-        shared: chunks held read-only by fan-out readers.
-        drops: frames a drop-oldest pool dropped so far.
-        borrows: borrows so far.
-        returned: chunks returned because the process holding them died.
-    """
-
-    name: str
-    count: int
-    free: int
-    borrowed: int
-    in_flight: int
-    shared: int
-    drops: int
-    borrows: int
-    returned: int
-
-
-class _FileLock:
-    """The pool's lock: a thread lock, then a record lock on the memory file (freed by the kernel at death)."""
-
-    __slots__ = ("_fd", "_local")
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._local = threading.Lock()
-
-    def __enter__(self) -> None:
-        self._local.acquire()
-        try:
-            fcntl.lockf(self._fd, fcntl.LOCK_EX, 1)
-        except BaseException:
-            self._local.release()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.lockf(self._fd, fcntl.LOCK_UN, 1)
-        self._local.release()
-
-
-def _layout(shape: tuple[int, ...], dtype: np.dtype[Any], count: int) -> tuple[int, int, int]:
-    """(header bytes, chunk stride, total bytes): chunks page-aligned when they are a page or more."""
-    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    align = 4096 if nbytes >= 4096 else 64
-    stride = max(align, -(-nbytes // align) * align)
-    header = -(-(8 * (HEAD + W * count)) // 4096) * 4096
-    return header, stride, header + stride * count
 
 
 class FramePool:
@@ -186,11 +134,13 @@ class FramePool:
         self._drop_oldest = drop_oldest
         self._key = f"{os.getpid()}-{os.urandom(6).hex()}"
         self._creator = os.getpid()
+        self._origin: tuple[int, ...] = ()
         self._header_bytes, self._stride, size = _layout(shape, self._dtype, count)
         self._shared_memory: Memory | None = None
         if getattr(env, "is_process", False):
             self._shared_memory = Memory.create(name, size)
             tokens_r, tokens_w = os.pipe()
+            self._origin = (os.getpid(), self._shared_memory.fd, tokens_r, tokens_w)
             self._setup_shared(tokens_r, tokens_w)
             self._header[H_COUNT] = count
             self._put_tokens(range(count))
@@ -340,6 +290,9 @@ class FramePool:
             return
         self._closed = True
         _here.pop(self._key, None)
+        if self._shared_memory is not None:
+            self._header = np.zeros(HEAD + W * self._count, dtype=np.int64)  # let go of the mapping
+            self._memory = None
         if self._finalizer is not None:
             self._finalizer()
 
@@ -363,16 +316,16 @@ class FramePool:
             )
         self._check_open()
         spec = (self._key, self._name, self._shape, self._dtype.str, self._count, self._drop_oldest, memory.size)
+        # A process that does not have the pool opens it from the process that made it (alive as
+        # long as the pool is used), through /proc.
+        where = self._origin
         if multiprocessing.context.get_spawning_popen() is not None:  # a child being started: pass the fds
             from multiprocessing.reduction import DupFd
 
             fds = (DupFd(memory.fd), DupFd(self._tokens_r), DupFd(self._tokens_w))
-            return (_attach, (spec, fds, None, memory.name))
-        if self._reduced is None:  # inside a value: the process that has it open is named instead
-            self._reduced = (
-                _attach,
-                (spec, None, (os.getpid(), memory.fd, self._tokens_r, self._tokens_w), memory.name),
-            )
+            return (_attach, (spec, fds, where, memory.name))
+        if self._reduced is None:  # inside a value: the process that made it is named instead
+            self._reduced = (_attach, (spec, None, where, memory.name))
         return self._reduced
 
     # --- the chunks' life (used by Frame) ---------------------------------------------------------------
@@ -548,7 +501,7 @@ def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
     memory.close()
 
 
-def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, int, int, int] | None, name: str | None) -> FramePool:
+def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, ...], name: str | None) -> FramePool:
     """The pool in this process: the one already here, or mapped from the descriptors passed (or named)."""
     key, label, shape, dtype, count, drop_oldest, size = spec
     found = _here.get(key)
@@ -557,11 +510,10 @@ def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, int, int, int] | 
             for fd in (d.detach() for d in fds):
                 os.close(fd)
         return found
+    pid, *numbers = where
     if fds is not None:
         mem_fd, tokens_r, tokens_w = (d.detach() for d in fds)
     else:
-        assert where is not None
-        pid, *numbers = where
         try:
             mem_fd = os.open(f"/proc/{pid}/fd/{numbers[0]}", os.O_RDWR) if name is None else -1
             tokens_r = os.open(f"/proc/{pid}/fd/{numbers[1]}", os.O_RDONLY | os.O_NONBLOCK)
@@ -574,7 +526,7 @@ def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, int, int, int] | 
             ) from exc
     pool = FramePool.__new__(FramePool)
     pool._key, pool._name, pool._shape, pool._dtype = key, label, tuple(shape), np.dtype(dtype)
-    pool._count, pool._drop_oldest, pool._creator = count, drop_oldest, -1
+    pool._count, pool._drop_oldest, pool._creator, pool._origin = count, drop_oldest, pid, tuple(where)
     pool._header_bytes, pool._stride, _ = _layout(pool._shape, pool._dtype, count)
     if name is not None:
         if mem_fd >= 0:
