@@ -62,19 +62,19 @@ class Frame:
         self._state = state
         self._array: FrameArray | None = None
         self._views: list[weakref.ref[FrameArray]] = []
-        if state == LIVE:
-            self._map()
 
     # --- the public face ---------------------------------------------------------------
     @property
     def array(self) -> FrameArray:
         """The chunk's memory as a numpy array of the pool's shape and dtype (read-only for a fan-out share)."""
+        array = self._array
+        if array is not None:
+            return array
         if self._state == PENDING:
             self._claim()
-        array = self._array
-        if self._state != LIVE or array is None:
+        if self._state != LIVE:
             raise (FrameDropped if self._state == DROPPED else FrameOwnershipError)(self._why())
-        return array
+        return self._map()
 
     @property
     def pool(self) -> FramePool:
@@ -125,8 +125,13 @@ class Frame:
         return f"<Frame {self._index} of pool {self._pool.name!r}: {words[self._state]}{share}>"
 
     def __reduce__(self) -> Any:
+        # Published into a process buffer: only this handle travels; the receiver's frame is new.
+        if self._state == LIVE and self._kind == WRITABLE:
+            gen = self._pool._hand_over(self._index, self._gen, WRITABLE)
+            self._invalidate(HANDED)
+            return (_received, (self._pool, self._index, gen, WRITABLE))
         frame = self._published()
-        frame._state = HANDED  # this object travels as a handle; the receiver's copy is a new frame
+        frame._state = HANDED
         return (_received, (frame._pool, frame._index, frame._gen, frame._kind))
 
     def __del__(self) -> None:
@@ -143,7 +148,8 @@ class Frame:
             return f"{what} is a read-only share (fanned out to several readers): copy it to change it"
         return f"{what} {_STATE_WORDS.get(self._state, 'is not held here')}"
 
-    def _map(self) -> None:
+    def _map(self) -> FrameArray:
+        """The chunk's array, made on first use (a frame only passed on never needs one)."""
         from puma._frames.array import FrameArray
 
         array = self._pool._view(self._index).view(FrameArray)
@@ -151,21 +157,23 @@ class Frame:
         if self._kind == SHARE:
             array.flags.writeable = False
         self._array = array
+        return array
 
     def _claim(self) -> None:
         """A frame handed to this holder: take it (or find it dropped)."""
         if self._pool._claim(self._index, self._gen, self._kind):
             self._state = LIVE
-            self._map()
         else:
             self._state = DROPPED
 
     def _invalidate(self, state: int) -> None:
         """Stop this holder's use of the chunk: its array and every view of it become read-only."""
         self._state = state
-        array, self._array = self._array, None
-        if array is not None:
-            array.flags.writeable = False
+        array = self._array
+        if array is None:
+            return  # never mapped: no view of it exists
+        self._array = None
+        array.flags.writeable = False
         for ref in self._views:
             view = ref()
             if view is not None:

@@ -29,6 +29,7 @@ import collections
 import fcntl
 import multiprocessing
 import os
+import pickle
 import struct
 import threading
 import weakref
@@ -106,6 +107,7 @@ class FramePool:
     """
 
     _dtype: np.dtype[Any]
+    _header: memoryview  # the 64-bit slots (see puma._frames.header)
     _count: int
     _shape: tuple[int, ...]
     _name: str
@@ -151,7 +153,7 @@ class FramePool:
     # --- set-up in each process --------------------------------------------------------------
     def _setup_local(self) -> None:
         self._memory: Any = np.zeros(self._header_bytes + self._stride * self._count, dtype=np.uint8)
-        self._header = np.zeros(HEAD + W * self._count, dtype=np.int64)
+        self._header = _local_header(self._count)
         self._header[H_COUNT] = self._count
         self._lock: Any = threading.Lock()
         self._free_local: collections.deque[int] = collections.deque(range(self._count))
@@ -165,7 +167,8 @@ class FramePool:
         memory = self._shared_memory
         assert memory is not None
         self._memory = memory.map
-        self._header = np.frombuffer(memory.map, dtype=np.int64, count=HEAD + W * self._count)
+        # A memoryview of 64-bit slots: indexing it gives plain ints, much cheaper than numpy scalars.
+        self._header = memoryview(memory.map)[: 8 * (HEAD + W * self._count)].cast("q")
         self._lock = _FileLock(memory.fd)
         self._tokens_r, self._tokens_w = tokens_r, tokens_w
         os.set_blocking(tokens_r, False)
@@ -270,15 +273,15 @@ class FramePool:
         """Who holds the chunks now, and the counters."""
         header = self._header
         with self._lock:
-            owners = header[HEAD + OWNER : HEAD + W * self._count : W].copy()
+            owners = header[HEAD + OWNER : HEAD + W * self._count : W].tolist()
             drops, borrows, returned = int(header[H_DROPS]), int(header[H_BORROWS]), int(header[H_RETURNED])
         return FramePoolStatistics(
             self._name,
             self._count,
-            int((owners == FREE).sum()),
-            int((owners > 0).sum()),
-            int((owners == IN_FLIGHT).sum()),
-            int((owners == SHARED).sum()),
+            owners.count(FREE),
+            sum(owner > 0 for owner in owners),
+            owners.count(IN_FLIGHT),
+            owners.count(SHARED),
             drops,
             borrows,
             returned,
@@ -291,7 +294,8 @@ class FramePool:
         self._closed = True
         _here.pop(self._key, None)
         if self._shared_memory is not None:
-            self._header = np.zeros(HEAD + W * self._count, dtype=np.int64)  # let go of the mapping
+            self._header.release()  # let go of the mapping
+            self._header = _local_header(self._count)
             self._memory = None
         if self._finalizer is not None:
             self._finalizer()
@@ -324,8 +328,8 @@ class FramePool:
 
             fds = (DupFd(memory.fd), DupFd(self._tokens_r), DupFd(self._tokens_w))
             return (_attach, (spec, fds, where, memory.name))
-        if self._reduced is None:  # inside a value: the process that made it is named instead
-            self._reduced = (_attach, (spec, None, where, memory.name))
+        if self._reduced is None:  # inside a value: the key, and how to open it from its maker if need be
+            self._reduced = (_by_key, (self._key, pickle.dumps((spec, None, where, memory.name))))
         return self._reduced
 
     # --- the chunks' life (used by Frame) ---------------------------------------------------------------
@@ -373,6 +377,14 @@ class FramePool:
         header = self._header
         base = HEAD + W * index
         me = os.getpid()
+        if kind == WRITABLE and not self._drop_oldest:
+            # Only the holder writes a held chunk's slots, and nothing else looks at a chunk that is
+            # held or in flight (the free list is rebuilt from free chunks only): no lock needed.
+            if header[base + GEN] != gen or header[base + OWNER] != me:
+                raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            header[base + OWNER] = IN_FLIGHT
+            header[base + GEN] = gen + 1
+            return gen + 1
         with self._lock:
             if header[base + GEN] != gen:
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
@@ -418,6 +430,11 @@ class FramePool:
         header = self._header
         base = HEAD + W * index
         me = os.getpid()
+        if kind == WRITABLE and not self._drop_oldest:  # nobody else may take a chunk in flight: no lock
+            if header[base + GEN] != gen or header[base + OWNER] not in (IN_FLIGHT, me):
+                return False
+            header[base + OWNER] = me
+            return True
         with self._lock:
             if header[base + GEN] != gen:
                 return False
@@ -437,12 +454,10 @@ class FramePool:
     def _oldest_in_flight(self) -> int | None:
         """A drop-oldest pool reclaims the frame handed over longest ago and not received (lock held)."""
         header = self._header
-        owners = header[HEAD + OWNER : HEAD + W * self._count : W]
-        waiting = np.flatnonzero(owners == IN_FLIGHT)
-        if not len(waiting):
-            return None
-        seqs = header[HEAD + SEQ : HEAD + W * self._count : W][waiting]
-        return int(waiting[int(np.argmin(seqs))])
+        owners = header[HEAD + OWNER : HEAD + W * self._count : W].tolist()
+        seqs = header[HEAD + SEQ : HEAD + W * self._count : W].tolist()
+        waiting = [(seqs[i], i) for i, owner in enumerate(owners) if owner == IN_FLIGHT]
+        return min(waiting)[1] if waiting else None
 
     def _free_pid(self, pid: int) -> int:
         """Return the chunks the dead process ``pid`` held, and rebuild the free list (how many returned)."""
@@ -457,7 +472,7 @@ class FramePool:
                 base = HEAD + W * index
                 owner = header[base + OWNER]
                 last = False
-                while owner == SHARED and pid in header[base + SHARES : base + W]:
+                while owner == SHARED and pid in header[base + SHARES : base + W].tolist():
                     last = self._drop_share(base, pid)
                 if owner == pid or last:
                     header[base + OWNER] = FREE
@@ -492,6 +507,10 @@ class FramePool:
             os.write(self._tokens_w, data)  # the pipe holds every index at once: never full
 
 
+def _local_header(count: int) -> memoryview:
+    return memoryview(bytearray(8 * (HEAD + W * count))).cast("q")
+
+
 def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
     for fd in (tokens_r, tokens_w):
         try:
@@ -499,6 +518,14 @@ def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
         except OSError:
             pass
     memory.close()
+
+
+def _by_key(key: str, how: bytes) -> FramePool:
+    """The pool named in a frame's handle: the one open here (the usual case, kept cheap), else opened."""
+    found = _here.get(key)
+    if found is not None and not found._closed:
+        return found
+    return _attach(*pickle.loads(how))
 
 
 def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, ...], name: str | None) -> FramePool:
