@@ -76,6 +76,15 @@ class Frame:
             raise (FrameDropped if self._state == DROPPED else FrameOwnershipError)(self._why())
         return self._map()
 
+    @array.setter
+    def array(self, value: Any) -> None:
+        # ``frame.array += 1`` works in place, then assigns the same array back: allowed.
+        if value is not self._array or value is None:
+            raise AttributeError(
+                f"frame {self._index} of pool {self._pool.name!r}: its array is the chunk's memory and cannot be "
+                "replaced; write into it instead (frame.array[...] = values)"
+            )
+
     @property
     def pool(self) -> FramePool:
         """The pool the chunk belongs to."""
