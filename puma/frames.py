@@ -19,6 +19,7 @@ from puma._frames.frame import Frame
 from puma._frames.header import FramePoolStatistics
 from puma._frames.memory import SharedMemoryTooSmall
 from puma._frames.pool import FramePool
+from puma._frames.region import SharedRegion
 
 __all__ = [
     "Frame",
@@ -27,6 +28,7 @@ __all__ = [
     "FramePool",
     "FramePoolStatistics",
     "SharedMemoryTooSmall",
+    "SharedRegion",
 ]
 
 _present_as("puma.frames", globals(), __all__)

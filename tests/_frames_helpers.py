@@ -112,3 +112,16 @@ class ReleasesSoon(puma.Runnable):
         self.wait_for_stop(0.2)
         frame.release()
         self.wait_for_stop()
+
+
+class RegionWriter(puma.Runnable):
+    """Writes its parts of a shared region (part k filled with k) and marks each done."""
+
+    def __init__(self, name: str, region: puma.frames.SharedRegion, parts: list[int]) -> None:
+        super().__init__(name)
+        self._region, self._parts = region, parts
+
+    def execute(self) -> None:
+        for k in self._parts:
+            self._region.part(k)[...] = k
+            self._region.done(k)

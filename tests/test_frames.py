@@ -10,7 +10,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from _frames_helpers import FrameConsumer, FrameHolder, FrameProducer, ReleasesSoon, WaitingBorrower
+from _frames_helpers import (
+    FrameConsumer,
+    FrameHolder,
+    FrameProducer,
+    RegionWriter,
+    ReleasesSoon,
+    WaitingBorrower,
+)
 
 import puma
 from puma._frames import memory as _memory
@@ -315,3 +322,21 @@ def test_a_killed_producer_leaves_nothing_behind(process_env: puma.ProcessEnviro
     assert stats.borrowed == 0  # what it held came back; frames it handed over are in flight
     pool.close()
     assert _shm() <= shm
+
+
+# --- the shared output region ------------------------------------------------------------------
+def test_workers_write_disjoint_parts_and_the_parent_reads_the_whole(env: puma.Environment) -> None:
+    region = env.shared_region((10, 3), np.int32, parts=4, name="out")
+    assert [region.bounds(k) for k in range(4)] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    with puma.Runner(env) as runner:
+        runner.start(RegionWriter("even", region, [0, 2]))
+        runner.start(RegionWriter("odd", region, [1, 3]))
+        whole = region.wait(timeout=30)
+        runner.join()
+    assert whole[:, 0].tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3]
+    assert region.completed == 4
+    region.reset()
+    with pytest.raises(puma.BufferEmpty, match="0 of 4 parts were done within 0.01 s"):
+        region.wait(timeout=0.01)
+    with pytest.raises(IndexError, match="parts 0 to 3"):
+        region.part(4)

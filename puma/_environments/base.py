@@ -31,6 +31,7 @@ from puma._runnable.runnable import Runnable, run_child
 
 if TYPE_CHECKING:
     from puma._frames.pool import FramePool
+    from puma._frames.region import SharedRegion
 
 __all__ = ["ChildHandle", "Environment", "ExitStatus", "Message", "MessageLink", "serve_child"]
 
@@ -249,6 +250,14 @@ class Environment(abc.ABC):
         from puma._frames.pool import FramePool
 
         return FramePool(self, shape, dtype, count, name, **options)
+
+    def shared_region(
+        self, shape: int | tuple[int, ...], dtype: Any = "float64", parts: int = 1, name: str = "region"
+    ) -> SharedRegion:
+        """A :class:`~puma.frames.SharedRegion`: one array that workers write ``parts`` disjoint parts of."""
+        from puma._frames.region import SharedRegion
+
+        return SharedRegion(self, shape, dtype, parts, name)
 
     @abc.abstractmethod
     def prepare(self, runnable: Runnable) -> Runnable:
