@@ -9,6 +9,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from puma._frames.errors import FrameDropped, FrameOwnershipError
+from puma._frames.registry import pool_by_ref
 
 if TYPE_CHECKING:
     from puma._frames.array import FrameArray
@@ -135,13 +136,15 @@ class Frame:
 
     def __reduce__(self) -> Any:
         # Published into a process buffer: only this handle travels; the receiver's frame is new.
+        pool = self._pool
+        ref = pool._handle_ref() or pool  # the pool's key (and how to open it), or the pool while a child starts
         if self._state == LIVE and self._kind == WRITABLE:
-            gen = self._pool._hand_over(self._index, self._gen, WRITABLE)
+            gen = pool._hand_over(self._index, self._gen, WRITABLE)
             self._invalidate(HANDED)
-            return (_received, (self._pool, self._index, gen, WRITABLE))
+            return (_received, (ref, self._index, gen, WRITABLE))
         frame = self._published()
         frame._state = HANDED
-        return (_received, (frame._pool, frame._index, frame._gen, frame._kind))
+        return (_received, (ref, frame._index, frame._gen, frame._kind))
 
     def __del__(self) -> None:
         if self._state in (LIVE, PENDING):
@@ -210,8 +213,10 @@ class Frame:
         return [Frame(self._pool, self._index, gen, SHARE, PENDING) for _ in range(count)]
 
 
-def _received(pool: FramePool, index: int, gen: int, kind: int) -> Frame:
+def _received(pool: Any, index: int, gen: int, kind: int) -> Frame:
     """A frame arriving in this process: claimed now, while its handle is unpickled."""
+    if type(pool) is tuple:
+        pool = pool_by_ref(*pool)
     frame = Frame(pool, index, gen, kind, PENDING)
     frame._claim()
     return frame

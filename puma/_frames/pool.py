@@ -40,6 +40,7 @@ import numpy as np
 from puma._core import current as _context
 from puma._core.errors import BufferEmpty, PumaError
 from puma._core.waiting import Deadline, Waker
+from puma._frames import registry as _registry
 from puma._frames.errors import FrameOwnershipError
 from puma._frames.frame import LIVE, SHARE, WRITABLE, Frame
 from puma._frames.header import (
@@ -71,6 +72,7 @@ __all__ = ["FramePool"]
 
 _TOKEN = struct.Struct("=i")
 _here = pools
+_spawning = multiprocessing.context.get_spawning_popen
 
 
 class FramePool:
@@ -250,7 +252,7 @@ class FramePool:
     def try_borrow(self, *, _waker: Waker | None = None) -> Frame | None:
         """A free chunk now, or ``None`` (a ``drop_oldest`` pool takes the oldest frame in flight first)."""
         self._check_open()
-        me = os.getpid()
+        me = _registry.pid
         header = self._header
         with self._lock:
             index = self._take_token()
@@ -312,6 +314,9 @@ class FramePool:
 
     # --- crossing into a child process ---------------------------------------------------------------
     def __reduce__(self) -> Any:
+        reduced = self._reduced
+        if reduced is not None and not self._closed and _spawning() is None:
+            return reduced  # the usual case: a frame's handle in a buffer
         memory = self._shared_memory
         if memory is None:
             raise PumaError(
@@ -323,14 +328,24 @@ class FramePool:
         # A process that does not have the pool opens it from the process that made it (alive as
         # long as the pool is used), through /proc.
         where = self._origin
-        if multiprocessing.context.get_spawning_popen() is not None:  # a child being started: pass the fds
+        if _spawning() is not None:  # a child being started: pass the fds
             from multiprocessing.reduction import DupFd
 
             fds = (DupFd(memory.fd), DupFd(self._tokens_r), DupFd(self._tokens_w))
             return (_attach, (spec, fds, where, memory.name))
         if self._reduced is None:  # inside a value: the key, and how to open it from its maker if need be
-            self._reduced = (_by_key, (self._key, pickle.dumps((spec, None, where, memory.name))))
+            self._reduced = (_by_key, (self._key, pickle.dumps((_attach, (spec, None, where, memory.name)))))
         return self._reduced
+
+    def _handle_ref(self) -> tuple[str, bytes] | None:
+        """What a frame's handle carries to name this pool: (key, how to open it); None while a child starts."""
+        reduced = self._reduced
+        if reduced is None or _spawning() is not None:
+            if self._shared_memory is None or _spawning() is not None:
+                return None
+            reduced = self.__reduce__()
+        ref: tuple[str, bytes] = reduced[1]
+        return ref
 
     # --- the chunks' life (used by Frame) ---------------------------------------------------------------
     def _check_open(self) -> None:
@@ -347,7 +362,7 @@ class FramePool:
     def _give_back(self, index: int, gen: int, kind: int) -> None:
         header = self._header
         base = HEAD + W * index
-        me = os.getpid()
+        me = _registry.pid
         with self._lock:
             if header[base + GEN] != gen:
                 return  # returned already (its holder was deemed dead, or the pool was reset)
@@ -376,7 +391,7 @@ class FramePool:
         """The holder publishes the frame: it is in flight now; its new generation."""
         header = self._header
         base = HEAD + W * index
-        me = os.getpid()
+        me = _registry.pid
         if kind == WRITABLE and not self._drop_oldest:
             # Only the holder writes a held chunk's slots, and nothing else looks at a chunk that is
             # held or in flight (the free list is rebuilt from free chunks only): no lock needed.
@@ -406,7 +421,7 @@ class FramePool:
             raise PumaError(f"frame pool {self._name!r}: a frame can be shared by at most {MAX_SHARES} readers")
         header = self._header
         base = HEAD + W * index
-        me = os.getpid()
+        me = _registry.pid
         with self._lock:
             if header[base + GEN] != gen:
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
@@ -429,7 +444,7 @@ class FramePool:
         """A frame handed to this process arrives: take it (False: dropped meanwhile)."""
         header = self._header
         base = HEAD + W * index
-        me = os.getpid()
+        me = _registry.pid
         if kind == WRITABLE and not self._drop_oldest:  # nobody else may take a chunk in flight: no lock
             if header[base + GEN] != gen or header[base + OWNER] not in (IN_FLIGHT, me):
                 return False
@@ -521,11 +536,8 @@ def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
 
 
 def _by_key(key: str, how: bytes) -> FramePool:
-    """The pool named in a frame's handle: the one open here (the usual case, kept cheap), else opened."""
-    found = _here.get(key)
-    if found is not None and not found._closed:
-        return found
-    return _attach(*pickle.loads(how))
+    """The pool named in a pickle: the one open here, else opened from ``how``."""
+    return _registry.pool_by_ref(key, how)
 
 
 def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, ...], name: str | None) -> FramePool:
