@@ -320,6 +320,8 @@ def test_a_killed_producer_leaves_nothing_behind(process_env: puma.ProcessEnviro
             runner.join()
     stats = pool.statistics()
     assert stats.borrowed == 0  # what it held came back; frames it handed over are in flight
+    assert pool.reclaim_in_flight() == stats.in_flight  # nobody will receive them now
+    assert _free(pool) == 2
     pool.close()
     assert _shm() <= shm
 

@@ -289,6 +289,27 @@ class FramePool:
             returned,
         )
 
+    def reclaim_in_flight(self) -> int:
+        """Return every chunk handed over and not received yet; how many.
+
+        For when no buffer will deliver them any more: a reader killed after
+        reading their handles, or a buffer discarded with frames in it (once
+        its Runner has closed). Their handles, if they still arrive
+        somewhere, are :attr:`~Frame.dropped`.
+        """
+        self._check_open()
+        header = self._header
+        returned = []
+        with self._lock:
+            for index in range(self._count):
+                base = HEAD + W * index
+                if header[base + OWNER] == IN_FLIGHT:
+                    header[base + OWNER] = FREE
+                    header[base + GEN] += 1
+                    returned.append(index)
+            self._put_tokens(returned)
+        return len(returned)
+
     def close(self) -> None:
         """Close the pool's descriptors in this process; the memory goes when the last view and process let go."""
         if self._closed:
