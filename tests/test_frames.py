@@ -103,6 +103,19 @@ def test_an_empty_pool_times_out_and_has_a_non_blocking_form(kind: str) -> None:
         again.release()
 
 
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_a_frame_dropped_without_release_returns_even_when_collected_under_the_pools_lock(kind: str) -> None:
+    env = puma.ThreadEnvironment() if kind == "thread" else puma.ProcessEnvironment("fork")
+    pool = env.frame_pool(16, np.uint8, 2, "collected")
+    frame = pool.borrow()
+    array = frame.array  # the frame and its array refer to each other: only the cyclic collector frees them
+    del frame, array
+    with pool._lock:  # the collector may run at any allocation, lock held or not
+        gc.collect()
+    assert _free(pool) == 2
+    pool.close()
+
+
 def test_bad_pool_arguments_are_clear_errors() -> None:
     env = puma.ThreadEnvironment()
     with pytest.raises(ValueError, match="count must be between 1"):

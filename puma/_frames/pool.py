@@ -157,7 +157,7 @@ class FramePool:
         self._memory: Any = np.zeros(self._header_bytes + self._stride * self._count, dtype=np.uint8)
         self._header = _local_header(self._count)
         self._header[H_COUNT] = self._count
-        self._lock: Any = threading.Lock()
+        self._lock: Any = threading.RLock()  # reentrant: see _FileLock
         self._free_local: collections.deque[int] = collections.deque(range(self._count))
         self._waiters: list[Waker] = []
         self._tokens_r = self._tokens_w = -1
@@ -604,7 +604,7 @@ def _after_fork_in_child() -> None:
         if pool._shared_memory is not None:
             pool._lock = _FileLock(pool._shared_memory.fd)
         else:
-            pool._lock = threading.Lock()
+            pool._lock = threading.RLock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
