@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import time
@@ -251,7 +252,7 @@ class Holder(puma.Runnable):
 
 
 def _puma_shm() -> set[str]:
-    return {name for name in os.listdir("/dev/shm") if name.startswith("puma-")}
+    return {name for name in os.listdir("/dev/shm") if re.match(r"puma-\d+-[0-9a-f]{12}$", name)}
 
 
 def kill_cycles(cycles: int) -> tuple[Comparison, list[str]]:

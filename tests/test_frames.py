@@ -5,10 +5,15 @@ from __future__ import annotations
 import errno
 import gc
 import os
+import re
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from _frames_helpers import (
     FrameConsumer,
@@ -41,7 +46,7 @@ def _links() -> dict[str, str]:
 
 def _shm() -> set[str]:
     """What puma named in /dev/shm (other programs on the machine use it too)."""
-    return {name for name in os.listdir("/dev/shm") if name.startswith("puma-")}
+    return {name for name in os.listdir("/dev/shm") if re.match(r"puma-\d+-[0-9a-f]{12}$", name)}
 
 
 def _fds() -> set[str]:
@@ -355,3 +360,60 @@ def test_workers_write_disjoint_parts_and_the_parent_reads_the_whole(env: puma.E
         region.wait(timeout=0.01)
     with pytest.raises(IndexError, match="parts 0 to 3"):
         region.part(4)
+
+
+# --- the pool's owner killed ----------------------------------------------------------------------
+OWNER_SCRIPT = """
+import os, sys, numpy as np, puma
+from puma._frames import memory
+memory._FORCE_NAMED = sys.argv[1] == "named"
+
+class Holder(puma.Runnable):
+    def __init__(self, pool):
+        super().__init__("holder")
+        self._pool = pool
+
+    def execute(self):
+        frame = self._pool.borrow()
+        frame.array[:] = 1
+        self.send_status("pid", os.getpid())
+        self.wait_for_stop()
+
+if __name__ == "__main__":
+    env = puma.ProcessEnvironment("forkserver")
+    pool = env.frame_pool(1 << 20, np.uint8, 2, "owner")
+    with puma.Runner(env) as runner:
+        holder = runner.start(Holder(pool))
+        print(holder.wait_status("pid", timeout=30), flush=True)
+        runner.join()
+"""
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("backing", ["anonymous", "named"])
+def test_killing_the_pools_owner_leaves_nothing_behind(tmp_path: Path, backing: str) -> None:
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER_SCRIPT)
+    root = str(Path(__file__).resolve().parent.parent)
+    owner = subprocess.Popen(
+        [sys.executable, str(script), backing],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": root},
+    )
+    try:
+        assert owner.stdout is not None
+        child = int(owner.stdout.readline())
+        named = {n for n in _shm() if n.startswith(f"puma-{owner.pid}-")}
+        assert len(named) == (1 if backing == "named" else 0)
+        owner.kill()
+        owner.wait(30)
+        psutil.wait_procs([psutil.Process(child)], timeout=30)  # the child follows its parent
+        assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE
+    finally:
+        owner.kill()
+        owner.wait(30)
+    if backing == "named":  # the owner could not unlink it: the next pool made sweeps it away
+        assert named <= _shm()
+        _memory.sweep_dead_owners()
+    assert not {n for n in _shm() if n.startswith(f"puma-{owner.pid}-")}

@@ -23,7 +23,7 @@ from typing import Any
 
 from puma._core.errors import PumaError
 
-__all__ = ["SHM_PATH", "Memory", "SharedMemoryTooSmall", "free_shared_memory"]
+__all__ = ["SHM_PATH", "Memory", "SharedMemoryTooSmall", "free_shared_memory", "sweep_dead_owners"]
 
 #: Where named segments live, and what a container's ``--shm-size`` limits.
 SHM_PATH = "/dev/shm"  # noqa: S108 - the system's shared-memory mount, not a temporary file
@@ -116,6 +116,8 @@ class Memory:
         if 0 <= free < size:
             raise SharedMemoryTooSmall(label, size, free, where)
         name: str | None = None
+        if not anonymous:
+            sweep_dead_owners()
         if anonymous:
             fd = os.memfd_create(f"puma-frames-{label}"[:200], getattr(os, "MFD_CLOEXEC", 0))
         else:
@@ -151,6 +153,25 @@ class Memory:
         if self.owner == os.getpid() and self.name is not None:
             _unlink(self.name)
             self.owner = -1
+
+
+def sweep_dead_owners() -> list[str]:
+    """Unlink named segments left by puma processes that died without unlinking them (SIGKILL); their names."""
+    import psutil
+
+    swept = []
+    try:
+        names = os.listdir(SHM_PATH)
+    except OSError:
+        return swept
+    for name in names:
+        parts = name.split("-")
+        if len(parts) != 3 or parts[0] != "puma" or not parts[1].isdigit():
+            continue
+        if not psutil.pid_exists(int(parts[1])):
+            _unlink(name)
+            swept.append(name)
+    return swept
 
 
 def _reserve(fd: int, size: int, label: str, anonymous: bool) -> None:
