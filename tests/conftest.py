@@ -65,13 +65,14 @@ _PUMA_SEGMENT = re.compile(r"puma-\d+-[0-9a-f]{12}$")
 def _shared_memory_names() -> set[str]:
     """Shared memory of ours named in /dev/shm, semaphores aside (a live process buffer's are checked below).
 
-    Ours: mapped in this process and not unlinked, or named as puma names a frame pool's segment
-    (``puma-<pid>-<12 hex digits>``): other programs on the machine fill and empty /dev/shm meanwhile.
+    Ours: mapped in this process and not unlinked, or named as puma names a frame pool's segment made
+    here (``puma-<this pid>-<12 hex digits>``): other programs fill and empty /dev/shm meanwhile.
     """
     try:
         with open(f"/proc/{os.getpid()}/maps") as maps:
             mapped = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line}
-        named = {f"/dev/shm/{name}" for name in os.listdir("/dev/shm") if _PUMA_SEGMENT.match(name)}
+        mine = f"puma-{os.getpid()}-"
+        named = {f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if n.startswith(mine) and _PUMA_SEGMENT.match(n)}
     except OSError:
         return set()
     return {p for p in mapped | named if "/dev/shm/sem." not in p and not p.endswith("(deleted)")}
