@@ -193,7 +193,7 @@ def test_a_dead_holders_chunks_return_and_rebuild_the_free_list() -> None:
     stolen = pool._take_token()
     other = pool._take_token()
     assert stolen is not None and other is not None
-    header[8 + 12 * other] = 1 << 22
+    header[8 + 13 * other] = 1 << 22
     assert pool.statistics().free == 1  # the stolen one is "free" in the header, but in nobody's list
     assert puma._frames.registry.free_frames_held_by(1 << 22) == 1
     stats = pool.statistics()
@@ -323,6 +323,25 @@ def test_a_killed_consumers_frames_return(process_env: puma.ProcessEnvironment) 
             os.kill(consumer.wait_status("pid"), signal.SIGKILL)
             runner.join()
     assert _free(pool) == 2
+    pool.close()
+
+
+def test_a_killed_lone_readers_frames_come_back_with_those_it_had_read_ahead(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    pool = process_env.frame_pool(SHAPE, np.int32, 4, "read-ahead")
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(process_env) as runner:
+            raw = process_env.buffer(object, 4, "raw")
+            producer = runner.start(FrameProducer(pool, raw, 4))
+            producer.wait_status("refused", timeout=30)  # all four handed over
+            consumer = runner.start(FrameConsumer(raw, hold=True))
+            consumer.wait_status("holding", timeout=30)
+            os.kill(consumer.wait_status("pid"), signal.SIGKILL)
+            runner.join()
+    # The one it held returns at its death; those it read ahead (or left in the pipe) when the
+    # supervisor closes the buffer it was the only reader of.
+    assert _free(pool) == 4
     pool.close()
 
 

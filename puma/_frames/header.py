@@ -26,6 +26,7 @@ __all__ = [
     "SEQ",
     "SHARED",
     "SHARES",
+    "TAG",
     "FramePoolStatistics",
     "W",
 ]
@@ -38,8 +39,9 @@ H_BORROWS = 3  # borrows so far
 H_RETURNED = 4  # chunks returned because their holder died
 HEAD = 8
 MAX_SHARES = 8  # most fan-out readers of one chunk
-W = 4 + MAX_SHARES  # slots per chunk
-OWNER, GEN, SEQ, READERS, SHARES = 0, 1, 2, 3, 4
+W = 5 + MAX_SHARES  # slots per chunk
+# OWNER, GEN, SEQ (hand-over order), READERS (fan-out readers), TAG (the buffer it was handed into), SHARES...
+OWNER, GEN, SEQ, READERS, TAG, SHARES = 0, 1, 2, 3, 4, 5
 FREE = 0
 IN_FLIGHT = -1  # OWNER: handed over, not received yet
 SHARED = -2  # OWNER: fan-out readers hold it (their pids in the share slots; -1: not received yet)

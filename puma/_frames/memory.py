@@ -159,7 +159,7 @@ def sweep_dead_owners() -> list[str]:
     """Unlink named segments left by puma processes that died without unlinking them (SIGKILL); their names."""
     import psutil
 
-    swept = []
+    swept: list[str] = []
     try:
         names = os.listdir(SHM_PATH)
     except OSError:

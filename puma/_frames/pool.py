@@ -60,6 +60,7 @@ from puma._frames.header import (
     SEQ,
     SHARED,
     SHARES,
+    TAG,
     FramePoolStatistics,
     W,
     _FileLock,
@@ -298,12 +299,18 @@ class FramePool:
         somewhere, are :attr:`~Frame.dropped`.
         """
         self._check_open()
+        return self._reclaim_in_flight(None)
+
+    def _reclaim_in_flight(self, tag: int | None) -> int:
+        """Return the chunks in flight (handed into the buffer ``tag``; None: any); how many."""
+        if self._closed:
+            return 0
         header = self._header
         returned = []
         with self._lock:
             for index in range(self._count):
                 base = HEAD + W * index
-                if header[base + OWNER] == IN_FLIGHT:
+                if header[base + OWNER] == IN_FLIGHT and (tag is None or header[base + TAG] == tag):
                     header[base + OWNER] = FREE
                     header[base + GEN] += 1
                     returned.append(index)
@@ -418,6 +425,7 @@ class FramePool:
             # held or in flight (the free list is rebuilt from free chunks only): no lock needed.
             if header[base + GEN] != gen or header[base + OWNER] != me:
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            header[base + TAG] = _registry.sending.tag
             header[base + OWNER] = IN_FLIGHT
             header[base + GEN] = gen + 1
             return gen + 1
@@ -430,6 +438,7 @@ class FramePool:
                         header[base + SHARES + k] = -1  # a reader passes its share on
                         return gen
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
+            header[base + TAG] = _registry.sending.tag
             header[base + OWNER] = IN_FLIGHT
             header[H_SEQ] += 1
             header[base + SEQ] = header[H_SEQ]

@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
+import threading
 import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from puma._frames.pool import FramePool
 
-__all__ = ["free_frames_held_by", "live_frame_pools", "pool_by_ref", "pools"]
+__all__ = [
+    "buffer_tag",
+    "free_frames_held_by",
+    "free_frames_sent_to",
+    "live_frame_pools",
+    "pool_by_ref",
+    "pools",
+    "sending",
+]
 
 #: Every pool open in this process, by key (the same key in every process that has it).
 pools: weakref.WeakValueDictionary[str, FramePool] = weakref.WeakValueDictionary()
 
 #: This process's pid (kept here: a frame changes hands often and the pid is asked each time).
 pid = os.getpid()
+
+
+class _Sending(threading.local):
+    tag = 0  # the buffer (its tag) a process buffer publisher is pickling a value for, in this thread
+
+
+#: Set by a process buffer's publisher while it pickles a value: frames handed over then note it.
+sending = _Sending()
+
+
+def buffer_tag(key: str) -> int:
+    """A buffer's tag in a pool's header: a 62-bit number from its key, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 2 or 1
 
 
 def _forked() -> None:
@@ -45,3 +68,9 @@ def live_frame_pools() -> list[FramePool]:
 def free_frames_held_by(pid: int) -> int:
     """The process ``pid`` died: return its chunks to every shared pool open here; how many returned."""
     return sum(pool._free_pid(pid) for pool in live_frame_pools() if pool.shared)
+
+
+def free_frames_sent_to(key: str) -> int:
+    """The buffer ``key`` was closed (no reader remains): return the frames handed into it and not received."""
+    tag = buffer_tag(key)
+    return sum(pool._reclaim_in_flight(tag) for pool in live_frame_pools() if pool.shared)

@@ -40,7 +40,7 @@ from puma._core import messages as msg
 from puma._core.errors import ChildDiedError, PumaError, SerializedError, deserialize_error, serialize_error
 from puma._core.waiting import Waker
 from puma._environments.base import Message
-from puma._frames.registry import free_frames_held_by
+from puma._frames.registry import free_frames_held_by, free_frames_sent_to
 from puma._runnable.runnable import Runnable
 from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 
@@ -349,6 +349,7 @@ class Supervisor(threading.Thread):
         """Close ``buffer`` (nobody reads it any more); drain it while publishers may still write."""
         stream = buffer.supervision
         stream.close()
+        free_frames_sent_to(stream.key)  # frames handed into it will not be received: back to their pools
         fd = stream.drain_fd()
         if fd is not None and self._publishers_alive(buffer):
             self.draining[fd] = stream
