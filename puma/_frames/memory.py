@@ -23,7 +23,15 @@ from typing import Any
 
 from puma._core.errors import PumaError
 
-__all__ = ["SHM_PATH", "Memory", "SharedMemoryTooSmall", "free_shared_memory", "sweep_dead_owners"]
+__all__ = [
+    "SHM_PATH",
+    "Memory",
+    "SharedMemoryTooSmall",
+    "close_shared",
+    "free_shared_memory",
+    "open_shared",
+    "sweep_dead_owners",
+]
 
 #: Where named segments live, and what a container's ``--shm-size`` limits.
 SHM_PATH = "/dev/shm"  # noqa: S108 - the system's shared-memory mount, not a temporary file
@@ -153,6 +161,44 @@ class Memory:
         if self.owner == os.getpid() and self.name is not None:
             _unlink(self.name)
             self.owner = -1
+
+
+def open_shared(what: str, fds: Any, where: tuple[int, ...], name: str | None, size: int) -> tuple[Memory, int, int]:
+    """Map shared memory (and its wake-up pipe) another process made: ``(memory, pipe read end, write end)``.
+
+    ``fds``: the descriptors passed while this child was started (``DupFd``s);
+    else they are opened from the process that made them (``where``: its pid
+    and descriptor numbers), through /proc.  ``name``: a named segment's.
+    """
+    pid, *numbers = where
+    if fds is not None:
+        mem_fd, r, w = (d.detach() for d in fds)
+    else:
+        try:
+            mem_fd = os.open(f"/proc/{pid}/fd/{numbers[0]}", os.O_RDWR) if name is None else -1
+            r = os.open(f"/proc/{pid}/fd/{numbers[1]}", os.O_RDONLY | os.O_NONBLOCK)
+            w = os.open(f"/proc/{pid}/fd/{numbers[2]}", os.O_WRONLY | os.O_NONBLOCK)
+        except OSError as exc:
+            raise PumaError(
+                f"{what} is not open in this process (pid {os.getpid()}) and cannot be opened from process "
+                f"{pid}: give it to the runnable (an attribute, or a constructor argument) so it crosses when "
+                "the runnable starts"
+            ) from exc
+    if name is not None:
+        if mem_fd >= 0:
+            os.close(mem_fd)
+        return Memory.open_named(name, size), r, w
+    return Memory(mem_fd, size, None, False), r, w
+
+
+def close_shared(memory: Memory, r: int, w: int) -> None:
+    """Close a pool's (or a region's) descriptors in this process, and its memory's."""
+    for fd in (r, w):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    memory.close()
 
 
 def sweep_dead_owners() -> list[str]:

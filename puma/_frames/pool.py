@@ -66,7 +66,7 @@ from puma._frames.header import (
     _FileLock,
     _layout,
 )
-from puma._frames.memory import Memory
+from puma._frames.memory import Memory, close_shared, open_shared
 from puma._frames.registry import pools
 
 __all__ = ["FramePool"]
@@ -181,7 +181,7 @@ class FramePool:
             fcntl.fcntl(tokens_w, fcntl.F_SETPIPE_SZ, max(need, 65536))
         self._closed = False
         self._reduced = None
-        self._finalizer = weakref.finalize(self, _close_shared, memory, tokens_r, tokens_w)
+        self._finalizer = weakref.finalize(self, close_shared, memory, tokens_r, tokens_w)
 
     # --- the public face -------------------------------------------------------------------------
     @property
@@ -384,9 +384,6 @@ class FramePool:
         offset = self._header_bytes + self._stride * index
         return np.ndarray(self._shape, self._dtype, buffer=self._memory, offset=offset)
 
-    def _slot(self, index: int) -> int:
-        return HEAD + W * index
-
     def _give_back(self, index: int, gen: int, kind: int) -> None:
         header = self._header
         base = HEAD + W * index
@@ -556,15 +553,6 @@ def _local_header(count: int) -> memoryview:
     return memoryview(bytearray(8 * (HEAD + W * count))).cast("q")
 
 
-def _close_shared(memory: Memory, tokens_r: int, tokens_w: int) -> None:
-    for fd in (tokens_r, tokens_w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    memory.close()
-
-
 def _by_key(key: str, how: bytes) -> FramePool:
     """The pool named in a pickle: the one open here, else opened from ``how``."""
     return _registry.pool_by_ref(key, how)
@@ -579,30 +567,12 @@ def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, ...], name: str |
             for fd in (d.detach() for d in fds):
                 os.close(fd)
         return found
-    pid, *numbers = where
-    if fds is not None:
-        mem_fd, tokens_r, tokens_w = (d.detach() for d in fds)
-    else:
-        try:
-            mem_fd = os.open(f"/proc/{pid}/fd/{numbers[0]}", os.O_RDWR) if name is None else -1
-            tokens_r = os.open(f"/proc/{pid}/fd/{numbers[1]}", os.O_RDONLY | os.O_NONBLOCK)
-            tokens_w = os.open(f"/proc/{pid}/fd/{numbers[2]}", os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise PumaError(
-                f"frame pool {label!r} is not open in this process (pid {os.getpid()}) and cannot be opened from "
-                f"process {pid}: give the pool to the runnable (an attribute, or a constructor argument) so it "
-                "crosses when the runnable starts"
-            ) from exc
+    memory, tokens_r, tokens_w = open_shared(f"frame pool {label!r}", fds, where, name, size)
     pool = FramePool.__new__(FramePool)
     pool._key, pool._name, pool._shape, pool._dtype = key, label, tuple(shape), np.dtype(dtype)
-    pool._count, pool._drop_oldest, pool._creator, pool._origin = count, drop_oldest, pid, tuple(where)
+    pool._count, pool._drop_oldest, pool._creator, pool._origin = count, drop_oldest, where[0], tuple(where)
     pool._header_bytes, pool._stride, _ = _layout(pool._shape, pool._dtype, count)
-    if name is not None:
-        if mem_fd >= 0:
-            os.close(mem_fd)
-        pool._shared_memory = Memory.open_named(name, size)
-    else:
-        pool._shared_memory = Memory(mem_fd, size, None, False)
+    pool._shared_memory = memory
     pool._setup_shared(tokens_r, tokens_w)
     _here[key] = pool
     return pool

@@ -23,7 +23,7 @@ import numpy as np
 from puma._core import current as _context
 from puma._core.errors import BufferEmpty, PumaError
 from puma._core.waiting import Deadline, Waker
-from puma._frames.memory import Memory
+from puma._frames.memory import Memory, close_shared, open_shared
 
 __all__ = ["SharedRegion"]
 
@@ -95,7 +95,7 @@ class SharedRegion:
         if memory is not None:
             os.set_blocking(r, False)
             os.set_blocking(w, False)
-            weakref.finalize(self, _close, memory, r, w)
+            weakref.finalize(self, close_shared, memory, r, w)
 
     # --- the public face -----------------------------------------------------------------------
     @property
@@ -197,15 +197,6 @@ class SharedRegion:
         return self._reduced
 
 
-def _close(memory: Memory, r: int, w: int) -> None:
-    for fd in (r, w):
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    memory.close()
-
-
 def _by_key(key: str, how: bytes) -> SharedRegion:
     found = _regions.get(key)
     return found if found is not None else _attach(*pickle.loads(how))
@@ -218,29 +209,11 @@ def _attach(spec: tuple[Any, ...], fds: Any, origin: tuple[int, ...]) -> SharedR
         for fd in (d.detach() for d in fds or ()):
             os.close(fd)
         return found
-    if fds is not None:
-        mem_fd, r, w = (d.detach() for d in fds)
-    else:
-        pid, *numbers = origin
-        try:
-            mem_fd = os.open(f"/proc/{pid}/fd/{numbers[0]}", os.O_RDWR) if segment is None else -1
-            r = os.open(f"/proc/{pid}/fd/{numbers[1]}", os.O_RDONLY | os.O_NONBLOCK)
-            w = os.open(f"/proc/{pid}/fd/{numbers[2]}", os.O_WRONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise PumaError(
-                f"shared region {name!r} is not open in this process: give it to the runnable (an attribute) "
-                "so it crosses when the runnable starts"
-            ) from exc
+    memory, r, w = open_shared(f"shared region {name!r}", fds, origin, segment, size)
     region = SharedRegion.__new__(SharedRegion)
     region._key, region._name, region._shape, region._dtype = key, name, tuple(shape), np.dtype(dtype)
     region._parts, region._origin = parts, tuple(origin)
     region._flags_bytes = -(-(8 * parts) // 64) * 64
-    if segment is not None:
-        if mem_fd >= 0:
-            os.close(mem_fd)
-        memory = Memory.open_named(segment, size)
-    else:
-        memory = Memory(mem_fd, size, None, False)
     region._setup(memory, r, w)
     _regions[key] = region
     return region

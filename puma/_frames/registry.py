@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import threading
@@ -39,7 +38,10 @@ sending = _Sending()
 
 def buffer_tag(key: str) -> int:
     """A buffer's tag in a pool's header: a 62-bit number from its key, the same in every process."""
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 2 or 1
+    h = 0xCBF29CE484222325  # FNV-1a (no hashlib: a child process imports this module)
+    for byte in key.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return (h >> 2) or 1
 
 
 def _forked() -> None:
