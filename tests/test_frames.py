@@ -173,6 +173,12 @@ def test_too_little_shared_memory_is_a_clear_error_at_creation(monkeypatch: pyte
     assert info.value.needed > 64 << 20 - 1 and info.value.free == 48 << 20
 
 
+def test_an_anonymous_pool_over_the_containers_memory_limit_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_memory, "_cgroup_room", lambda: 8 << 20)
+    with pytest.raises(SharedMemoryTooSmall, match="only 8.0 MiB is free in this container's memory limit"):
+        FramePool(puma.ProcessEnvironment("fork"), (1 << 20,), np.uint8, 16, "capped")
+
+
 def test_a_refused_reservation_is_a_clear_error_not_a_bus_error(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(fd: int, offset: int, length: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -85,7 +85,30 @@ def free_shared_memory(anonymous: bool) -> tuple[int, str]:
         return st.f_bavail * st.f_frsize, SHM_PATH
     import psutil
 
-    return int(psutil.virtual_memory().available), "the machine's memory"
+    free, where = int(psutil.virtual_memory().available), "the machine's memory"
+    room = _cgroup_room()
+    if room is not None and room < free:
+        free, where = room, "this container's memory limit"
+    return free, where
+
+
+def _cgroup_room() -> int | None:
+    """Bytes left under this process's cgroup memory limit (v2, else v1); None without a limit."""
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
+        try:
+            with open(limit) as f:
+                text = f.read().strip()
+            with open(usage) as f:
+                used = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if text == "max" or int(text) >= 1 << 60:
+            return None
+        return max(int(text) - used, 0)
+    return None
 
 
 def _anonymous() -> bool:
