@@ -18,6 +18,7 @@ from puma._core.naming import present_as as _present_as
 if TYPE_CHECKING:  # what the names are, for type checkers; at run time they load on first use
     from puma import attributes as attributes
     from puma import environments as environments
+    from puma import frames as frames
     from puma import logging as logging
     from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
     from puma._core.errors import (
@@ -77,6 +78,7 @@ _WHERE: dict[str, str] = {
     "UsageError": "puma._core.errors",
     "attributes": "puma.attributes",
     "environments": "puma.environments",
+    "frames": "puma.frames",
     "logging": "puma.logging",
     "run_in_child_scope": "puma._runnable.commands",
     "tick_clock": "puma._ready.ticking",

@@ -34,6 +34,7 @@ from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
 from puma._core.waiting import Deadline
+from puma._frames import registry as _frames
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
@@ -64,6 +65,7 @@ class ProcessPublisher(Publisher[T]):
         self._lock = buffer._lock
         self._shared = buffer._shared
         self._pid = os.getpid()
+        self._tag = _frames.buffer_tag(buffer._key)
         buffer._publishers_here.add(self)
 
     def _closed_error(self) -> BufferClosedError:
@@ -135,7 +137,12 @@ class ProcessPublisher(Publisher[T]):
     def _write(self, value: Any, kind: int) -> None:
         """Pickle ``value`` and write it as one frame (plus its out-of-band buffers), under the write lock."""
         oob: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        sending = _frames.sending
+        sending.tag = self._tag  # a frame handed over in this pickle notes the buffer it went into
+        try:
+            data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        finally:
+            sending.tag = 0
         fd = self._fd
         shared = self._shared
         pid = self._pid

@@ -32,6 +32,7 @@ from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
 from puma._core.waiting import Deadline, Waker
+from puma._frames.frame import Frame, published
 
 __all__ = ["ThreadBuffer"]
 
@@ -316,7 +317,7 @@ class _ThreadPublisher(Publisher[T]):
             with b._lock:
                 closed = b._closed or self._completed
                 if not closed and len(b._items) < b._capacity:
-                    b._items.append(value)
+                    b._items.append(published(value) if type(value) is Frame else value)
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
                     if b._idle_waiters:
@@ -339,7 +340,7 @@ class _ThreadPublisher(Publisher[T]):
             if not closed:
                 if len(b._items) >= b._capacity:
                     return False
-                b._items.append(value)
+                b._items.append(published(value) if type(value) is Frame else value)
                 b._wake_readers(1)
         if closed:
             raise self._closing()
@@ -359,6 +360,8 @@ class _ThreadPublisher(Publisher[T]):
                 room = 0 if closed else b._capacity - len(b._items)
                 if room > 0:
                     chunk = pending[start : start + room]
+                    if Frame in map(type, chunk):  # frames are handed over as they go in
+                        chunk = [published(v) for v in chunk]
                     b._items.extend(chunk)
                     start += len(chunk)
                     b._wake_readers(len(chunk))
