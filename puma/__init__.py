@@ -1,10 +1,11 @@
 """puma: runnables in threads or processes, with buffers, commands, statuses and errors handled.
 
-The whole public surface is here and in four namespaces: :mod:`puma.attributes`
+The whole public surface is here and in five namespaces: :mod:`puma.attributes`
 (how each attribute of a runnable crosses into its child), :mod:`puma.logging`
 (one log output for every thread and process), :mod:`puma.environments`
-(for writing an environment of your own) and :mod:`puma.batch` (a batch map
-with a record per failing input).  Everything else lives in private
+(for writing an environment of your own), :mod:`puma.frames` (shared-memory
+numpy frames) and :mod:`puma.batch` (a batch map with a record per failing
+input).  Everything else lives in private
 modules.
 """
 
@@ -20,6 +21,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time they loa
     from puma import attributes as attributes
     from puma import batch as batch
     from puma import environments as environments
+    from puma import frames as frames
     from puma import logging as logging
     from puma._buffers.base import Buffer, BufferStatistics, Publisher, Subscription
     from puma._core.errors import (
@@ -80,6 +82,7 @@ _WHERE: dict[str, str] = {
     "attributes": "puma.attributes",
     "batch": "puma.batch",
     "environments": "puma.environments",
+    "frames": "puma.frames",
     "logging": "puma.logging",
     "run_in_child_scope": "puma._runnable.commands",
     "tick_clock": "puma._ready.ticking",
@@ -122,27 +125,6 @@ __all__ = [
     "tick_clock",
 ]
 
-# Scoped-attribute helpers live in puma.attributes; ``puma.copied`` says so (without importing it).
-_MOVED = dict.fromkeys(
-    (
-        "AttributeScopeError",
-        "ProcessAction",
-        "ScopedAttribute",
-        "ThreadAction",
-        "ValueSource",
-        "child_only",
-        "copied",
-        "factory",
-        "manually_managed",
-        "parent_only",
-        "per_scope_value",
-        "python_default",
-        "scope_specific",
-        "unmanaged",
-    ),
-    "puma.attributes",
-)
-
 
 # Errors are named after ``puma`` from the start: a traceback shows ``puma.UsageError`` even when the
 # program never wrote that name.  (Every child imports them anyway.)
@@ -168,9 +150,12 @@ def __getattr__(name: str) -> object:
             value = getattr(loaded, name)
         globals()[name] = value
         return value
-    where = _MOVED.get(name)
-    if where is not None:
-        raise AttributeError(f"puma.{name} is {where}.{name} (from {where} import {name})")
+    if not name.startswith("_"):
+        # The scoped-attribute helpers live in puma.attributes: ``puma.copied`` says so.
+        from puma import attributes
+
+        if name in attributes.__all__:
+            raise AttributeError(f"puma.{name} is puma.attributes.{name} (from puma.attributes import {name})")
     raise AttributeError(f"module 'puma' has no attribute {name!r}")
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import gc
 import multiprocessing
+import os
+import re
 import threading
 from collections.abc import Iterator
 
@@ -57,16 +59,39 @@ def _puma_children() -> list[psutil.Process]:
     return out
 
 
+_PUMA_SEGMENT = re.compile(r"puma-\d+-[0-9a-f]{12}$")
+
+
+def _shared_memory_names() -> set[str]:
+    """Shared memory of ours named in /dev/shm, semaphores aside (a live process buffer's are checked below).
+
+    Ours: mapped in this process and not unlinked, or named as puma names a frame pool's segment made
+    here (``puma-<this pid>-<12 hex digits>``): other programs fill and empty /dev/shm meanwhile.
+    """
+    try:
+        with open(f"/proc/{os.getpid()}/maps") as maps:
+            mapped = {line.split(None, 5)[5].strip() for line in maps if "/dev/shm/" in line}
+        mine = f"puma-{os.getpid()}-"
+        named = {f"/dev/shm/{n}" for n in os.listdir("/dev/shm") if n.startswith(mine) and _PUMA_SEGMENT.match(n)}
+    except OSError:
+        return set()
+    return {p for p in mapped | named if "/dev/shm/sem." not in p and not p.endswith("(deleted)")}
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """After each test: no puma child process, no puma thread, no process buffer (its semaphores) left alive.
+    """After each test: no puma child process, no puma thread, no process buffer (its semaphores), nothing in /dev/shm.
 
     A process buffer owns named semaphores; under spawn and forkserver they live in /dev/shm until
     the buffer is collected, so a buffer kept alive past its test is a leaked semaphore.
     """
     before = {id(b) for b in live_process_buffers()}
+    shm_before = _shared_memory_names()
     yield
     gc.collect()
+    shm_left = _shared_memory_names() - shm_before
+    if shm_left:
+        pytest.fail(f"test left shared memory named in /dev/shm: {sorted(shm_left)}")
     kept = [b for b in live_process_buffers() if id(b) not in before]
     if kept:
         pytest.fail(f"test left process buffers (and their semaphores) alive: {kept}")

@@ -17,6 +17,7 @@ PUMA = Path(__file__).resolve().parent.parent / "puma"
 #: Bottom to top. A module may import from its own layer and the layers below it.
 LAYERS = [
     "puma._core",  # errors, message kinds, the one wait, the wire codec, the current context, log transport
+    "puma._frames",  # shared-memory numpy frames: the pool, its chunks, the shared output region
     "puma._buffers",  # typed bounded buffers: the common face, threads, processes
     "puma._attributes",  # scoped attributes
     "puma._runnable",  # the runnable, its commands and its child-side context

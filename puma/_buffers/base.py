@@ -46,7 +46,7 @@ class BufferStatistics:
         capacity: most values it holds before publishers block.
         size: values published and not yet handed out by a subscriber (a value
             being written counts; across processes it may count up to
-            ``capacity // 16`` per subscriber that were handed out but whose
+            ``capacity // 4`` per subscriber that were handed out but whose
             room is not given back yet).
         publishers: publishers that joined the stream so far.
         completed: publishers that have completed.

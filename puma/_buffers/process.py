@@ -137,7 +137,7 @@ class ProcessBuffer(Buffer[T]):
         self._read_lock = context.Lock()  # held while a reader reads the pipe (to a frame boundary)
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", SHARED_SLOTS)
-        self._group = max(1, size // 16)  # permits given back (and room made) at a time
+        self._group = max(1, size // 4)  # permits given back (and room made) at a time
         self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
         self._local_state()
@@ -296,30 +296,40 @@ class ProcessBuffer(Buffer[T]):
             pass  # the pipe is full of tokens: every waiter finds one
 
     def _wake_publishers(self) -> None:
-        """Permits came back: one room token for each waiting publisher the free room can serve.
+        """Permits came back: one room token for each waiting publisher the free room can serve."""
+        if not self._shared[WAITING]:
+            # Read without the lock: a publisher counts itself as waiting (under the lock, a
+            # full barrier) before it looks for permits, and the permits were given back (a
+            # semaphore post, another) before this look, so one of the two sees the other.
+            return
+        with self._meta_guard:
+            wakes = self._wakes_due()
+        if wakes:
+            self._write_tokens(wakes)  # after the lock: the woken publishers take it at once
 
-        A waiting publisher says how much room it needs (:data:`WANT` holds the
-        least any of them needs), so a batch of 100 is not woken for every few
+    def _wakes_due(self) -> int:
+        """How many waiting publishers the free room can serve now (under the meta lock).
+
+        A waiting publisher says how much room it needs (its want slot, see
+        :data:`WANT_FLOORS`), so a batch of 100 is not woken for every few
         permits that come back, only to find too few and sleep again.
         """
-        with self._meta_guard:
-            shared = self._shared
-            waiting = int(shared[WAITING])
-            if not waiting:
-                return
-            free = self._free()
-            wakes = 0
-            for k in range(WANT_SLOTS):  # the least demanding first; each needs at least its floor
-                floor = WANT_FLOORS[k]
-                if free < floor:
-                    break
-                count = int(shared[WANTS + k])
-                if count:
-                    served = min(count, free // floor)
-                    wakes += served
-                    free -= served * floor
-            if wakes:
-                self._write_tokens(min(wakes, waiting))
+        shared = self._shared
+        waiting = int(shared[WAITING])
+        if not waiting:
+            return 0
+        free = self._free()
+        wakes = 0
+        for k in range(WANT_SLOTS):  # the least demanding first; each needs at least its floor
+            floor = WANT_FLOORS[k]
+            if free < floor:
+                break
+            count = int(shared[WANTS + k])
+            if count:
+                served = min(count, free // floor)
+                wakes += served
+                free -= served * floor
+        return min(wakes, waiting)
 
     def _want_room(self, useful: int, delta: int) -> None:
         """A publisher starts (``delta`` 1) or stops (-1) waiting for ``useful`` permits; under the meta lock."""

@@ -29,11 +29,12 @@ from itertools import repeat, takewhile
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers.base import Publisher
-from puma._buffers.shared import CLOSED, COMPLETED, WAITING, WRITER
+from puma._buffers.shared import CLOSED, COMPLETED, WRITER
 from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
 from puma._core.waiting import Deadline
+from puma._frames import registry as _frames
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
@@ -64,6 +65,7 @@ class ProcessPublisher(Publisher[T]):
         self._lock = buffer._lock
         self._shared = buffer._shared
         self._pid = os.getpid()
+        self._tag = _frames.buffer_tag(buffer._key)
         buffer._publishers_here.add(self)
 
     def _closed_error(self) -> BufferClosedError:
@@ -120,11 +122,11 @@ class ProcessPublisher(Publisher[T]):
         finally:
             with b._meta_guard:
                 b._want_room(useful, -1)
-                others = shared[WAITING]
-            if others and got in (want, 0):
                 # Took all we wanted (room may be left), or leave (timeout, stop) with a token
                 # perhaps consumed: the next waiters may use what is free.
-                b._wake_publishers()
+                wakes = b._wakes_due() if got in (want, 0) else 0
+            if wakes:
+                b._write_tokens(wakes)
         if got:
             return got
         if not ok:
@@ -135,7 +137,12 @@ class ProcessPublisher(Publisher[T]):
     def _write(self, value: Any, kind: int) -> None:
         """Pickle ``value`` and write it as one frame (plus its out-of-band buffers), under the write lock."""
         oob: list[pickle.PickleBuffer] = []
-        data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        sending = _frames.sending
+        sending.tag = self._tag  # a frame handed over in this pickle notes the buffer it went into
+        try:
+            data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        finally:
+            sending.tag = 0
         fd = self._fd
         shared = self._shared
         pid = self._pid
@@ -208,10 +215,8 @@ class ProcessPublisher(Publisher[T]):
     def publish_many(self, values: Iterable[T], timeout: float | None = None) -> None:
         check = self._check
         pending = list(values)
-        if check is not None:
-            for value in pending:
-                if not isinstance(value, check):
-                    raise self._b._type_error(value)
+        if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
+            raise self._b._type_error(next(v for v in pending if not isinstance(v, check)))
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         total = len(pending)

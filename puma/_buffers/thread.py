@@ -24,6 +24,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterable
+from itertools import repeat
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription
@@ -31,6 +32,7 @@ from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
 from puma._core.waiting import Deadline, Waker
+from puma._frames.frame import Frame, published
 
 __all__ = ["ThreadBuffer"]
 
@@ -315,7 +317,7 @@ class _ThreadPublisher(Publisher[T]):
             with b._lock:
                 closed = b._closed or self._completed
                 if not closed and len(b._items) < b._capacity:
-                    b._items.append(value)
+                    b._items.append(published(value) if type(value) is Frame else value)
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
                     if b._idle_waiters:
@@ -338,7 +340,7 @@ class _ThreadPublisher(Publisher[T]):
             if not closed:
                 if len(b._items) >= b._capacity:
                     return False
-                b._items.append(value)
+                b._items.append(published(value) if type(value) is Frame else value)
                 b._wake_readers(1)
         if closed:
             raise self._closing()
@@ -348,10 +350,8 @@ class _ThreadPublisher(Publisher[T]):
         b = self._b
         check = b._check
         pending = list(values)
-        if check is not None:
-            for value in pending:
-                if not isinstance(value, check):
-                    raise b._type_error(value)
+        if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
+            raise b._type_error(next(v for v in pending if not isinstance(v, check)))
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         while start < len(pending):
@@ -360,6 +360,8 @@ class _ThreadPublisher(Publisher[T]):
                 room = 0 if closed else b._capacity - len(b._items)
                 if room > 0:
                     chunk = pending[start : start + room]
+                    if Frame in map(type, chunk):  # frames are handed over as they go in
+                        chunk = [published(v) for v in chunk]
                     b._items.extend(chunk)
                     start += len(chunk)
                     b._wake_readers(len(chunk))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, overload
 
 from puma._buffers.base import Buffer
 from puma._core import messages as msg
@@ -28,6 +28,10 @@ from puma._core.errors import PumaError, serialize_error
 from puma._core.waiting import Waker
 from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
+
+if TYPE_CHECKING:
+    from puma._frames.pool import FramePool
+    from puma._frames.region import SharedRegion
 
 __all__ = ["ChildHandle", "Environment", "ExitStatus", "Message", "MessageLink", "serve_child"]
 
@@ -233,6 +237,27 @@ class Environment(abc.ABC):
     def is_process(self) -> bool:
         """True if runnables run in child processes."""
         return False
+
+    def frame_pool(
+        self, shape: int | tuple[int, ...], dtype: Any = "uint8", count: int = 4, name: str = "frames", **options: Any
+    ) -> FramePool:
+        """A :class:`~puma.frames.FramePool` of ``count`` numpy chunks for runnables of this environment.
+
+        Shared memory in a process environment, plain arrays in a thread
+        environment; ``options`` as :class:`~puma.frames.FramePool` takes them
+        (``drop_oldest``).
+        """
+        from puma._frames.pool import FramePool
+
+        return FramePool(self, shape, dtype, count, name, **options)
+
+    def shared_region(
+        self, shape: int | tuple[int, ...], dtype: Any = "float64", parts: int = 1, name: str = "region"
+    ) -> SharedRegion:
+        """A :class:`~puma.frames.SharedRegion`: one array that workers write ``parts`` disjoint parts of."""
+        from puma._frames.region import SharedRegion
+
+        return SharedRegion(self, shape, dtype, parts, name)
 
     @abc.abstractmethod
     def prepare(self, runnable: Runnable) -> Runnable:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer
+from puma._frames.frame import Frame, fan_out
 from puma._ready.servicing import DEFAULT_BATCH_SIZE, SingleBufferServicingRunnable
 
 __all__ = ["Multicaster"]
@@ -61,12 +62,15 @@ class Multicaster(SingleBufferServicingRunnable[T]):
 
     def _puma_deliver(self, handler: Callable[[Any], Any], values: list[Any]) -> None:
         first = True
-        for pub in self._puma_publishers:
+        publishers = self._puma_publishers
+        # A frame goes to every output as a read-only share of the same chunk (returned when the last
+        # reader releases it); other values as they are.
+        for pub, column in zip(publishers, fan_out(values, len(publishers)), strict=True):
             # a process buffer pickles each value anyway: every output already gets its own copy
             if first or not self._copy_values or pub.buffer._crossable():
-                pub.publish_many(values)
+                pub.publish_many(column)
             else:
-                pub.publish_many([copy.deepcopy(v) for v in values])
+                pub.publish_many([v if type(v) is Frame else copy.deepcopy(v) for v in column])
             first = False
 
     def on_value(self, value: T) -> Any:

@@ -40,6 +40,7 @@ from puma._core import messages as msg
 from puma._core.errors import ChildDiedError, PumaError, SerializedError, deserialize_error, serialize_error
 from puma._core.waiting import Waker
 from puma._environments.base import Message
+from puma._frames.registry import free_frames_held_by, free_frames_sent_to
 from puma._runnable.runnable import Runnable
 from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 
@@ -285,6 +286,7 @@ class Supervisor(threading.Thread):
     def _free_held_by(self, pid: int) -> set[str]:
         """Free what a dead process held in every buffer; the keys of the buffers whose streams are intact."""
         intact: set[str] = set()
+        free_frames_held_by(pid)  # its frames go back to their pools, and a borrower waiting wakes
         for stream in self._streams():
             if stream.free_held_by(pid):
                 intact.add(stream.key)
@@ -347,6 +349,7 @@ class Supervisor(threading.Thread):
         """Close ``buffer`` (nobody reads it any more); drain it while publishers may still write."""
         stream = buffer.supervision
         stream.close()
+        free_frames_sent_to(stream.key)  # frames handed into it will not be received: back to their pools
         fd = stream.drain_fd()
         if fd is not None and self._publishers_alive(buffer):
             self.draining[fd] = stream

@@ -1,0 +1,379 @@
+"""Shared-memory frame benchmarks (issue #14): large arrays between processes, in place.
+
+Run from the repository root::
+
+    python bench/bench_frames.py              # every row, 3 runs each
+    python bench/bench_frames.py --runs 5
+    python bench/bench_frames.py --only kill  # rows whose name contains "kill"
+    python bench/bench_frames.py --quick      # smaller counts, a smoke test
+
+Rows (forkserver; the same work on both sides of each row):
+
+* **16 MiB frames, producer -> consumer**: a producer process fills each frame
+  with ``np.copyto`` from a warm source array and publishes it; the main
+  program receives and releases it.  Against ``mp.Queue`` (the producer fills
+  one reused array and puts it) and against the limit: ``np.copyto`` of the
+  same array into warm shared memory, in one process, nothing handed over.
+  Bytes/s from the first frame received to the last.
+* **1 MiB frames/s**: the same, 1 MiB frames, against ``mp.Queue``.
+* **hand-over latency**: one frame goes back and forth between two processes
+  through two buffers (borrowed once, handed over each way), against a bare
+  ``multiprocessing.Pipe`` ping-pong of 8 bytes (``send_bytes``); microseconds
+  per round trip.
+* **an int through the same buffers**: the round trip above with an int
+  instead of a frame, for reference: what the two process buffers cost
+  themselves.
+* **kill cycles**: a Runner starts a process that borrows two frames of a
+  pool, is killed with SIGKILL, and the Runner returns the frames; the
+  ``/dev/shm`` entries named by puma, the descriptors and the RSS of the
+  main process are compared before and after (fork, to keep it short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+import numpy as np
+import psutil
+from _util import Comparison, compare, print_table, stat
+
+import puma
+
+now = time.perf_counter
+MiB = 1 << 20
+
+
+class Filler(puma.Runnable):
+    """Fills ``count`` frames from a warm source and publishes each."""
+
+    def __init__(self, pool: puma.frames.FramePool, out: puma.Buffer[Any], count: int) -> None:
+        super().__init__("filler", outputs=[out])
+        self._pool, self._out, self._count = pool, out, count
+
+    def execute(self) -> None:
+        source = np.ones(self._pool.shape, self._pool.dtype)
+        with self.publisher(self._out) as pub:
+            for _ in range(self._count):
+                frame = self._pool.borrow()
+                np.copyto(frame.array, source)
+                pub.publish(frame)
+
+
+def puma_stream(nbytes: int, count: int) -> float:
+    """Bytes/s of ``count`` frames of ``nbytes`` from a producer process to the main program."""
+    env = puma.ProcessEnvironment("forkserver")
+    pool = env.frame_pool((nbytes,), np.uint8, 4, "bench")
+    with puma.Runner(env) as runner:
+        raw = env.buffer(object, 4, "raw")
+        runner.start(Filler(pool, raw, count + 1))
+        sub = raw.subscribe()
+        sub.receive().release()  # the first one: the producer is running
+        start = now()
+        for frame in sub:
+            frame.release()
+        spent = now() - start
+        runner.join()
+    pool.close()
+    return nbytes * count / spent
+
+
+def _queue_producer(queue: Any, nbytes: int, count: int) -> None:
+    source = np.ones(nbytes, np.uint8)
+    buf = np.empty(nbytes, np.uint8)
+    for _ in range(count):
+        np.copyto(buf, source)
+        queue.put(buf)
+    queue.put(None)
+
+
+def queue_stream(nbytes: int, count: int) -> float:
+    """The same through ``mp.Queue``."""
+    ctx = multiprocessing.get_context("forkserver")
+    queue = ctx.Queue(4)
+    proc = ctx.Process(target=_queue_producer, args=(queue, nbytes, count + 1))
+    proc.start()
+    queue.get()
+    start = now()
+    got = 0
+    while queue.get() is not None:
+        got += 1
+    spent = now() - start
+    proc.join()
+    queue.close()
+    queue.join_thread()
+    return nbytes * got / spent
+
+
+def memcpy_limit(nbytes: int, count: int) -> float:
+    """Bytes/s of ``np.copyto`` into warm shared memory: the limit of a producer writing in place."""
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=nbytes * 4)
+    try:
+        slots = [np.ndarray((nbytes,), np.uint8, buffer=shm.buf, offset=i * nbytes) for i in range(4)]
+        source = np.ones(nbytes, np.uint8)
+        for slot in slots:
+            slot[:] = 0  # warm
+        start = now()
+        for i in range(count):
+            np.copyto(slots[i % 4], source)
+        spent = now() - start
+        del slots
+    finally:
+        shm.close()
+        shm.unlink()
+    return nbytes * count / spent
+
+
+class Echo(puma.Runnable):
+    """Hands every frame it receives back."""
+
+    def __init__(self, inp: puma.Buffer[Any], out: puma.Buffer[Any]) -> None:
+        super().__init__("echo", outputs=[out])
+        self._in, self._out = inp, out
+
+    def execute(self) -> None:
+        with self.publisher(self._out) as pub:
+            for frame in self._in.subscribe():
+                pub.publish(frame)
+
+
+class Pinger(puma.Runnable):
+    """Sends one frame back and forth ``rounds`` times; reports microseconds per round trip."""
+
+    def __init__(self, pool: puma.frames.FramePool, out: puma.Buffer[Any], back: puma.Buffer[Any], rounds: int):
+        super().__init__("pinger", outputs=[out])
+        self._pool, self._out, self._back, self._rounds = pool, out, back, rounds
+
+    def execute(self) -> None:
+        sub = self._back.subscribe()
+        with self.publisher(self._out) as pub:
+            frame = self._pool.borrow()
+            for i in range(self._rounds + 50):
+                if i == 50:
+                    start = now()
+                pub.publish(frame)
+                frame = sub.receive()
+            spent = now() - start
+            frame.release()
+        self.send_status("us", spent / self._rounds * 1e6)
+
+
+def puma_handover(rounds: int) -> float:
+    env = puma.ProcessEnvironment("forkserver")
+    pool = env.frame_pool((MiB,), np.uint8, 2, "ping")
+    with puma.Runner(env) as runner:
+        out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
+        runner.start(Echo(out, back))
+        pinger = runner.start(Pinger(pool, out, back, rounds))
+        runner.join()
+        us: float = pinger.status("us")
+    pool.close()
+    return us
+
+
+class IntPinger(puma.Runnable):
+    """The same round trip with an int instead of a frame: what the buffers themselves cost."""
+
+    def __init__(self, out: puma.Buffer[Any], back: puma.Buffer[Any], rounds: int) -> None:
+        super().__init__("int-pinger", outputs=[out])
+        self._out, self._back, self._rounds = out, back, rounds
+
+    def execute(self) -> None:
+        sub = self._back.subscribe()
+        with self.publisher(self._out) as pub:
+            value = 1
+            for i in range(self._rounds + 50):
+                if i == 50:
+                    start = now()
+                pub.publish(value)
+                value = sub.receive()
+            spent = now() - start
+        self.send_status("us", spent / self._rounds * 1e6)
+
+
+def puma_int_pingpong(rounds: int) -> float:
+    env = puma.ProcessEnvironment("forkserver")
+    with puma.Runner(env) as runner:
+        out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
+        runner.start(Echo(out, back))
+        pinger = runner.start(IntPinger(out, back, rounds))
+        runner.join()
+        us: float = pinger.status("us")
+    return us
+
+
+def _pong(conn: Any) -> None:
+    while True:
+        data = conn.recv_bytes()
+        if not data:
+            return
+        conn.send_bytes(data)
+
+
+def pipe_pingpong(rounds: int) -> float:
+    ctx = multiprocessing.get_context("forkserver")
+    here, there = ctx.Pipe()
+    proc = ctx.Process(target=_pong, args=(there,))
+    proc.start()
+    message = b"12345678"
+    for _ in range(50):
+        here.send_bytes(message)
+        here.recv_bytes()
+    start = now()
+    for _ in range(rounds):
+        here.send_bytes(message)
+        here.recv_bytes()
+    spent = now() - start
+    here.send_bytes(b"")
+    proc.join()
+    here.close()
+    there.close()
+    return spent / rounds * 1e6
+
+
+class Holder(puma.Runnable):
+    def __init__(self, pool: puma.frames.FramePool) -> None:
+        super().__init__("holder")
+        self._pool = pool
+
+    def execute(self) -> None:
+        frames = [self._pool.borrow(), self._pool.borrow()]
+        self.send_status("pid", os.getpid())
+        self.wait_for_stop()
+        del frames
+
+
+def _puma_shm() -> set[str]:
+    return {name for name in os.listdir("/dev/shm") if re.match(r"puma-\d+-[0-9a-f]{12}$", name)}
+
+
+def kill_cycles(cycles: int) -> tuple[Comparison, list[str]]:
+    """``cycles`` SIGKILLs of a frame holder: what is left after, against before."""
+    env = puma.ProcessEnvironment("fork")
+    pool = env.frame_pool((MiB,), np.uint8, 2, "kill")
+    me = psutil.Process()
+
+    def cycle() -> None:
+        try:
+            with puma.Runner(env) as runner:
+                holder = runner.start(Holder(pool))
+                os.kill(holder.wait_status("pid", timeout=30), signal.SIGKILL)
+                runner.join()
+        except puma.ChildDiedError:
+            pass
+
+    for _ in range(5):
+        cycle()  # what lives as long as the program
+    shm, fds, rss = _puma_shm(), me.num_fds(), me.memory_info().rss
+    start = now()
+    for _ in range(cycles):
+        cycle()
+    spent = now() - start
+    stats = pool.statistics()
+    notes = [
+        f"/dev/shm puma entries: {len(shm)} -> {len(_puma_shm())}",
+        f"descriptors: {fds} -> {me.num_fds()}",
+        f"RSS: {rss / MiB:.1f} -> {me.memory_info().rss / MiB:.1f} MiB",
+        f"frames free after: {stats.free}/{stats.count}, returned after deaths: {stats.returned}",
+    ]
+    pool.close()
+    row = Comparison(f"kill cycles ({cycles}, SIGKILL of a frame holder)", "cycles/s", stat([cycles / spent]))
+    row.notes = notes
+    return row, notes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--only", default="")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--kill-cycles", type=int, default=1000)
+    args = parser.parse_args()
+    big = 40 if not args.quick else 8
+    small = 3000 if not args.quick else 300
+    rounds = 2000 if not args.quick else 200
+    cycles = args.kill_cycles if not args.quick else 50
+    rows: list[Comparison] = []
+
+    def wanted(name: str) -> bool:
+        return args.only in name
+
+    name = "16 MiB frames, producer -> consumer"
+    if wanted(name):
+        rows.append(
+            compare(
+                name + ", vs mp.Queue",
+                unit="B/s",
+                ours=lambda: puma_stream(16 * MiB, big),
+                theirs=lambda: queue_stream(16 * MiB, big),
+                baseline="mp.Queue",
+                runs=args.runs,
+                target=(">=", 25),
+                warmup=True,
+            )
+        )
+        rows.append(
+            compare(
+                name + ", vs np.copyto into warm shm",
+                unit="B/s",
+                ours=lambda: puma_stream(16 * MiB, big),
+                theirs=lambda: memcpy_limit(16 * MiB, big),
+                baseline="np.copyto (the limit)",
+                runs=args.runs,
+                target=(">=", 0.7),
+            )
+        )
+    name = "1 MiB frames"
+    if wanted(name):
+        row = compare(
+            name + " (frames/s = B/s / 1 MiB)",
+            unit="B/s",
+            ours=lambda: puma_stream(MiB, small),
+            theirs=lambda: queue_stream(MiB, small),
+            baseline="mp.Queue",
+            runs=args.runs,
+        )
+        row.notes.append(f"frames/s: {row.ours.median / MiB:.0f} (target >= 10000)")
+        rows.append(row)
+    name = "hand-over latency, round trip"
+    if wanted(name):
+        rows.append(
+            compare(
+                name,
+                unit="us",
+                ours=lambda: puma_handover(rounds),
+                theirs=lambda: pipe_pingpong(rounds),
+                baseline="Pipe ping-pong (send_bytes)",
+                runs=args.runs,
+                target=("<=", 2),
+            )
+        )
+    name = "an int through the same two buffers, round trip"
+    if wanted(name):
+        rows.append(
+            compare(
+                name + " (for reference)",
+                unit="us",
+                ours=lambda: puma_int_pingpong(rounds),
+                theirs=lambda: pipe_pingpong(rounds),
+                baseline="Pipe ping-pong (send_bytes)",
+                runs=args.runs,
+            )
+        )
+    if wanted("kill cycles"):
+        row, _ = kill_cycles(cycles)
+        print(f". {row.name}", file=sys.stderr)
+        rows.append(row)
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The frame pools open in this process, found without importing numpy (the Runner asks on every death)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+import weakref
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from puma._frames.pool import FramePool
+
+__all__ = [
+    "buffer_tag",
+    "free_frames_held_by",
+    "free_frames_sent_to",
+    "live_frame_pools",
+    "pool_by_ref",
+    "pools",
+    "sending",
+]
+
+#: Every pool open in this process, by key (the same key in every process that has it).
+pools: weakref.WeakValueDictionary[str, FramePool] = weakref.WeakValueDictionary()
+
+#: This process's pid (kept here: a frame changes hands often and the pid is asked each time).
+pid = os.getpid()
+
+
+class _Sending(threading.local):
+    tag = 0  # the buffer (its tag) a process buffer publisher is pickling a value for, in this thread
+
+
+#: Set by a process buffer's publisher while it pickles a value: frames handed over then note it.
+sending = _Sending()
+
+
+def buffer_tag(key: str) -> int:
+    """A buffer's tag in a pool's header: a 62-bit number from its key, the same in every process."""
+    h = 0xCBF29CE484222325  # FNV-1a (no hashlib: a child process imports this module)
+    for byte in key.encode():
+        h = ((h ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return (h >> 2) or 1
+
+
+def _forked() -> None:
+    global pid
+    pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def pool_by_ref(key: str, how: bytes) -> FramePool:
+    """The pool a frame's handle names: the one open here (the usual case), else opened from ``how``."""
+    found = pools.get(key)
+    if found is not None and not found._closed:
+        return found
+    opener, args = pickle.loads(how)  # (the function that opens it, its arguments): loads the pool's module
+    pool: FramePool = opener(*args)
+    return pool
+
+
+def live_frame_pools() -> list[FramePool]:
+    """Frame pools open in this process (for leak checks)."""
+    return [p for p in list(pools.values()) if not p._closed]
+
+
+def free_frames_held_by(pid: int) -> int:
+    """The process ``pid`` died: return its chunks to every shared pool open here; how many returned."""
+    return sum(pool._free_pid(pid) for pool in live_frame_pools() if pool.shared)
+
+
+def free_frames_sent_to(key: str) -> int:
+    """The buffer ``key`` was closed (no reader remains): return the frames handed into it and not received."""
+    tag = buffer_tag(key)
+    return sum(pool._reclaim_in_flight(tag) for pool in live_frame_pools() if pool.shared)
