@@ -233,6 +233,15 @@ def test_a_hang_times_out_and_costs_that_input(process_env: puma.ProcessEnvironm
     assert [r for i, r in enumerate(results) if i != 5] == [i * i for i in range(20) if i != 5]
 
 
+def test_a_timeout_can_be_retried() -> None:
+    env = puma.ProcessEnvironment("fork")
+    results = batch.map(
+        hang_at_5, range(8), workers=2, environment=env, timeout=0.3, retries=1, retry_on=batch.ItemTimeout
+    )
+    assert isinstance(results[5], batch.Failure) and results[5].attempts == 2  # tried twice, hung twice
+    assert isinstance(results[5].error, batch.ItemTimeout)
+
+
 def test_retries_for_chosen_exception_types(env: puma.Environment, tmp_path: Path) -> None:
     items = [(i, str(tmp_path)) for i in range(8)]
     results = batch.map(flaky, items, workers=2, environment=env, retries=2, retry_on=OSError, chunk_size=3)
