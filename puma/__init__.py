@@ -1,9 +1,11 @@
 """puma: runnables in threads or processes, with buffers, commands, statuses and errors handled.
 
-The whole public surface is here and in three namespaces: :mod:`puma.attributes`
+The whole public surface is here and in five namespaces: :mod:`puma.attributes`
 (how each attribute of a runnable crosses into its child), :mod:`puma.logging`
-(one log output for every thread and process) and :mod:`puma.environments`
-(for writing an environment of your own).  Everything else lives in private
+(one log output for every thread and process), :mod:`puma.environments`
+(for writing an environment of your own), :mod:`puma.frames` (shared-memory
+numpy frames) and :mod:`puma.batch` (a batch map with a record per failing
+input).  Everything else lives in private
 modules.
 """
 
@@ -17,6 +19,7 @@ from puma._core.naming import present_as as _present_as
 
 if TYPE_CHECKING:  # what the names are, for type checkers; at run time they load on first use
     from puma import attributes as attributes
+    from puma import batch as batch
     from puma import environments as environments
     from puma import frames as frames
     from puma import logging as logging
@@ -77,6 +80,7 @@ _WHERE: dict[str, str] = {
     "ThreadEnvironment": "puma._environments.thread",
     "UsageError": "puma._core.errors",
     "attributes": "puma.attributes",
+    "batch": "puma.batch",
     "environments": "puma.environments",
     "frames": "puma.frames",
     "logging": "puma.logging",
@@ -116,6 +120,7 @@ __all__ = [
     "ThreadEnvironment",
     "UsageError",
     "__version__",
+    "batch",
     "run_in_child_scope",
     "tick_clock",
 ]

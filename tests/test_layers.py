@@ -24,6 +24,7 @@ LAYERS = [
     "puma._environments",  # where runnables run: threads, processes, and the child handle
     "puma._ready",  # ready-made runnables: servicing, command-driven, ticking, multicaster
     "puma._runner",  # the Runner: facade, supervisor, failure policy, child records
+    "puma._batch",  # batch map over runnable workers: per-item isolation, deaths, timeouts, retries
     "puma",  # the public surface: puma, puma.attributes, puma.logging
 ]
 
