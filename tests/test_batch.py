@@ -288,7 +288,7 @@ def test_empty_and_unsized_inputs(env: puma.Environment) -> None:
 
 
 def test_the_progress_bar_shows_done_and_failed(capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("tqdm")
+    pytest.importorskip("tqdm")  # the test extra installs it (puma[batch])
     batch.map(square_or_raise, range(40), workers=2, environment="thread", chunk_size=5, progress=True)
     shown = capsys.readouterr().err
     assert "40/40" in shown and "failed=1" in shown
