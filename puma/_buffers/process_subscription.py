@@ -453,6 +453,20 @@ class ProcessSubscription(Subscription[T]):
             if result is not _NOTHING:
                 return result  # type: ignore[no-any-return]
 
+    def _leftovers(self) -> list[T]:
+        out: list[T] = list(self._items)
+        self._items.clear()
+        while self._ended is None:
+            result = self._next()  # only what was read already: the pipe is left to the next reader
+            if result is _NEED:
+                break
+            if result is not _NOTHING:
+                out.append(result)
+            out.extend(self._items)
+            self._items.clear()
+        self._settle()
+        return out
+
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")

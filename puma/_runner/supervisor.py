@@ -100,8 +100,10 @@ class Supervisor(threading.Thread):
         handlers: dict[int, Callable[[], None]] = {}
         fds: tuple[int, ...] = ()
         writable: tuple[int, ...] = ()
+        policy = runner._policy
         while True:
             self.waker.clear()
+            policy.tick()  # restarts that are due
             while self.launches:
                 self.rewatch = True
                 record, child, future = self.launches.popleft()
@@ -123,7 +125,7 @@ class Supervisor(threading.Thread):
                     return
                 handlers, writable = self._handlers(live)
                 fds = tuple(handlers)
-            for fd in self.waker.wait(fds, None, writable):
+            for fd in self.waker.wait(fds, policy.due_in(), writable):
                 handlers[fd]()
                 if self.rewatch:  # what is watched changed: the other ready descriptors may be stale
                     break
@@ -193,7 +195,8 @@ class Supervisor(threading.Thread):
         record.stopped = message[2]
         if len(message) > 3:
             record.lingering = tuple(message[3])
-        if error is not None:
+        taken = self._runner._policy.ending(record, error)  # a restart policy may take the error
+        if error is not None and not taken:
             self.record_error(record, error)
             if not record.has_started:  # it never ran (it could not be rebuilt): end its streams for it
                 self._complete_outputs_for(record, error, None)
@@ -201,7 +204,8 @@ class Supervisor(threading.Thread):
         # handlers, a non-daemon thread, a busy machine): its exit is watched.  What it
         # read is freed now, since it reads no more.
         record.move_to(Lifecycle.FINISHING)
-        self._close_inputs_of(record)
+        if not record.restart_pending:  # else its inputs wait for the next incarnation
+            self._close_inputs_of(record)
         if handle.has_exited():
             self.finish(record)
         else:
@@ -240,9 +244,13 @@ class Supervisor(threading.Thread):
             # Asked to stop, it ended cleanly, or a Ctrl-C reached it before it could ignore it
             # (while a spawn or forkserver child starts up): a stop, not a death.
             record.stopped = True
+            runner._policy.ending(record, None)
         else:
-            self.record_error(record, error)
-        self._complete_outputs_for(record, error, intact)
+            broken = any(out.supervision.key not in intact for out in record.runnable.outputs)
+            if not runner._policy.ending(record, error, broken):
+                self.record_error(record, error)
+        if not record.restart_pending:  # else the next incarnation publishes in its place
+            self._complete_outputs_for(record, error, intact)
         self.finish(record)
 
     def finish(self, record: ChildRecord) -> None:
@@ -256,10 +264,11 @@ class Supervisor(threading.Thread):
         was_finished = record.finished
         record.move_to(Lifecycle.ENDED)
         self.rewatch = True
-        if not was_finished:  # else done when it reported its end
+        if not was_finished and not record.restart_pending:  # else done when it reported its end
             self._close_inputs_of(record)
         if handle is not None:
             handle.close()
+        self._runner._policy.ended(record)  # a restart policy may put a new incarnation in its place
         if record.error is not None:
             self._end_streams_nobody_can_publish(record.error)
         self._runner._notify()
