@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 from puma._buffers.base import StreamHold
 from puma._core.errors import PumaError, StuckRunnableError
+from puma._core.waiting import Deadline
 from puma._runnable.inflight import LEFTOVERS
 from puma._runnable.runnable import Runnable
 from puma._runner import restarting as _restarting
@@ -60,6 +61,7 @@ class Crash:
             the others go on) or ``"escalate"`` (too many restarts: everything stopped).
         delay: seconds waited before the restart (the back-off).
         at: when (``time.time()``).
+        cause: the cause in words when there is no error (``"restarts with 'middle'"``: a group strategy).
     """
 
     runnable: str
@@ -69,9 +71,10 @@ class Crash:
     action: str
     delay: float
     at: float
+    cause: str = ""
 
     def __str__(self) -> str:
-        cause = f"{type(self.error).__name__}: {self.error}" if self.error is not None else "ended"
+        cause = f"{type(self.error).__name__}: {self.error}" if self.error is not None else self.cause or "ended"
         then = f" in {self.delay:.3f} s" if self.action == "restart" else ""
         return f"{self.runnable!r} #{self.incarnation} (pid {self.pid}): {cause} -> {self.action}{then}"
 
@@ -223,6 +226,7 @@ class RestartPolicy(FailurePolicy):
         self.factories = dict(factories or {})
         self._runner: Any = None
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._crashes: list[Crash] = []
         self._dead: list[DeadLetter] = []
         self._redelivered = 0
@@ -270,6 +274,21 @@ class RestartPolicy(FailurePolicy):
                 self._redelivered,
                 self._escalated,
             )
+
+    def wait_crashes(self, count: int, timeout: float | None = None) -> RestartStatistics:
+        """Wait until the policy has acted on ``count`` crashes in all; its statistics then.
+
+        Raises:
+            TimeoutError: fewer within ``timeout`` seconds.
+        """
+        deadline = Deadline(timeout)
+        with self._changed:
+            while len(self._crashes) < count:
+                remaining = deadline.remaining()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{len(self._crashes)} crashes within {timeout} s, not {count}")
+                self._changed.wait(remaining)
+        return self.statistics()
 
     def kind_of(self, name: str) -> Restart:
         """The restart kind of the runnable called ``name``."""
@@ -442,6 +461,7 @@ class RestartPolicy(FailurePolicy):
                 continue
             other.restart_pending = True
             self._delay[other.token] = delay
+            self._note(other, None, "restart", delay, f"restarts with {record.name!r}")
             runner._send_stop(other)
 
     def _keep(self, record: ChildRecord, error: BaseException | None, leftovers: dict[str, Any]) -> None:
@@ -473,28 +493,34 @@ class RestartPolicy(FailurePolicy):
         name = next((b.name for b in buffers_held_by(record.runnable) if b.supervision.key == key), key)
         with self._lock:
             self._dead.append(DeadLetter(record.name, name, value, error, time.time()))
-        log.warning("runnable %r: value %r from buffer %r is a dead letter (%s)", record.name, value, name, error)
+        # The log keeps strings only: a record must not keep the value, the error or its frames alive.
+        log.warning(
+            "runnable %r: value %s from buffer %r is a dead letter (%s)", record.name, repr(value), name, str(error)
+        )
 
     def _told_if(self, record: ChildRecord, error: BaseException | None) -> None:
         if error is not None:
             self._told[record.token] = error
 
-    def _note(self, record: ChildRecord, error: BaseException | None, action: str, delay: float) -> None:
-        crash = Crash(record.name, record.incarnation, record.pid, error, action, delay, time.time())
-        with self._lock:
+    def _note(
+        self, record: ChildRecord, error: BaseException | None, action: str, delay: float, cause: str = ""
+    ) -> None:
+        crash = Crash(record.name, record.incarnation, record.pid, error, action, delay, time.time(), cause)
+        with self._changed:
             self._crashes.append(crash)
             if action == "restart":
                 self._by_name[record.name] += 1
+            self._changed.notify_all()
         if action == "restart":
             log.warning(
                 "runnable %s; restart %d of at most %d within %s s",
-                crash,
+                str(crash),
                 len(self._window),
                 self.max_restarts,
                 self.period,
             )
         else:
-            log.error("runnable %s", crash)
+            log.error("runnable %s", str(crash))
 
     def _escalate(self, record: ChildRecord) -> None:
         """Too many restarts: stop everything; the Runner raises :class:`TooManyRestartsError`."""
