@@ -20,8 +20,11 @@ THREAD_HANG_RELEASE = threading.Event()
 FAULTS = ("raise", "sigkill", "sigsegv", "os_exit", "hang")
 
 
-def strike(fault: str, marker: str, where: str) -> None:
-    """Fault now, once per marker (the next incarnation finds the marker and goes on)."""
+def strike(fault: str, marker: str, where: str, runnable: puma.Runnable) -> None:
+    """Fault now, once per marker (the next incarnation finds the marker and goes on).
+
+    A hang says so first (status ``"hung"``), then blocks in its own code.
+    """
     path = Path(marker)
     if path.exists():
         return
@@ -35,6 +38,7 @@ def strike(fault: str, marker: str, where: str) -> None:
     if fault == "os_exit":
         os._exit(3)
     if fault == "hang":
+        runnable.send_status("hung", True)
         if threading.current_thread() is threading.main_thread():
             threading.Event().wait()  # a process: ended from outside
         THREAD_HANG_RELEASE.wait()
@@ -60,7 +64,7 @@ class Source(puma.Runnable):
         with self.publisher(self._out) as pub:
             for value in range(self._count):
                 if self._fault and (value == self._at or (self._fault == "every" and value > self._at)):
-                    strike(self._fault, self._marker, "source")
+                    strike(self._fault, self._marker, "source", self)
                 pub.publish(value)
 
 
@@ -81,12 +85,12 @@ class Middle(puma.Runnable):
         with self.publisher(self._out) as pub:
             for value in self._in.subscribe():
                 if self._fault and (value == self._at or (self._fault == "every" and value > self._at)):
-                    strike(self._fault, self._marker, "middle")
+                    strike(self._fault, self._marker, "middle", self)
                 pub.publish(value * 10)
 
 
 class Sink(puma.Runnable):
-    """Reads everything; reports the last value and how many it saw (this incarnation)."""
+    """Reads everything; reports the last value and how many it saw (this incarnation); faults at value ``at``."""
 
     def __init__(self, inp: puma.Buffer[int], fault: str = "", marker: str = "", at: int = -1) -> None:
         super().__init__("sink")
@@ -98,8 +102,8 @@ class Sink(puma.Runnable):
     def execute(self) -> None:
         seen = 0
         for value in self._in.subscribe():
-            if self._fault and (value == self._at or (self._fault == "every" and value > self._at)):
-                strike(self._fault, self._marker, "sink")
+            if self._fault and (seen == self._at or (self._fault == "every" and seen > self._at)):
+                strike(self._fault, self._marker, "sink", self)
             seen += 1
             self.send_status("last", value)
         self.send_status("seen", seen)
