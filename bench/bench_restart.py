@@ -107,7 +107,7 @@ def _bare_child(conn: Any) -> None:
 
 def bare_kills(method: str, kills: int) -> tuple[list[float], list[float]]:
     """The same by hand: wait for the sentinel, start a new process, send, read back."""
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     again: list[float] = []
     detected: list[float] = []
     parent, child = ctx.Pipe()
@@ -117,7 +117,7 @@ def bare_kills(method: str, kills: int) -> tuple[list[float], list[float]]:
     assert parent.recv() == 0
     for k in range(1, kills + 1):
         start = time.perf_counter()
-        os.kill(proc.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        os.kill(proc.pid, signal.SIGKILL)
         multiprocessing.connection.wait([proc.sentinel])
         detected.append(time.perf_counter() - start)
         proc.join()
