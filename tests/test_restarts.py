@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -199,3 +203,31 @@ def test_bad_options_are_refused_clearly() -> None:
     with pytest.raises(puma.PumaError, match="one Runner"), puma.Runner(on_failure=policy):
         pass
     assert "one_for_one" in repr(policy)
+
+
+# --- the examples of docs/supervision.md ------------------------------------------------------------
+
+_DOCS = Path(__file__).resolve().parent.parent / "docs" / "supervision.md"
+_SWITCH = "puma.ThreadEnvironment()  # or puma.ProcessEnvironment()"
+
+
+def _examples() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", _DOCS.read_text(encoding="utf-8"), re.S)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("where", ["threads", "processes"])
+@pytest.mark.parametrize("index", range(len(_examples())))
+def test_the_examples_of_the_supervision_page_run(tmp_path: Path, index: int, where: str) -> None:
+    code = _examples()[index]
+    assert _SWITCH in code
+    if where == "processes":
+        code = code.replace(_SWITCH, "puma.ProcessEnvironment()")
+    script = tmp_path / "example.py"
+    script.write_text(code, encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(_DOCS.parent.parent)}
+    done = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=100, check=False
+    )
+    assert done.returncode == 0, f"{code}\n--- stdout\n{done.stdout}\n--- stderr\n{done.stderr}"
+    assert done.stdout.strip()
