@@ -13,6 +13,7 @@ import pytest
 from _stages import Counter, Middle, Sink, Source
 
 import puma
+from puma._buffers.journal import journal_dir
 from puma.supervision import Crash, DeadLetter, Restart, RestartStatistics, TooManyRestartsError
 
 COUNT = 40
@@ -54,6 +55,23 @@ def test_at_least_once_gives_the_value_in_flight_again(env: puma.Environment, tm
     assert received == [v * 10 for v in range(COUNT)]
     stats = policy.statistics()
     assert (stats.restarts, stats.redelivered, stats.dead_letters) == (1, 1, ())
+
+
+@pytest.mark.parametrize("fault", ["sigkill", "sigsegv", "os_exit"])
+@pytest.mark.parametrize("redeliver", [False, True], ids=["dead-letters", "at-least-once"])
+def test_a_killed_stage_loses_nothing_queued_and_knows_its_value_in_flight(
+    process_env: puma.ProcessEnvironment, tmp_path: Path, fault: str, redeliver: bool
+) -> None:
+    policy = puma.RestartPolicy("one_for_one", redeliver=redeliver)
+    received = _pipeline(process_env, policy, tmp_path / "marker", fault=fault)
+    stats = policy.statistics()
+    if redeliver:
+        assert received == [v * 10 for v in range(COUNT)]
+        assert (stats.redelivered, stats.dead_letters) == (1, ())
+    else:
+        assert received == [v * 10 for v in range(COUNT) if v != 20]  # what it had read ahead came back
+        assert [(d.value, type(d.error)) for d in stats.dead_letters] == [(20, puma.ChildDiedError)]
+    assert not list(Path(journal_dir()).glob(f"puma-journal-{os.getpid()}-*")), "journals left behind"
 
 
 def test_a_value_that_fails_again_after_its_redelivery_is_a_dead_letter(tmp_path: Path) -> None:

@@ -70,7 +70,8 @@ class ChildContext:
         self._note = ""
         # A runnable its Runner may restart: its inputs are followed (see puma._runnable.inflight).
         keeps = getattr(runnable, "_puma_keeps_outputs", False)
-        self.ledger = InputLedger(getattr(runnable, "_puma_stash", None)) if keeps else None
+        stash, journals = getattr(runnable, "_puma_stash", None), getattr(runnable, "_puma_journals", None)
+        self.ledger = InputLedger(stash, journals) if keeps else None
 
     @property
     def note(self) -> str:

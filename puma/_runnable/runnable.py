@@ -293,6 +293,8 @@ def _report_leftovers(link: _context.ChildLink, ledger: InputLedger) -> None:
             link.send_status((msg.STATUS, LEFTOVERS, leftovers))
     except Exception:  # noqa: BLE001, S110 - values that cannot travel back are lost with this incarnation
         pass
+    finally:
+        ledger.close()
 
 
 def _lingering_threads() -> tuple[str, ...]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from puma._buffers.base import StreamHold
-from puma._core.errors import PumaError, StuckRunnableError
+from puma._core.errors import ChildDiedError, PumaError, StuckRunnableError
 from puma._core.waiting import Deadline
 from puma._runnable.inflight import LEFTOVERS
 from puma._runnable.runnable import Runnable
@@ -241,6 +241,8 @@ class RestartPolicy(FailurePolicy):
         self._owes: dict[int, bool] = {}  # token -> the waiting incarnation inherits its publishers
         self._told: dict[int, BaseException] = {}  # not restarted: tell its readers this when it has ended
         self._decisions: dict[int, str] = {}
+        self._journals: dict[int, str] = {}  # token -> the journals' prefix of its running incarnation
+        self._given: dict[int, dict[str, tuple[list[Any], list[Any]]]] = {}  # token -> the stash it was given
         self._stopping_all = False
         self._escalated = False
 
@@ -333,15 +335,19 @@ class RestartPolicy(FailurePolicy):
         if self.kind_of(record.name) is Restart.TEMPORARY:
             return  # never restarted: it runs as without a policy
         child._puma_keeps_outputs = True
+        child._puma_journals = self._journals[record.token] = _restarting.journals_of(record)
         self._holds[record.token] = [out.hold_open() for out in record.runnable.outputs]
         self._started_at[record.token] = time.monotonic()
 
     def ending(self, record: ChildRecord, error: BaseException | None, broken: bool = False) -> bool:
         token = record.token
         runner = self._runner
-        leftovers = record.statuses.pop(LEFTOVERS, None) or {}
         if token not in self._holds:
             return False  # temporary
+        leftovers = record.statuses.pop(LEFTOVERS, None)
+        if leftovers is None and isinstance(error, ChildDiedError | StuckRunnableError):  # it could not report
+            leftovers = _restarting.recovered(record, self._journals.get(token, ""), self._given.get(token, {}))
+        leftovers = leftovers or {}
         if record.restart_pending:  # stopped to restart with another (or a second report of one end)
             self._keep(record, error, leftovers)
             return True
@@ -389,6 +395,9 @@ class RestartPolicy(FailurePolicy):
         token = record.token
         if token not in self._holds:
             return
+        if token in self._journals:
+            _restarting.forget_journals(record, self._journals.pop(token))
+        self._given.pop(token, None)
         completed_itself = record.finished_at is not None  # it reported its end: it left its streams
         if record.restart_pending and not (self._runner._closed or self._escalated):
             try:
@@ -427,8 +436,10 @@ class RestartPolicy(FailurePolicy):
             elif due <= now:
                 del self._due[record.token]
                 stash = self._stash.pop(record.token, {})
+                self._given[record.token] = stash
+                journals = self._journals[record.token] = _restarting.journals_of(record)
                 try:
-                    _restarting.launch(runner, record, stash, join=not self._owes.pop(record.token, False))
+                    _restarting.launch(runner, record, stash, not self._owes.pop(record.token, False), journals)
                 except Exception as exc:  # noqa: BLE001 - it cannot start again: reported as its error
                     record.move_to(Lifecycle.ENDED)
                     self._owes[record.token] = False

@@ -22,15 +22,21 @@ ends for good.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
+from puma._buffers.base import Buffer
+from puma._buffers.journal import journal_dir, journal_path, remove
 from puma._core.errors import PumaError
 from puma._runnable.runnable import Runnable
-from puma._runner.records import ChildRecord, Lifecycle
+from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 from puma._runner.resources import join_outputs
 
-__all__ = ["launch", "replace"]
+__all__ = ["forget_journals", "journals_of", "launch", "recovered", "replace"]
+
+_incarnations = itertools.count(1)
 
 
 def replace(runner: Any, old: ChildRecord, factory: Callable[[], Runnable] | None) -> ChildRecord:
@@ -56,10 +62,50 @@ def replace(runner: Any, old: ChildRecord, factory: Callable[[], Runnable] | Non
     return new
 
 
-def launch(runner: Any, record: ChildRecord, stash: dict[str, Any], join: bool) -> None:
+def journals_of(record: ChildRecord) -> str:
+    """A new prefix for the journals of ``record``'s incarnation about to start (unique on this machine)."""
+    return os.path.join(journal_dir(), f"puma-journal-{os.getpid()}-{record.token}-{next(_incarnations)}")
+
+
+def _inputs(record: ChildRecord) -> dict[str, Buffer[Any]]:
+    outputs = {id(out) for out in record.runnable.outputs}
+    return {b.supervision.key: b for b in buffers_held_by(record.runnable) if id(b) not in outputs}
+
+
+def recovered(record: ChildRecord, journals: str, given: dict[str, Any]) -> dict[str, Any]:
+    """What ``record``'s incarnation held of its inputs when it died, from its journals and the stash it was given.
+
+    In the form the incarnation would have reported it: per buffer key, the
+    values in flight (each with: was it a redelivery?) and those not handed out.
+    """
+    out: dict[str, Any] = {}
+    for key, buffer in _inputs(record).items():
+        redeliver, rest = given.get(key, ([], []))
+        pending = [(v, True) for v in redeliver] + [(v, False) for v in rest]
+        found = buffer.supervision.recover(journal_path(journals, key))
+        if found is None:  # it kept no journal (it never subscribed): the whole stash goes back
+            in_flight: list[Any] = []
+            kept = [v for v, _ in pending]
+        else:
+            done, taken, held, ahead = found
+            in_flight = [*pending[done:taken], *((v, False) for v in held)]
+            kept = [*(v for v, _ in pending[taken:]), *ahead]
+        if in_flight or kept:
+            out[key] = (in_flight, kept)
+    return out
+
+
+def forget_journals(record: ChildRecord, journals: str) -> None:
+    """Remove what journals of ``record``'s incarnation are left (one killed before it could)."""
+    for key in _inputs(record):
+        remove(journal_path(journals, key))
+
+
+def launch(runner: Any, record: ChildRecord, stash: dict[str, Any], join: bool, journals: str) -> None:
     """Start the waiting incarnation ``record``; ``join``: it joins its outputs' streams as a publisher."""
     child = record.environment.prepare(record.runnable)
     child._puma_keeps_outputs = True  # type: ignore[attr-defined]
+    child._puma_journals = journals  # type: ignore[attr-defined]
     if stash:
         child._puma_stash = stash  # type: ignore[attr-defined]
     if join:

@@ -262,13 +262,15 @@ class Supervisor(threading.Thread):
         if handle is not None and not record.stuck:
             handle.join(KILL_GRACE)
         was_finished = record.finished
+        # First: a restart policy may put a new incarnation in its place, so that nobody waiting
+        # on the Runner sees every runnable ended in between.
+        self._runner._policy.ended(record)
         record.move_to(Lifecycle.ENDED)
         self.rewatch = True
         if not was_finished and not record.restart_pending:  # else done when it reported its end
             self._close_inputs_of(record)
         if handle is not None:
             handle.close()
-        self._runner._policy.ended(record)  # a restart policy may put a new incarnation in its place
         if record.error is not None:
             self._end_streams_nobody_can_publish(record.error)
         self._runner._notify()
