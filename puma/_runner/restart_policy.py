@@ -159,8 +159,9 @@ class RestartPolicy(FailurePolicy):
     its outputs stay open meanwhile, so readers see no end of stream.  The
     value it was processing at the crash goes to :attr:`dead_letters` with the
     error, or, with ``redeliver=True``, is given once more (at-least-once).
-    A process killed outright (``SIGKILL``) cannot hand back what it had read
-    ahead of its processing: those values are lost with it.
+    This holds for a process killed outright (``SIGKILL``) too: its readers
+    keep a journal the Runner reads after the death (values over half a
+    megabyte, or with out-of-band buffers, excepted).
 
     Args:
         strategy: who restarts with the failed runnable: ``"one_for_one"`` (only it),

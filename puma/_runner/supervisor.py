@@ -246,7 +246,10 @@ class Supervisor(threading.Thread):
             record.stopped = True
             runner._policy.ending(record, None)
         else:
-            broken = any(out.supervision.key not in intact for out in record.runnable.outputs)
+            # A stream it left broken (it died mid-value, writing or reading) cannot go on: no restart.
+            broken_keys = {stream.key for stream in self._streams()} - intact
+            mine = (*record.runnable.outputs, *buffers_held_by(record.runnable))
+            broken = any(buffer.supervision.key in broken_keys for buffer in mine)
             if not runner._policy.ending(record, error, broken):
                 self.record_error(record, error)
         if not record.restart_pending:  # else the next incarnation publishes in its place
