@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import puma
+from puma.attributes import child_only, factory
 
 #: Released by a test to let a hung thread stage end (a thread cannot be killed).
 THREAD_HANG_RELEASE = threading.Event()
@@ -120,3 +121,17 @@ class Counter(puma.Runnable):
         self.calls += 1
         self.send_status("calls", self.calls)
         self.send_status("pid", os.getpid())
+
+
+class Opens(puma.Runnable):
+    """Appends to a list its child makes (a scoped attribute): each incarnation must get a new one."""
+
+    opened = child_only[list[int]]()
+
+    def __init__(self) -> None:
+        super().__init__("opens")
+        self.opened = factory(list)
+
+    def execute(self) -> None:
+        self.opened.append(1)
+        self.send_status("opened", len(self.opened))

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from _stages import Counter, Middle, Sink, Source
+from _stages import Counter, Middle, Opens, Sink, Source
 
 import puma
 from puma._buffers.journal import journal_dir
@@ -136,6 +136,16 @@ def test_a_permanent_runnable_comes_back_after_a_clean_end_each_time_a_fresh_obj
     assert [c.action for c in policy.crashes] == ["restart", "restart", "escalate"]
     assert all(c.error is None for c in policy.crashes)
     assert "ended" in str(policy.crashes[0])
+
+
+def test_scoped_attributes_behave_in_each_incarnation_as_on_a_first_start(env: puma.Environment) -> None:
+    policy = puma.RestartPolicy("one_for_one", restart="permanent", max_restarts=2, backoff=(0.0, 0.0))
+    opens = Opens()
+    with pytest.raises(TooManyRestartsError), puma.Runner(env, on_failure=policy) as runner:
+        runner.start(opens)
+        runner.join()
+    assert opens.status("opened") == 1  # the child-only list was made anew, by its factory, each time
+    assert policy.statistics().restarts == 2
 
 
 def test_a_factory_makes_each_new_incarnation(tmp_path: Path) -> None:
