@@ -213,6 +213,10 @@ def test_closing_while_a_restart_waits_out_its_back_off_ends_at_once(tmp_path: P
         assert [reader.receive(timeout=30) for _ in range(2)] == [0, 10]
         stats = policy.wait_crashes(2, timeout=30)
         assert [c.delay >= 120 for c in stats.crashes] == [False, True]
+        (shown,) = [r for r in runner.snapshot().runnables if r.name == "middle"]
+        assert shown.state == "restarting"  # waiting out its back-off
+        with pytest.raises(puma.RunnableNotRunningError, match="being restarted"):
+            middle._puma_send_command("anything", (), {})
     assert not runner.is_alive(middle)
 
 

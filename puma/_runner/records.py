@@ -130,9 +130,8 @@ class ChildRecord:
     def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         """Send the command ``name``; its answer resolves the returned future (through the supervisor)."""
         future: Future[Any] = Future()
+        handle = self._handle_for(name)
         call_id = self._new_call(name, future)
-        handle = self.handle
-        assert handle is not None
         try:
             handle.post((msg.CALL, call_id, name, args, kwargs))
         except Exception as exc:
@@ -144,6 +143,15 @@ class ChildRecord:
                 f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}"
             ) from exc
         return future
+
+    def _handle_for(self, name: str) -> ChildHandle:
+        """The handle a command goes through; a clear error while there is none (a restart waiting to start)."""
+        handle = self.handle
+        if handle is None:
+            raise RunnableNotRunningError(
+                f"cannot run command {name!r}: runnable {self.name!r} is being restarted (it has not started again yet)"
+            )
+        return handle
 
     def _new_call(self, name: str, future: Future[Any] | None) -> int:
         """Check the command exists and the runnable runs; number the call (and file its future)."""
@@ -165,8 +173,7 @@ class ChildRecord:
         Takes the supervisor's path (:meth:`send_command`) where it cannot,
         and while another thread is making a direct call.
         """
-        handle = self.handle
-        assert handle is not None
+        handle = self._handle_for(name)
         call_id = self._new_call(name, None)
         try:
             answer = handle.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)

@@ -228,6 +228,8 @@ class RestartPolicy(FailurePolicy):
         self._runner: Any = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+        self._settled = 0  # crashes whose consequence is in place (see wait_crashes)
+        self._unsettled: dict[int, int] = {}  # token -> restarts noted, its new incarnation not in place yet
         self._crashes: list[Crash] = []
         self._dead: list[DeadLetter] = []
         self._redelivered = 0
@@ -281,15 +283,19 @@ class RestartPolicy(FailurePolicy):
     def wait_crashes(self, count: int, timeout: float | None = None) -> RestartStatistics:
         """Wait until the policy has acted on ``count`` crashes in all; its statistics then.
 
+        A crash is acted on once its consequence is in place: for a restart, the
+        new incarnation has taken the old one's place (it may still wait out its
+        back-off).
+
         Raises:
             TimeoutError: fewer within ``timeout`` seconds.
         """
         deadline = Deadline(timeout)
         with self._changed:
-            while len(self._crashes) < count:
+            while self._settled < count:
                 remaining = deadline.remaining()
                 if remaining is not None and remaining <= 0:
-                    raise TimeoutError(f"{len(self._crashes)} crashes within {timeout} s, not {count}")
+                    raise TimeoutError(f"{self._settled} crashes acted on within {timeout} s, not {count}")
                 self._changed.wait(remaining)
         return self.statistics()
 
@@ -409,6 +415,7 @@ class RestartPolicy(FailurePolicy):
                 return
             self._owes[token] = not completed_itself
             self._due[token] = time.monotonic() + self._delay.pop(token, 0.0)
+            self._settle(token)
             log.debug("runnable %r: incarnation %d waits to start", new.name, new.incarnation)
             return
         if record.restart_pending:  # the Runner closes, or the policy gave up: no new incarnation
@@ -522,6 +529,9 @@ class RestartPolicy(FailurePolicy):
             self._crashes.append(crash)
             if action == "restart":
                 self._by_name[record.name] += 1
+                self._unsettled[record.token] = self._unsettled.get(record.token, 0) + 1
+            else:
+                self._settled += 1
             self._changed.notify_all()
         if action == "restart":
             log.warning(
@@ -557,6 +567,7 @@ class RestartPolicy(FailurePolicy):
         """No new incarnation after all (the Runner closes, the policy gave up, it cannot be made)."""
         runner = self._runner
         token = record.token
+        self._settle(token)
         self._due.pop(token, None)
         self._stash.pop(token, None)
         if error is not None:
@@ -570,6 +581,12 @@ class RestartPolicy(FailurePolicy):
                 out.supervision.complete_for(record.name, ending)
         self._let_go(token, ending if error is not None else None)
         runner._notify()
+
+    def _settle(self, token: int) -> None:
+        """The restarts noted for ``token`` are in place (or will not come): waiters may see them."""
+        with self._changed:
+            self._settled += self._unsettled.pop(token, 0)
+            self._changed.notify_all()
 
     def _let_go(self, token: int, error: BaseException | None) -> None:
         """It has ended for good: tell its readers ``error`` (if any), release its outputs."""
