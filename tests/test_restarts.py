@@ -167,6 +167,27 @@ def test_a_factory_makes_each_new_incarnation(tmp_path: Path) -> None:
     assert received == [v * 10 for v in range(10) if v != 5]
 
 
+@pytest.mark.parametrize("kind", ["thread", "fork"])
+@pytest.mark.parametrize("fault", ["raise", "sigkill"])
+def test_a_factory_that_fails_is_reported_and_nothing_hangs(tmp_path: Path, kind: str, fault: str) -> None:
+    if kind == "thread" and fault == "sigkill":
+        pytest.skip("a thread cannot be killed")
+    env = puma.ThreadEnvironment() if kind == "thread" else puma.ProcessEnvironment(kind)
+
+    def cannot() -> Middle:
+        raise RuntimeError("cannot make a new middle")
+
+    policy = puma.RestartPolicy("one_for_one", factories={"middle": cannot})
+    with pytest.raises(BaseException) as caught:
+        _pipeline_with(env, policy, tmp_path / "marker", fault)
+    members = caught.value.exceptions if isinstance(caught.value, BaseExceptionGroup) else (caught.value,)
+    assert any(isinstance(m, RuntimeError) and "cannot make" in str(m) for m in members)
+
+
+def _pipeline_with(env: puma.Environment, policy: puma.RestartPolicy, marker: Path, fault: str) -> list[int]:
+    return _pipeline(env, policy, marker, fault=fault)
+
+
 @pytest.mark.parametrize("strategy", ["one_for_all", "rest_for_one"])
 def test_group_strategies_restart_the_others_too_and_nothing_queued_is_lost(strategy: str, tmp_path: Path) -> None:
     env = puma.ProcessEnvironment("fork")

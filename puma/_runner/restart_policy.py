@@ -383,7 +383,7 @@ class RestartPolicy(FailurePolicy):
         if len(self._window) >= self.max_restarts:
             self._note(record, error, "escalate", 0.0)
             self._give_back_lost(record, error, leftovers)
-            self._escalate(record)
+            self._escalate(record, error)
             return True
         self._window.append(now)
         streak = self._streak.get(token, 0)
@@ -446,11 +446,12 @@ class RestartPolicy(FailurePolicy):
                 stash = self._stash.pop(record.token, {})
                 self._given[record.token] = stash
                 journals = self._journals[record.token] = _restarting.journals_of(record)
+                owes = self._owes.pop(record.token, False)  # the dead one's place in its streams is taken over
                 try:
-                    _restarting.launch(runner, record, stash, not self._owes.pop(record.token, False), journals)
+                    _restarting.launch(runner, record, stash, not owes, journals)
                 except Exception as exc:  # noqa: BLE001 - it cannot start again: reported as its error
                     record.move_to(Lifecycle.ENDED)
-                    self._owes[record.token] = False
+                    self._owes[record.token] = owes
                     self._give_up(record, exc)
                     continue
                 self._started_at[record.token] = time.monotonic()
@@ -518,7 +519,8 @@ class RestartPolicy(FailurePolicy):
         )
 
     def _told_if(self, record: ChildRecord, error: BaseException | None) -> None:
-        if error is not None:
+        """Not restarted: its readers get ``error`` once it has ended (a death's own streams carry it already)."""
+        if error is not None and not isinstance(error, ChildDiedError | StuckRunnableError):
             self._told[record.token] = error
 
     def _note(
@@ -544,7 +546,7 @@ class RestartPolicy(FailurePolicy):
         else:
             log.error("runnable %s", str(crash))
 
-    def _escalate(self, record: ChildRecord) -> None:
+    def _escalate(self, record: ChildRecord, crash: BaseException | None) -> None:
         """Too many restarts: stop everything; the Runner raises :class:`TooManyRestartsError`."""
         runner = self._runner
         self._escalated = True
@@ -554,7 +556,8 @@ class RestartPolicy(FailurePolicy):
             f"more than {self.max_restarts} restarts within {self.period} s; everything was stopped. Crashes:\n{lines}",
             history,
         )
-        self._told[record.token] = error
+        if crash is None or not isinstance(crash, ChildDiedError | StuckRunnableError):
+            self._told[record.token] = error  # its streams end with it (a death's carry the death)
         runner._add_error(record, error)
         for other in list(runner._records):
             if other is not record:
@@ -570,8 +573,10 @@ class RestartPolicy(FailurePolicy):
         self._settle(token)
         self._due.pop(token, None)
         self._stash.pop(token, None)
-        if error is not None:
-            runner._add_error(record, error)
+        # It cannot come back: as a failure without a policy, the others stop.
+        if error is not None and runner._add_error(record, error) and not self._escalated:
+            self._stopping_all = True
+            StopOthers().failed(record, list(runner._records), runner._send_stop)
         if record.state is Lifecycle.RESTARTING:
             record.move_to(Lifecycle.ENDED)
         ending = error or self._told.pop(token, None)
@@ -579,7 +584,9 @@ class RestartPolicy(FailurePolicy):
             ending = ending or PumaError(f"runnable {record.name!r} was to be restarted when its Runner stopped")
             for out in record.runnable.outputs:
                 out.supervision.complete_for(record.name, ending)
-        self._let_go(token, ending if error is not None else None)
+            self._let_go(token, None)
+        else:
+            self._let_go(token, ending if error is not None else None)
         runner._notify()
 
     def _settle(self, token: int) -> None:

@@ -32,7 +32,7 @@ from puma._buffers.journal import journal_dir, journal_path, remove
 from puma._core.errors import PumaError
 from puma._runnable.runnable import Runnable
 from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
-from puma._runner.resources import join_outputs
+from puma._runner.resources import join_outputs, leave
 
 __all__ = ["forget_journals", "journals_of", "launch", "recovered", "replace"]
 
@@ -108,10 +108,13 @@ def launch(runner: Any, record: ChildRecord, stash: dict[str, Any], join: bool, 
     child._puma_journals = journals  # type: ignore[attr-defined]
     if stash:
         child._puma_stash = stash  # type: ignore[attr-defined]
-    if join:
-        join_outputs(record.runnable)
+    joined = join_outputs(record.runnable) if join else []
     record.move_to(Lifecycle.LAUNCHING)
-    runner._launch_now(record, child)
+    try:
+        runner._launch_now(record, child)
+    except BaseException:
+        leave(joined)
+        raise
     supervisor = runner._supervisor
     if supervisor is not None:
         supervisor.rewatch = True
