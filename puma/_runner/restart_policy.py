@@ -250,10 +250,7 @@ class RestartPolicy(FailurePolicy):
         self._escalated = False
 
     def __repr__(self) -> str:
-        return (
-            f"RestartPolicy({self.strategy!r}, restart={self.restart.value!r}, max_restarts={self.max_restarts}, "
-            f"period={self.period}, backoff={self.backoff})"
-        )
+        return f"RestartPolicy({self.strategy!r}, restart={self.restart.value!r}, max_restarts={self.max_restarts})"
 
     # --- what users read ------------------------------------------------------------------------
     @property
@@ -408,7 +405,7 @@ class RestartPolicy(FailurePolicy):
         completed_itself = record.finished_at is not None  # it reported its end: it left its streams
         if record.restart_pending and not (self._runner._closed or self._escalated):
             try:
-                new = _restarting.replace(self._runner, record, self.factories.get(record.name))
+                _restarting.replace(self._runner, record, self.factories.get(record.name))
             except Exception as exc:  # noqa: BLE001 - a factory that fails: reported as the runnable's error
                 self._owes[token] = not completed_itself
                 self._give_up(record, exc)
@@ -416,7 +413,6 @@ class RestartPolicy(FailurePolicy):
             self._owes[token] = not completed_itself
             self._due[token] = time.monotonic() + self._delay.pop(token, 0.0)
             self._settle(token)
-            log.debug("runnable %r: incarnation %d waits to start", new.name, new.incarnation)
             return
         if record.restart_pending:  # the Runner closes, or the policy gave up: no new incarnation
             self._owes[token] = not completed_itself
@@ -475,9 +471,8 @@ class RestartPolicy(FailurePolicy):
         else:
             return
         for other in records:
-            if other is record or other.token not in group or other.token not in self._holds or other.ended:
-                continue
-            if other.restart_pending:
+            skip = other is record or other.token not in group or other.token not in self._holds
+            if skip or other.ended or other.restart_pending:
                 continue
             other.restart_pending = True
             self._delay[other.token] = delay
@@ -519,7 +514,6 @@ class RestartPolicy(FailurePolicy):
         )
 
     def _told_if(self, record: ChildRecord, error: BaseException | None) -> None:
-        """Not restarted: its readers get ``error`` once it has ended (a death's own streams carry it already)."""
         if error is not None and not isinstance(error, ChildDiedError | StuckRunnableError):
             self._told[record.token] = error
 
@@ -590,7 +584,6 @@ class RestartPolicy(FailurePolicy):
         runner._notify()
 
     def _settle(self, token: int) -> None:
-        """The restarts noted for ``token`` are in place (or will not come): waiters may see them."""
         with self._changed:
             self._settled += self._unsettled.pop(token, 0)
             self._changed.notify_all()
