@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # what the names are, for type checkers; at run time they loa
     from puma._ready.ticking import tick_clock
     from puma._runnable.commands import BoundCommand, run_in_child_scope
     from puma._runnable.runnable import Runnable
+    from puma._runner.restart_policy import RestartPolicy
     from puma._runner.runner import Runner
 
 _WHERE: dict[str, str] = {
@@ -72,6 +73,7 @@ _WHERE: dict[str, str] = {
     "RemoteError": "puma._core.errors",
     "Runnable": "puma._runnable.runnable",
     "RunnableNotRunningError": "puma._core.errors",
+    "RestartPolicy": "puma._runner.restart_policy",
     "Runner": "puma._runner.runner",
     "SingleBufferServicingRunnable": "puma._ready.servicing",
     "StopRequested": "puma._core.errors",
@@ -84,6 +86,7 @@ _WHERE: dict[str, str] = {
     "environments": "puma.environments",
     "frames": "puma.frames",
     "logging": "puma.logging",
+    "supervision": "puma.supervision",
     "run_in_child_scope": "puma._runnable.commands",
     "tick_clock": "puma._ready.ticking",
 }
@@ -110,6 +113,7 @@ __all__ = [
     "Publisher",
     "PumaError",
     "RemoteError",
+    "RestartPolicy",
     "Runnable",
     "RunnableNotRunningError",
     "Runner",
@@ -120,7 +124,6 @@ __all__ = [
     "ThreadEnvironment",
     "UsageError",
     "__version__",
-    "batch",
     "run_in_child_scope",
     "tick_clock",
 ]

@@ -311,6 +311,8 @@ class Publisher(abc.ABC, Generic[T]):
             ctx = _context.current()
             if ctx is not None:
                 ctx.own(exc)  # the copy downstream and the one reported are one error
+                if getattr(ctx, "ledger", None) is not None:
+                    exc = None  # a restartable runnable: its Runner tells the readers, or restarts it
         self.complete(exc)
 
 
@@ -324,6 +326,9 @@ class Subscription(abc.ABC, Generic[T]):
     def __init__(self, buffer: Buffer[T]) -> None:
         self._buffer = buffer
         self._ended: BaseException | None = None  # BufferCompleted or the error
+        ledger = getattr(_context.current(), "ledger", None)
+        if ledger is not None:  # a runnable its Runner may restart: its inputs are followed
+            ledger.follow(self)
 
     @property
     def buffer(self) -> Buffer[T]:
@@ -364,6 +369,10 @@ class Subscription(abc.ABC, Generic[T]):
     @abc.abstractmethod
     def _fds(self) -> tuple[int, ...]:
         """File descriptors that become readable when data arrives (empty for threads)."""
+
+    def _leftovers(self) -> list[T]:
+        """Take the values read from the buffer but not handed out yet (a restartable runnable ends)."""
+        return []
 
     def _end(self, error: BaseException | None) -> BaseException:
         if self._ended is None:

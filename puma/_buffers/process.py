@@ -39,6 +39,7 @@ from multiprocessing import util as _mp_util
 from multiprocessing.synchronize import SemLock
 from typing import Any, TypeVar
 
+from puma._buffers import journal as _journal
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription, _checker
 from puma._buffers.process_publisher import COMPLETE, ITEM, ProcessPublisher
 from puma._buffers.process_subscription import ProcessSubscription
@@ -540,6 +541,9 @@ class _ProcessSupervision(StreamSupervision):
 
     def fail_readers_here(self, error: BaseException) -> None:
         self._b._fail(error)
+
+    def recover(self, journal: str) -> tuple[int, int, list[Any], list[Any]] | None:
+        return _journal.recover(journal)
 
     def release(self) -> None:
         self._b._release()

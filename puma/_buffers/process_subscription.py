@@ -42,6 +42,7 @@ from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers.base import Subscription
+from puma._buffers.journal import Journal
 from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
 from puma._buffers.shared import (
     BROKEN,
@@ -85,6 +86,10 @@ class ProcessSubscription(Subscription[T]):
     """One reader of a process buffer, in the process (and runnable) that subscribed."""
 
     def __init__(self, buffer: ProcessBuffer[T], ctx: _current.Context | None) -> None:
+        # A restartable runnable's reader keeps a journal (set while the base class follows it).
+        self._journal: Journal | None = None
+        self._batch_at = 0  # where the batch being handed out from _items starts (for the journal)
+        self._batch_taken = 0
         super().__init__(buffer)
         self._b = buffer
         self._fd = buffer._reader.fileno()
@@ -193,6 +198,12 @@ class ProcessSubscription(Subscription[T]):
             lock.release()
         if frames:
             self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
+        journal = self._journal
+        if journal is not None:
+            if self._raws is None:
+                journal.filled(self._view, self._tail)
+            else:
+                journal.overflow()  # raw buffers read straight into their targets: not in the copy
         return True
 
     def _complete_frames(self) -> int:
@@ -323,6 +334,8 @@ class ProcessSubscription(Subscription[T]):
         self._head = stop
         kind = buf[start + head]
         body = self._view[start + head + 1 : stop]
+        if self._journal is not None:
+            self._journal.taken(start, 1)
         if kind == ITEM:
             try:
                 return pickle.loads(body)
@@ -356,12 +369,20 @@ class ProcessSubscription(Subscription[T]):
         if kind == BATCH:
             self._give_back(len(payload))
             self._items.extend(payload)
+            if self._journal is not None:
+                self._journal_batch(start)
             return _NOTHING
         # A completion, counted when it was read.  An error ends this reader's stream here (the
         # others end with it after the values they hold).
         if payload is not None:
             self._end(payload if isinstance(payload, BaseException) else deserialize_error(payload))
         return _NOTHING
+
+    def _journal_batch(self, start: int) -> None:
+        """The batch frame at ``start`` is being handed out (a restartable reader's journal follows it)."""
+        self._batch_at, self._batch_taken = start, 0
+        assert self._journal is not None
+        self._journal.taken(start, 0)
 
     def _give_back(self, count: int) -> None:
         """Owe ``count`` more permits; give them all back once a group's worth is owed."""
@@ -445,6 +466,9 @@ class ProcessSubscription(Subscription[T]):
         while True:
             if self._items:
                 value: T = self._items.popleft()
+                if self._journal is not None:
+                    self._batch_taken += 1
+                    self._journal.taken(self._batch_at, self._batch_taken)
                 return value
             if self._ended is not None:
                 raise self._ended
@@ -460,7 +484,12 @@ class ProcessSubscription(Subscription[T]):
 
     def __iter__(self) -> Iterator[T]:
         # What Subscription.__iter__ does (receive until the stream completes), with the usual
-        # frame, one small value, handled right here: no call per value but pickle's.
+        # frame, one small value, handled right here: no call per value but pickle's.  A reader
+        # its Runner may restart is followed (its receive is wrapped, its journal kept): it
+        # takes the plain path.
+        if self._journal is not None or "receive" in vars(self):
+            yield from Subscription.__iter__(self)
+            return
         items = self._items
         loads = pickle.loads
         unpack = _SIZE.unpack_from
@@ -493,6 +522,20 @@ class ProcessSubscription(Subscription[T]):
                 return
             yield value
 
+    def _leftovers(self) -> list[T]:
+        out: list[T] = list(self._items)
+        self._items.clear()
+        while self._ended is None:
+            result = self._next()  # only what was read already: the pipe is left to the next reader
+            if result is _NEED:
+                break
+            if result is not _NOTHING:
+                out.append(result)
+            out.extend(self._items)
+            self._items.clear()
+        self._settle()
+        return out
+
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
         if max_items < 1:
             raise ValueError(f"max_items must be at least 1, got {max_items}")
@@ -502,11 +545,15 @@ class ProcessSubscription(Subscription[T]):
         while len(out) < max_items:
             if items:
                 room = max_items - len(out)
+                taken = min(room, len(items))
                 if len(items) <= room:
                     out.extend(items)
                     items.clear()
                 else:
                     out.extend(starmap(items.popleft, repeat((), room)))  # a C loop
+                if self._journal is not None:
+                    self._batch_taken += taken
+                    self._journal.taken(self._batch_at, self._batch_taken)
                 continue
             if self._ended is not None:
                 break

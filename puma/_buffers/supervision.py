@@ -28,6 +28,7 @@ protocol and plugs into the Runner unchanged.
 from __future__ import annotations
 
 import abc
+from typing import Any
 
 __all__ = ["StreamSupervision"]
 
@@ -95,6 +96,14 @@ class StreamSupervision(abc.ABC):
     @abc.abstractmethod
     def fail_readers_here(self, error: BaseException) -> None:
         """End the streams of this buffer's readers in this process with ``error`` (after what they already have)."""
+
+    def recover(self, journal: str) -> tuple[int, int, list[Any], list[Any]] | None:
+        """A restartable reader died: what its journal at ``journal`` says it held (see :mod:`puma._buffers.journal`).
+
+        ``(stash_done, stash_taken, in_flight, rest)``, or None when the buffer
+        keeps no journal (a reader in a thread does not die alone).
+        """
+        return None
 
     @abc.abstractmethod
     def release(self) -> None:

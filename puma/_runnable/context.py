@@ -20,6 +20,7 @@ from puma._core.current import where
 from puma._core.errors import SerializedError, StopRequested, deserialize_error, visible_exit
 from puma._core.waiting import Deadline, Waker
 from puma._runnable.commands import command_function
+from puma._runnable.inflight import InputLedger
 
 __all__ = ["ChildContext", "ChildLink", "current"]
 
@@ -67,6 +68,10 @@ class ChildContext:
         self._waiting = ""  # what its one wait waits for now ("" while in its own code)
         self.subscribed: list[Buffer[Any]] = []
         self._note = ""
+        # A runnable its Runner may restart: its inputs are followed (see puma._runnable.inflight).
+        keeps = getattr(runnable, "_puma_keeps_outputs", False)
+        stash, journals = getattr(runnable, "_puma_stash", None), getattr(runnable, "_puma_journals", None)
+        self.ledger = InputLedger(stash, journals) if keeps else None
 
     @property
     def note(self) -> str:

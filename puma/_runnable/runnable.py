@@ -32,6 +32,7 @@ from puma._core.errors import (
     visible_exit,
 )
 from puma._runnable import context as _context
+from puma._runnable.inflight import LEFTOVERS, InputLedger
 
 __all__ = ["RunRecord", "Runnable", "run_child"]
 
@@ -269,16 +270,31 @@ def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[]
             if not is_clean_exit(exc):
                 error = visible_exit(exc, f"runnable {runnable.name!r}")
                 ctx.own(error)
+        ledger = ctx.ledger
+        if ledger is not None:  # its Runner may restart it: what it held goes back, its streams stay open
+            _report_leftovers(link, ledger)
         for out in runnable.outputs:
             try:
                 pub = ctx.publishers.get(id(out))
                 if pub is None:
                     pub = out._open_publisher(runnable.name)
-                pub.complete(error)
+                pub.complete(error if ledger is None else None)
             except Exception:  # noqa: BLE001, S110 - a closed buffer has nobody to tell
                 pass
     _logging.flush_child()
     link.send_finished(error, stopped, _lingering_threads())
+
+
+def _report_leftovers(link: _context.ChildLink, ledger: InputLedger) -> None:
+    """Send the parent what this incarnation held of its inputs (see :mod:`puma._runnable.inflight`)."""
+    try:
+        leftovers = ledger.report()
+        if leftovers:
+            link.send_status((msg.STATUS, LEFTOVERS, leftovers))
+    except Exception:  # noqa: BLE001, S110 - values that cannot travel back are lost with this incarnation
+        pass
+    finally:
+        ledger.close()
 
 
 def _lingering_threads() -> tuple[str, ...]:

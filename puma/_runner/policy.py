@@ -9,14 +9,17 @@ by the runnable, or its death).  Today's two policies:
 * :class:`LeaveRunning` (``on_failure="continue"``): the others go on; the
   errors are still raised by ``join()`` and ``close()``.
 
-Restart policies plug in here.
+Restart policies plug in here: the supervisor also tells the policy when a
+runnable starts, ends and has ended, and lets it act on time (a restart's
+back-off) through :meth:`FailurePolicy.due_in` and :meth:`FailurePolicy.tick`
+(see :mod:`puma._runner.restarting`).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 from puma._runner.records import ChildRecord
 
@@ -57,6 +60,38 @@ class FailurePolicy(abc.ABC):
     def admits(self, record: ChildRecord, records: Sequence[ChildRecord], failed: Sequence[ChildRecord]) -> bool:
         """Whether ``record``, started after the runnables ``failed`` failed, may run on."""
         return True
+
+    # --- hooks for policies that restart (no-ops here) ---------------------------------------------
+    def bind(self, runner: Any) -> FailurePolicy:
+        """The policy a Runner uses (one with state of its own binds to one Runner)."""
+        return self
+
+    def starting(self, record: ChildRecord, child: Any) -> None:
+        """``record`` is about to be launched, running ``child`` (the caller's thread)."""
+        return None
+
+    def ending(self, record: ChildRecord, error: BaseException | None, broken: bool = False) -> bool:
+        """``record`` ends (``error``: how; ``broken``: it left an output broken); True if the policy takes the error.
+
+        Called by the supervisor before it acts on the end.
+        """
+        return False
+
+    def ended(self, record: ChildRecord) -> None:
+        """``record`` has ended (the supervisor)."""
+        return None
+
+    def due_in(self) -> float | None:
+        """Seconds until the policy must act again (:meth:`tick`); None: only when woken."""
+        return None
+
+    def tick(self) -> None:
+        """Act on what is due (the supervisor, at each turn of its loop)."""
+        return None
+
+    def report(self) -> Any:
+        """What the policy shows in a snapshot (None: nothing)."""
+        return None
 
 
 class StopOthers(FailurePolicy):

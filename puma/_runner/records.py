@@ -31,6 +31,7 @@ __all__ = ["ChildRecord", "Lifecycle", "buffers_held_by", "inputs_of"]
 class Lifecycle(enum.Enum):
     """Where a runnable is in its life, as its Runner sees it."""
 
+    RESTARTING = "restarting"  #: a new incarnation after a crash, waiting out its back-off; no handle yet
     LAUNCHING = "launching"  #: being prepared and launched; no handle yet
     STARTING = "starting"  #: launched; it has not reported STARTED
     RUNNING = "running"  #: it reported STARTED and has not ended
@@ -68,6 +69,9 @@ class ChildRecord:
         self.unkillable = False  # stuck, and it cannot be ended from outside (a thread): left running
         self.error: BaseException | None = None
         self.stopped = False  # it ended because it was asked to stop
+        self.restart_pending = False  # it ends to be restarted: its inputs and outputs wait for the next incarnation
+        self.stop_wanted = False  # a stop came before it had a handle (a restart waiting out its back-off)
+        self.incarnation = 0  # how many times it was restarted before this one
         self.statuses: dict[str, Any] = {}
         self.logged = False  # log records dispatched since its last status
         # True while the thread in start_blocking() reads the child's STARTED itself (one hop
@@ -126,9 +130,8 @@ class ChildRecord:
     def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         """Send the command ``name``; its answer resolves the returned future (through the supervisor)."""
         future: Future[Any] = Future()
+        handle = self._handle_for(name)
         call_id = self._new_call(name, future)
-        handle = self.handle
-        assert handle is not None
         try:
             handle.post((msg.CALL, call_id, name, args, kwargs))
         except Exception as exc:
@@ -140,6 +143,15 @@ class ChildRecord:
                 f"command {name!r} to runnable {self.name!r}: its arguments cannot be sent: {exc}"
             ) from exc
         return future
+
+    def _handle_for(self, name: str) -> ChildHandle:
+        """The handle a command goes through; a clear error while there is none (a restart waiting to start)."""
+        handle = self.handle
+        if handle is None:
+            raise RunnableNotRunningError(
+                f"cannot run command {name!r}: runnable {self.name!r} is being restarted (it has not started again yet)"
+            )
+        return handle
 
     def _new_call(self, name: str, future: Future[Any] | None) -> int:
         """Check the command exists and the runnable runs; number the call (and file its future)."""
@@ -161,8 +173,7 @@ class ChildRecord:
         Takes the supervisor's path (:meth:`send_command`) where it cannot,
         and while another thread is making a direct call.
         """
-        handle = self.handle
-        assert handle is not None
+        handle = self._handle_for(name)
         call_id = self._new_call(name, None)
         try:
             answer = handle.call((msg.CALL, call_id, name, args, kwargs, True), timeout, self.name)
@@ -268,6 +279,8 @@ class ChildRecord:
     def mark_stop_sent(self) -> bool:
         """Note that a stop is being sent; False if it already was, or nothing can receive it."""
         with self._lock:
+            if self.handle is None:
+                self.stop_wanted = True  # a restart waiting out its back-off is not started then
             if self.ended or self.stop_sent_at is not None or self.handle is None:
                 return False
             self.stop_sent_at = time.monotonic()

@@ -63,9 +63,9 @@ class Runner:
         stop_timeout: how long a stopped runnable may take to end before it is
             terminated, then killed, and reported as :class:`~puma.StuckRunnableError`.
         start_timeout: default bound of :meth:`start_blocking` and :meth:`wait_until_running`.
-        on_failure: ``"stop"`` (default): when a runnable fails or dies, stop the
-            others (those downstream of it end when the error reaches them).
-            ``"continue"``: leave the others running; errors are still raised.
+        on_failure: ``"stop"`` (default): when a runnable fails or dies, stop the others
+            (those downstream end when the error reaches them); ``"continue"``: leave them
+            running, errors still raised; a :class:`~puma.RestartPolicy`: restart it.
 
     Examples:
         >>> class Count(puma.Runnable):
@@ -84,13 +84,13 @@ class Runner:
         *,
         stop_timeout: float = DEFAULT_STOP_TIMEOUT,
         start_timeout: float = DEFAULT_START_TIMEOUT,
-        on_failure: Literal["stop", "continue"] = "stop",
+        on_failure: Literal["stop", "continue"] | FailurePolicy = "stop",
     ) -> None:
         if environment is not None and not isinstance(environment, Environment):
             raise TypeError(f"environment must be a puma Environment, not {type(environment).__name__}")
         if stop_timeout <= 0 or start_timeout <= 0:
             raise ValueError("stop_timeout and start_timeout must be positive")
-        self._policy: FailurePolicy = policy_for(on_failure)
+        self._policy: FailurePolicy = policy_for(on_failure).bind(self)
         self._environment = environment if environment is not None else ThreadEnvironment()
         self._stop_timeout = stop_timeout
         self._start_timeout = start_timeout
@@ -162,8 +162,7 @@ class Runner:
     def start(self, runnable: R, environment: Environment | None = None) -> R:
         """Launch ``runnable`` (in ``environment``, or the Runner's) and return it.
 
-        Returns as soon as the child is launched; see :meth:`start_blocking` to
-        wait until it runs.
+        Returns as soon as the child is launched; see :meth:`start_blocking` to wait until it runs.
 
         Raises:
             NotPicklableError: a process runnable has an attribute that cannot
@@ -193,6 +192,7 @@ class Runner:
             raise
         hold_buffers(self._buffers, runnable)
         try:
+            self._policy.starting(record, child)
             self._launch(record, child, env, claim, watch)
         except BaseException:
             record.start_claimed = False
@@ -383,7 +383,7 @@ class Runner:
         """
         with self._lock:
             errors = list(self._errors)
-        return _snapshot.take(list(self._records), errors, timeout)
+        return _snapshot.take(list(self._records), errors, timeout, self._policy.report())
 
     # --- stopping ----------------------------------------------------------------
     def stop(self, runnable: Runnable | None = None) -> None:

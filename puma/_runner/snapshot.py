@@ -26,7 +26,7 @@ class RunnableSnapshot:
 
     Attributes:
         name: the runnable's name.
-        state: ``"launching"``, ``"starting"``, ``"running"``, ``"finishing"`` or ``"ended"``.
+        state: ``"restarting"``, ``"launching"``, ``"starting"``, ``"running"``, ``"finishing"`` or ``"ended"``.
         pid: the process it runs in.
         activity: what it is doing, in words (where it is blocked).
         stop_requested: True once it has been asked to stop.
@@ -49,11 +49,14 @@ class RunnerSnapshot:
         runnables: each runnable, in start order.
         buffers: the statistics of each buffer its runnables use.
         errors: the errors received so far (raised or not yet).
+        restarts: the restart policy's statistics (a :class:`puma.supervision.RestartStatistics`),
+            if the Runner has one.
     """
 
     runnables: tuple[RunnableSnapshot, ...]
     buffers: tuple[BufferStatistics, ...]
     errors: tuple[BaseException, ...]
+    restarts: Any = None
 
     def __str__(self) -> str:
         lines = ["puma Runner snapshot:"]
@@ -66,13 +69,17 @@ class RunnerSnapshot:
                 f"  buffer {b.name!r}: {b.size}/{b.capacity} values waiting, "
                 f"{b.completed} of {b.publishers} publishers completed"
             )
+        if self.restarts is not None:
+            lines.append(f"  {self.restarts}")
         if self.errors:
             lines.append(f"  errors received: {len(self.errors)}")
             lines.extend(f"    {type(e).__name__}: {e}" for e in self.errors)
         return "\n".join(lines)
 
 
-def take(records: Sequence[ChildRecord], errors: Sequence[BaseException], timeout: float) -> RunnerSnapshot:
+def take(
+    records: Sequence[ChildRecord], errors: Sequence[BaseException], timeout: float, restarts: Any = None
+) -> RunnerSnapshot:
     """Ask the live runnables where they are (waiting at most ``timeout`` s in all) and build the snapshot."""
     asked = [r for r in records if r.ask_activity()]
     deadline = time.monotonic() + timeout
@@ -98,4 +105,4 @@ def take(records: Sequence[ChildRecord], errors: Sequence[BaseException], timeou
             stats.append(buffer.statistics())
         except Exception:  # noqa: BLE001, S112 - a diagnosis shows what it can
             continue
-    return RunnerSnapshot(tuple(runnables), tuple(stats), tuple(errors))
+    return RunnerSnapshot(tuple(runnables), tuple(stats), tuple(errors), restarts)

@@ -101,8 +101,10 @@ class Supervisor(threading.Thread):
         handlers: dict[int, Callable[[], None]] = {}
         fds: tuple[int, ...] = ()
         writable: tuple[int, ...] = ()
+        policy = runner._policy
         while True:
             self.waker.clear()
+            policy.tick()  # restarts that are due
             while self.launches:
                 self.rewatch = True
                 record, child, future = self.launches.popleft()
@@ -124,7 +126,7 @@ class Supervisor(threading.Thread):
                     return
                 handlers, writable = self._handlers(live)
                 fds = tuple(handlers)
-            for fd in self.waker.wait(fds, None, writable):
+            for fd in self.waker.wait(fds, policy.due_in(), writable):
                 handlers[fd]()
                 if self.rewatch:  # what is watched changed: the other ready descriptors may be stale
                     break
@@ -194,7 +196,8 @@ class Supervisor(threading.Thread):
         record.stopped = message[2]
         if len(message) > 3:
             record.lingering = tuple(message[3])
-        if error is not None:
+        taken = self._runner._policy.ending(record, error)  # a restart policy may take the error
+        if error is not None and not taken:
             self.record_error(record, error)
             if not record.has_started:  # it never ran (it could not be rebuilt): end its streams for it
                 self._complete_outputs_for(record, error, None)
@@ -202,7 +205,8 @@ class Supervisor(threading.Thread):
         # handlers, a non-daemon thread, a busy machine): its exit is watched.  What it
         # read is freed now, since it reads no more.
         record.move_to(Lifecycle.FINISHING)
-        self._close_inputs_of(record)
+        if not record.restart_pending:  # else its inputs wait for the next incarnation
+            self._close_inputs_of(record)
         if handle.has_exited():
             self.finish(record)
         else:
@@ -241,9 +245,16 @@ class Supervisor(threading.Thread):
             # Asked to stop, it ended cleanly, or a Ctrl-C reached it before it could ignore it
             # (while a spawn or forkserver child starts up): a stop, not a death.
             record.stopped = True
+            runner._policy.ending(record, None)
         else:
-            self.record_error(record, error)
-        self._complete_outputs_for(record, error, intact)
+            # A stream it left broken (it died mid-value, writing or reading) cannot go on: no restart.
+            broken_keys = {stream.key for stream in self._streams()} - intact
+            mine = (*record.runnable.outputs, *buffers_held_by(record.runnable))
+            broken = any(buffer.supervision.key in broken_keys for buffer in mine)
+            if not runner._policy.ending(record, error, broken):
+                self.record_error(record, error)
+        if not record.restart_pending:  # else the next incarnation publishes in its place
+            self._complete_outputs_for(record, error, intact)
         self.finish(record)
 
     def finish(self, record: ChildRecord) -> None:
@@ -255,9 +266,12 @@ class Supervisor(threading.Thread):
         if handle is not None and not record.stuck:
             handle.join(KILL_GRACE)
         was_finished = record.finished
+        # First: a restart policy may put a new incarnation in its place, so that nobody waiting
+        # on the Runner sees every runnable ended in between.
+        self._runner._policy.ended(record)
         record.move_to(Lifecycle.ENDED)
         self.rewatch = True
-        if not was_finished:  # else done when it reported its end
+        if not was_finished and not record.restart_pending:  # else done when it reported its end
             self._close_inputs_of(record)
         if handle is not None:
             handle.close()
