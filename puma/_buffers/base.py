@@ -383,7 +383,8 @@ class Subscription(abc.ABC, Generic[T]):
         while True:
             try:
                 value = self.receive()
-            except BufferCompleted:
+            except BufferCompleted as done:
+                done.__traceback__ = None  # kept by the reader: its frames would keep the last value alive
                 return
             yield value
 

@@ -76,6 +76,7 @@ from puma._core import codec
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, PumaError, serialize_error
 from puma._core.waiting import Poller, Waker
+from puma._frames.arena import Arena
 
 __all__ = ["ProcessBuffer", "live_process_buffers"]
 
@@ -141,6 +142,7 @@ class ProcessBuffer(Buffer[T]):
         self._group = max(1, size // 4)  # permits given back (and room made) at a time
         self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
+        self._arena = Arena.create(self._key)  # large out-of-band buffers (see process_large); no memory yet
         self._local_state()
 
     def _local_state(self) -> None:
@@ -495,6 +497,7 @@ class ProcessBuffer(Buffer[T]):
         for connection in (self._reader, self._writer, self._room_reader, self._room_writer):
             connection.close()
         self._end.close()
+        self._arena.close()
         for lock in (self._slots, self._lock, self._read_lock, self._meta):
             _unlink_now(lock)
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from itertools import repeat, takewhile
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from puma._buffers import process_large as _large
 from puma._buffers.base import Publisher
 from puma._buffers.shared import CLOSED, COMPLETED, WRITER
 from puma._core import codec
@@ -164,9 +165,11 @@ class ProcessPublisher(Publisher[T]):
                         codec.write_frame(fd, kind, data)
                         shared[WRITER] = 0
         else:
+            raws = [buf.raw() for buf in oob]
+            if _large.wants_arena(raws) and self._write_shared(raws, kind, data):
+                return
             # Out of band: a frame holding the buffers' sizes, the inner kind and the pickle; then
             # each raw buffer straight from the array's memory.
-            raws = [buf.raw() for buf in oob]
             meta = struct.pack(f"!I{len(raws)}QB", len(raws), *(r.nbytes for r in raws), kind)
             with self._lock:
                 broken = shared[CLOSED] == 2
@@ -179,6 +182,30 @@ class ProcessPublisher(Publisher[T]):
                     shared[WRITER] = 0
         if broken:
             raise self._b._broken_error()
+
+    def _write_shared(self, raws: list[memoryview], kind: int, data: bytes) -> bool:
+        """Write a value with large buffers as a handle frame, its buffers copied into the buffer's arena.
+
+        False if the arena has no room (the value then goes through the pipe whole).
+        """
+        packed = _large.pack(self._b._arena, raws, kind, data)
+        if packed is None:
+            return False
+        parts, refs = packed
+        body = b"".join(parts)
+        frame = codec.frame(_large.SHARED, body)
+        shared = self._shared
+        pid = self._pid
+        with self._lock:
+            broken = shared[CLOSED] == 2
+            if not broken:
+                shared[WRITER] = pid if len(frame) <= _ATOMIC else -pid
+                codec.write_all(self._fd, frame)
+                shared[WRITER] = 0
+        if broken:
+            self._b._arena.abandon(refs)
+            raise self._b._broken_error()
+        return True
 
     def _refund(self, count: int) -> None:
         """Give back permits taken for values that were not written."""

@@ -41,8 +41,10 @@ from collections.abc import Iterator
 from itertools import repeat, starmap
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from puma._buffers import process_large as _large
 from puma._buffers.base import Subscription
 from puma._buffers.journal import Journal
+from puma._buffers.process_large import SHARED
 from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
 from puma._buffers.shared import (
     BROKEN,
@@ -112,6 +114,7 @@ class ProcessSubscription(Subscription[T]):
         # The raw buffers of the last out-of-band frame read, when they were read straight from
         # the pipe into their targets: (that frame's position, the buffers).
         self._raws: tuple[int, list[bytearray]] | None = None
+        self._shared_frames = False  # the last bulk read held handles of values in the arena (see process_large)
         self._frame_bytes = 64.0  # running mean size of a frame, to read a few values ahead when sharing
         self._next_check = 0.0  # when to look at commands while serving buffered values
         self._end_copy = -1  # this subscription's own descriptor of the end channel (see _fds)
@@ -192,6 +195,7 @@ class ProcessSubscription(Subscription[T]):
             if count == 0:
                 raise EOFError(f"buffer {self._b.name!r}: its pipe was closed by every publisher")
             self._head, self._tail = 0, count
+            self._shared_frames = False
             frames = self._complete_frames()
         finally:
             shared[READER] = 0
@@ -200,7 +204,7 @@ class ProcessSubscription(Subscription[T]):
             self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
         journal = self._journal
         if journal is not None:
-            if self._raws is None:
+            if self._raws is None and not self._shared_frames:
                 journal.filled(self._view, self._tail)
             else:
                 journal.overflow()  # raw buffers read straight into their targets: not in the copy
@@ -234,6 +238,9 @@ class ProcessSubscription(Subscription[T]):
             frames += 1
             if kind == COMPLETE:
                 completions.append(pickle.loads(self._view[p + head + 1 : end]))
+            elif kind == SHARED:
+                _large.claim(self._b._arena, self._view[p + head + 1 : end])  # a reader killed now gives them back
+                self._shared_frames = True
             elif kind == OOB:
                 body = self._view[p + head + 1 : end]
                 (n,) = _COUNT.unpack_from(body, 0)
@@ -341,27 +348,8 @@ class ProcessSubscription(Subscription[T]):
                 return pickle.loads(body)
             finally:
                 self._give_back(1)
-        if kind == OOB:
-            (count,) = _COUNT.unpack_from(body, 0)
-            sizes = struct.unpack_from(f"!{count}Q", body, 4)
-            offset = 4 + 8 * count
-            kind = body[offset]
-            raws = self._raws
-            if raws is not None and raws[0] == start:
-                buffers = raws[1]
-                self._raws = None
-            else:
-                buffers = []
-                pos = stop
-                for n in sizes:
-                    buffers.append(bytearray(self._view[pos : pos + n]))
-                    pos += n
-                self._head = pos
-            try:
-                payload = pickle.loads(body[offset + 1 :], buffers=buffers)
-            finally:
-                if kind == ITEM:
-                    self._give_back(1)
+        if kind in (OOB, SHARED):
+            kind, payload = self._out_of_band(kind, body, start, stop)
             if kind == ITEM:
                 return payload
         else:
@@ -377,6 +365,38 @@ class ProcessSubscription(Subscription[T]):
         if payload is not None:
             self._end(payload if isinstance(payload, BaseException) else deserialize_error(payload))
         return _NOTHING
+
+    def _out_of_band(self, kind: int, body: memoryview, start: int, stop: int) -> tuple[int, Any]:
+        """The inner kind and payload of the value with out-of-band buffers at ``start`` (an ITEM's permit owed).
+
+        Its large buffers are in the buffer's arena (a SHARED frame), or follow the frame raw (OOB).
+        """
+        if kind == SHARED:
+            try:
+                return _large.load(self._b._arena, body)
+            finally:
+                if body[_large.inner_kind_at(body)] == ITEM:
+                    self._give_back(1)
+        (count,) = _COUNT.unpack_from(body, 0)
+        sizes = struct.unpack_from(f"!{count}Q", body, 4)
+        offset = 4 + 8 * count
+        kind = body[offset]
+        raws = self._raws
+        if raws is not None and raws[0] == start:
+            buffers = raws[1]
+            self._raws = None
+        else:
+            buffers = []
+            pos = stop
+            for n in sizes:
+                buffers.append(bytearray(self._view[pos : pos + n]))
+                pos += n
+            self._head = pos
+        try:
+            return kind, pickle.loads(body[offset + 1 :], buffers=buffers)
+        finally:
+            if kind == ITEM:
+                self._give_back(1)
 
     def _journal_batch(self, start: int) -> None:
         """The batch frame at ``start`` is being handed out (a restartable reader's journal follows it)."""
@@ -518,7 +538,8 @@ class ProcessSubscription(Subscription[T]):
                     continue
             try:
                 value = self.receive()
-            except BufferCompleted:
+            except BufferCompleted as done:
+                done.__traceback__ = None  # kept by the reader: its frames would keep the last value alive
                 return
             yield value
 

@@ -9,9 +9,11 @@ import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from puma._frames.arena import Arena
     from puma._frames.pool import FramePool
 
 __all__ = [
+    "arenas",
     "buffer_tag",
     "free_frames_held_by",
     "free_frames_sent_to",
@@ -23,6 +25,9 @@ __all__ = [
 
 #: Every pool open in this process, by key (the same key in every process that has it).
 pools: weakref.WeakValueDictionary[str, FramePool] = weakref.WeakValueDictionary()
+
+#: Every process buffer's arena for large values open in this process, by the buffer's key.
+arenas: weakref.WeakValueDictionary[str, Arena] = weakref.WeakValueDictionary()
 
 #: This process's pid (kept here: a frame changes hands often and the pid is asked each time).
 pid = os.getpid()
@@ -68,11 +73,17 @@ def live_frame_pools() -> list[FramePool]:
 
 
 def free_frames_held_by(pid: int) -> int:
-    """The process ``pid`` died: return its chunks to every shared pool open here; how many returned."""
+    """The process ``pid`` died: return its chunks to every shared pool open here, and free its large values."""
+    if pid > 0:
+        for arena in list(arenas.values()):
+            arena.free_where(pid)
     return sum(pool._free_pid(pid) for pool in live_frame_pools() if pool.shared)
 
 
 def free_frames_sent_to(key: str) -> int:
     """The buffer ``key`` was closed (no reader remains): return the frames handed into it and not received."""
+    arena = arenas.get(key)
+    if arena is not None:
+        arena.free_where(-1)  # its large values in flight: blocks of its arena
     tag = buffer_tag(key)
     return sum(pool._reclaim_in_flight(tag) for pool in live_frame_pools() if pool.shared)
