@@ -15,6 +15,10 @@ Rows (forkserver; the same work on both sides of each row):
   one reused array and puts it) and against the limit: ``np.copyto`` of the
   same array into warm shared memory, in one process, nothing handed over.
   Bytes/s from the first frame received to the last.
+* **16 MiB arrays through an ordinary process buffer**: the same arrays
+  published as plain values (no frame pool): above 64 KiB a process buffer
+  copies them into its shared memory once and the reader uses that memory.
+  Against ``mp.Queue``.
 * **1 MiB frames/s**: the same, 1 MiB frames, against ``mp.Queue``.
 * **hand-over latency**: one frame goes back and forth between two processes
   through two buffers (borrowed once, handed over each way), against a bare
@@ -130,6 +134,39 @@ def memcpy_limit(nbytes: int, count: int) -> float:
         shm.close()
         shm.unlink()
     return nbytes * count / spent
+
+
+class ArrayPublisher(puma.Runnable):
+    """Fills one array from a warm source and publishes it ``count`` times (a plain value: copied)."""
+
+    def __init__(self, out: puma.Buffer[Any], nbytes: int, count: int) -> None:
+        super().__init__("arrays", outputs=[out])
+        self._out, self._nbytes, self._count = out, nbytes, count
+
+    def execute(self) -> None:
+        source = np.ones(self._nbytes, np.uint8)
+        buf = np.empty(self._nbytes, np.uint8)
+        with self.publisher(self._out) as pub:
+            for _ in range(self._count):
+                np.copyto(buf, source)
+                pub.publish(buf)
+
+
+def puma_arrays(nbytes: int, count: int) -> float:
+    """Bytes/s of ``count`` plain arrays of ``nbytes`` through an ordinary process buffer (no frame pool)."""
+    env = puma.ProcessEnvironment("forkserver")
+    with puma.Runner(env) as runner:
+        arrays = env.buffer(np.ndarray, 4, "arrays")
+        runner.start(ArrayPublisher(arrays, nbytes, count + 1))
+        sub = arrays.subscribe()
+        sub.receive()  # the first one: the producer is running
+        start = now()
+        got = 0
+        for _ in sub:
+            got += 1
+        spent = now() - start
+        runner.join()
+    return nbytes * got / spent
 
 
 class Echo(puma.Runnable):
@@ -329,6 +366,19 @@ def main() -> None:
                 baseline="np.copyto (the limit)",
                 runs=args.runs,
                 target=(">=", 0.7),
+            )
+        )
+    name = "16 MiB arrays through an ordinary process buffer"
+    if wanted(name):
+        rows.append(
+            compare(
+                name + ", vs mp.Queue",
+                unit="B/s",
+                ours=lambda: puma_arrays(16 * MiB, big),
+                theirs=lambda: queue_stream(16 * MiB, big),
+                baseline="mp.Queue",
+                runs=args.runs,
+                warmup=True,
             )
         )
     name = "1 MiB frames"
