@@ -7,6 +7,7 @@ import gc
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -442,3 +443,19 @@ def test_killing_the_pools_owner_leaves_nothing_behind(tmp_path: Path, backing: 
         assert named <= _shm()
         _memory.sweep_dead_owners()
     assert not {n for n in _shm() if n.startswith(f"puma-{owner.pid}-")}
+
+
+def test_a_token_written_twice_does_not_lend_a_chunk_twice(process_env: puma.ProcessEnvironment) -> None:
+    # A release writes its token without the pool's lock; a rebuild of the free list (a death) at the
+    # same moment may write the same token: a borrower skips a token whose chunk is not free.
+    pool = process_env.frame_pool(8, np.uint8, 1, "twice")
+    pool.borrow(timeout=5).release()
+    os.write(pool._tokens_w, struct.pack("=i", 0))  # type: ignore[attr-defined]  # the duplicate
+    first = pool.try_borrow()
+    assert first is not None and first.index == 0
+    assert pool.try_borrow() is None
+    first.release()
+    again = pool.try_borrow()
+    assert again is not None and pool.try_borrow() is None
+    again.release()
+    pool.close()

@@ -257,6 +257,8 @@ class FramePool:
         header = self._header
         with self._lock:
             index = self._take_token()
+            while index is not None and header[HEAD + W * index + OWNER] != FREE:
+                index = self._take_token()  # a token written twice (see _give_back): its chunk is taken
             if index is None and self._drop_oldest:
                 index = self._oldest_in_flight()
                 if index is not None:
@@ -388,6 +390,17 @@ class FramePool:
         header = self._header
         base = HEAD + W * index
         me = _registry.pid
+        if kind == WRITABLE and self._shared_memory is not None:
+            # Without the lock: only the holder changes a held chunk's slots (as in _hand_over), and
+            # its token is written after the slots say it is free.  A rebuild of the free list
+            # (_free_pid) meanwhile may write its token too: a borrower skips a token whose chunk is
+            # not free.  So a borrower woken by this token does not then wait for the lock.
+            if header[base + GEN] != gen or header[base + OWNER] != me:
+                return
+            header[base + OWNER] = FREE
+            header[base + GEN] = gen + 1
+            os.write(self._tokens_w, _TOKEN.pack(index))
+            return
         with self._lock:
             if header[base + GEN] != gen:
                 return  # returned already (its holder was deemed dead, or the pool was reset)
