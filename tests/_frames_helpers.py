@@ -125,3 +125,17 @@ class RegionWriter(puma.Runnable):
         for k in self._parts:
             self._region.part(k)[...] = k
             self._region.done(k)
+
+
+class PoolMaker(puma.Runnable):
+    """Makes a frame pool in its own process, reports its segment's name and waits (to be killed)."""
+
+    def __init__(self, env: Any) -> None:
+        super().__init__("pool-maker")
+        self._env = env
+
+    def execute(self) -> None:
+        pool = FramePool(self._env, 4096, "uint8", 2, "child-made")
+        memory = pool._shared_memory
+        self.send_status("made", (os.getpid(), memory.name if memory is not None else None))
+        self.wait_for_stop()

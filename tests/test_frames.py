@@ -20,6 +20,7 @@ from _frames_helpers import (
     FrameConsumer,
     FrameHolder,
     FrameProducer,
+    PoolMaker,
     RegionWriter,
     ReleasesSoon,
     WaitingBorrower,
@@ -161,6 +162,27 @@ def test_named_segments_elsewhere_are_unlinked_by_their_maker(monkeypatch: pytes
     with pool.borrow() as frame:
         frame.array[:] = 3
     pool.close()
+    assert _shm() == before
+
+
+def test_named_segments_a_killed_child_made_are_unlinked_by_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_memory, "_FORCE_NAMED", True)  # a forked child inherits it
+    env = puma.ProcessEnvironment("fork")
+    before = _shm()
+    mine = FramePool(env, 4096, np.uint8, 1, "mine")  # the main program's own: left to its close
+    with pytest.raises(puma.ChildDiedError, match="SIGKILL"):
+        with puma.Runner(env) as runner:
+            maker = runner.start(PoolMaker(env))
+            pid, name = maker.wait_status("made", timeout=30)
+            assert name.startswith(f"puma-{os.getpid()}-")  # named for the Runner's process, not the child
+            assert name in _shm()
+            os.kill(pid, signal.SIGKILL)
+            runner.join()
+    assert name not in _shm()  # the Runner unlinked it when it closed
+    assert mine._shared_memory is not None and mine._shared_memory.name in _shm()
+    with mine.borrow(timeout=5) as frame:
+        frame.array[:] = 1
+    mine.close()
     assert _shm() == before
 
 

@@ -20,6 +20,7 @@ from typing import Any
 from puma._core import logs as _logging
 from puma._environments.pickling import Sealed
 from puma._environments.process_link import ProcessChildLink
+from puma._frames import memory as _memory
 from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
 
@@ -113,6 +114,7 @@ def process_main(
     starts join, so the Runner can end the whole tree with it.
     """
     _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
+    _memory.set_segment_owner(parent_pid)  # named shared memory made here is the Runner's (not on Linux)
     if own_group:
         try:
             os.setpgid(0, 0)

@@ -112,7 +112,7 @@ class Arena:
             fd = os.memfd_create(f"puma-buffer-{key}", getattr(os, "MFD_CLOEXEC", 0))
         else:
             memory.sweep_dead_owners()
-            name = f"puma-{os.getpid()}-{os.urandom(6).hex()}"
+            name = memory.segment_name()
             fd = os.open(os.path.join(memory.SHM_PATH, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         return cls(key, fd, name, True)
 

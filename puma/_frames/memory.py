@@ -4,8 +4,12 @@ On Linux a pool is one ``os.memfd_create`` file: nothing is named in
 ``/dev/shm``, the descriptor reaches children like a pipe (inherited under
 fork, duplicated under spawn and forkserver), and the kernel frees the memory
 when the last process that maps it goes, however it ends.  Elsewhere it is a
-named ``multiprocessing.shared_memory`` segment, kept out of the resource
-tracker and unlinked by the process that made it (at close, or at exit).
+named segment in ``/dev/shm``, kept out of the resource tracker, unlinked by
+the process that made it when it is closed, and owned by the Runner: a
+segment made in a child process is named for the process that runs its
+Runner (``puma-<that pid>-<random>``), which unlinks what its children left
+when it closes (:func:`release_children_segments`), and segments named for a
+process that died are swept when the next one is made.
 
 Either way the memory is reserved with ``os.posix_fallocate`` before any page
 is used, so too little shared memory is a :class:`SharedMemoryTooSmall` at
@@ -30,6 +34,9 @@ __all__ = [
     "close_shared",
     "free_shared_memory",
     "open_shared",
+    "release_children_segments",
+    "segment_name",
+    "set_segment_owner",
     "sweep_dead_owners",
 ]
 
@@ -118,6 +125,51 @@ def _anonymous() -> bool:
 #: Tests set it to use named segments where memfd exists.
 _FORCE_NAMED = False
 
+#: The process whose Runner owns the named segments made here (this process, unless a Runner started it).
+_segment_owner = os.getpid()
+#: Named segments this process made and has not unlinked yet.
+_made_here: set[str] = set()
+
+
+def set_segment_owner(pid: int) -> None:
+    """This process was started by the Runner in process ``pid``: the named segments made here are its."""
+    global _segment_owner
+    _segment_owner = pid
+
+
+def segment_name() -> str:
+    """A new named segment's name, for the Runner that owns it (see the module's text)."""
+    name = f"puma-{_segment_owner}-{os.urandom(6).hex()}"
+    _made_here.add(name)
+    return name
+
+
+def release_children_segments() -> list[str]:
+    """Unlink the named segments made for this process's Runner by its children (it is closing); their names.
+
+    Those this process made itself are left to their own close.  Nothing to do where segments are
+    anonymous (Linux).
+    """
+    if _anonymous():
+        return []
+    prefix = f"puma-{os.getpid()}-"
+    try:
+        names = [n for n in os.listdir(SHM_PATH) if n.startswith(prefix) and n not in _made_here]
+    except OSError:
+        return []
+    for name in names:
+        _unlink(name)
+    return names
+
+
+def _forked() -> None:
+    global _segment_owner
+    _segment_owner = os.getpid()  # until a Runner that started it says otherwise
+    _made_here.clear()
+
+
+os.register_at_fork(after_in_child=_forked)
+
 
 class Memory:
     """One pool's shared memory, mapped in this process.
@@ -152,7 +204,7 @@ class Memory:
         if anonymous:
             fd = os.memfd_create(f"puma-frames-{label}"[:200], getattr(os, "MFD_CLOEXEC", 0))
         else:
-            name = f"puma-{os.getpid()}-{os.urandom(6).hex()}"
+            name = segment_name()
             fd = os.open(os.path.join(SHM_PATH, name), os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
@@ -207,11 +259,9 @@ def open_shared(what: str, fds: Any, where: tuple[int, ...], name: str | None, s
                 f"{pid}: give it to the runnable (an attribute, or a constructor argument) so it crosses when "
                 "the runnable starts"
             ) from exc
-    if name is not None:
-        if mem_fd >= 0:
-            os.close(mem_fd)
+    if name is not None and mem_fd < 0:
         return Memory.open_named(name, size), r, w
-    return Memory(mem_fd, size, None, False), r, w
+    return Memory(mem_fd, size, name, False), r, w  # a named segment's descriptor passed: its name may be gone
 
 
 def close_shared(memory: Memory, r: int, w: int) -> None:
@@ -267,6 +317,7 @@ def _touch(area: mmap.mmap, size: int) -> None:
 
 
 def _unlink(name: str) -> None:
+    _made_here.discard(name)
     try:
         os.unlink(os.path.join(SHM_PATH, name))
     except FileNotFoundError:

@@ -391,10 +391,8 @@ class FramePool:
         base = HEAD + W * index
         me = _registry.pid
         if kind == WRITABLE and self._shared_memory is not None:
-            # Without the lock: only the holder changes a held chunk's slots (as in _hand_over), and
-            # its token is written after the slots say it is free.  A rebuild of the free list
-            # (_free_pid) meanwhile may write its token too: a borrower skips a token whose chunk is
-            # not free.  So a borrower woken by this token does not then wait for the lock.
+            # No lock (the borrower it wakes does not wait for it): only the holder changes a held
+            # chunk's slots; a rebuild (_free_pid) meanwhile may write its token too: borrowers skip it.
             if header[base + GEN] != gen or header[base + OWNER] != me:
                 return
             header[base + OWNER] = FREE

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from puma._buffers.base import Buffer
+from puma._frames.memory import release_children_segments
 from puma._runnable.runnable import Runnable
 from puma._runner.records import buffers_held_by
 
@@ -33,7 +34,7 @@ def hold_buffers(held: dict[int, Buffer[Any]], runnable: Runnable) -> None:
 
 
 def let_go_of_buffers(held: dict[int, Buffer[Any]]) -> None:
-    """A Runner closed: release the buffers no other open Runner uses."""
+    """A Runner closed: release the buffers no other open Runner uses (and named segments its children left)."""
     released = []
     with _buffer_users_lock:
         for key, buffer in held.items():
@@ -45,6 +46,8 @@ def let_go_of_buffers(held: dict[int, Buffer[Any]]) -> None:
                 _buffer_users[key] = users
     for buffer in released:
         buffer.supervision.release()
+    if not _buffer_users:  # no other open Runner here holds buffers: what its children named is nobody's now
+        release_children_segments()  # named shared memory its children made and left (not on Linux)
 
 
 def join_outputs(runnable: Runnable) -> list[Buffer[Any]]:
