@@ -7,9 +7,12 @@ Design (see docs/architecture.md and docs/buffers.md):
   under a process-shared write lock, one ``write`` per value or batch.  There
   is no feeder thread, so a process never hangs at exit flushing a queue
   whose reader is gone.  Large contiguous buffers (numpy arrays) travel out
-  of band: a small header frame, then each raw buffer straight from the
-  array's memory, received into the ``bytearray`` that becomes the new
-  array's memory (:mod:`puma._buffers.process_publisher`).
+  of band: from 64 KiB, copied once into the buffer's shared-memory arena
+  with only a handle in the frame, the reader's array using the arena's
+  memory (:mod:`puma._buffers.process_large`); smaller ones in a small header
+  frame, then each raw buffer straight from the array's memory, received
+  into the ``bytearray`` that becomes the new array's memory
+  (:mod:`puma._buffers.process_publisher`).
 * Subscribers read the pipe in bulk under a read lock and never split a frame
   between them; a value goes to exactly one of them
   (:mod:`puma._buffers.process_subscription`).
