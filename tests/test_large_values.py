@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
 import signal
@@ -158,9 +159,18 @@ def test_a_closed_buffers_values_in_flight_come_back(process_env: puma.ProcessEn
     buffer.supervision.release()
 
 
+def _no_memory(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 @pytest.mark.skipif("fork" not in START_METHODS, reason="the child must inherit the patched module")
-def test_a_full_arena_sends_values_through_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_arena, "_MAX_BLOCKS", 0)  # no block can be carved (a forked child inherits it)
+@pytest.mark.parametrize("short", ["blocks", "memory"])
+def test_a_full_arena_sends_values_through_the_pipe(monkeypatch: pytest.MonkeyPatch, short: str) -> None:
+    # No block can be carved, or reserved (a forked child inherits the patch).
+    if short == "blocks":
+        monkeypatch.setattr(_arena, "_MAX_BLOCKS", 0)
+    else:
+        monkeypatch.setattr(os, "posix_fallocate", _no_memory)
     env = puma.ProcessEnvironment("fork")
     with puma.Runner(env) as runner:
         frames = env.buffer(np.ndarray, 2, "pipe")

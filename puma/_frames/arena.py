@@ -159,11 +159,13 @@ class Arena:
         if self.closed:
             return None
         c, length = size_class(raw.nbytes)
+        if c >= _CLASSES:
+            return None
         me = _registry.pid
         with self._lock:
             header = self._slots()
             if header is None:
-                if not self._grow(_HEADER_BYTES):
+                if not self._grow(_HEADER_BYTES) or not _reserve(self.fd, 0, _HEADER_BYTES):
                     return None
                 header = self._slots()
                 assert header is not None
@@ -210,9 +212,7 @@ class Arena:
         start, size = _window(k)
         if not self._grow(start + size):
             return -1
-        try:
-            os.posix_fallocate(self.fd, offset, length)  # reserved now: too little memory is no SIGBUS later
-        except OSError:
+        if not _reserve(self.fd, offset, length):  # reserved now: too little memory is no SIGBUS later
             return -1
         base = _B + _W * count
         header[base + _OFF] = offset
@@ -324,6 +324,18 @@ class Arena:
             from puma._frames import memory
 
             memory._unlink(self.name)
+
+
+def _reserve(fd: int, offset: int, length: int) -> bool:
+    """Back ``length`` bytes of the file at ``offset`` now; False if the memory is not there."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is None:  # macOS: the pages are backed when first written
+        return True
+    try:
+        fallocate(fd, offset, length)
+    except OSError:
+        return False
+    return True
 
 
 def _attach(key: str, fd: Any, name: str | None) -> Arena:
