@@ -6,6 +6,8 @@ import errno
 import gc
 import os
 import signal
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -189,3 +191,14 @@ def test_size_classes_hold_their_values() -> None:
         assert size >= n and size < max(2 * n, 2 * _arena.THRESHOLD) and c >= last
         assert size % 4096 == 0
         last = c
+
+
+def test_a_process_buffer_does_not_load_numpy() -> None:
+    code = (
+        "import sys, puma\n"
+        "buffer = puma.ProcessEnvironment('fork').buffer(int, 2, 'ints')\n"
+        "buffer.supervision.release()\n"
+        "print('numpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert done.stdout.strip() == "False"

@@ -34,7 +34,6 @@ value's array uses the shared memory itself (no copy).
 
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import threading
@@ -44,7 +43,7 @@ from typing import Any
 
 from puma._core.errors import PumaError
 from puma._frames import registry as _registry
-from puma._frames.header import _FileLock
+from puma._frames.filelock import _FileLock
 
 __all__ = ["THRESHOLD", "Arena", "size_class"]
 
@@ -250,6 +249,8 @@ class Arena:
             )
         k, at = self._where(int(header[base + _OFF]))
         self._area(k)
+        import ctypes  # (not at import: most programs never receive a large value)
+
         # A ctypes array over the mapping: the exporter numpy (or whatever unpickles the value) keeps
         # alive, so it is collected with the value's last view (a memoryview would be let go at once).
         view = (ctypes.c_char * size).from_buffer(self._maps[k][0], at)
