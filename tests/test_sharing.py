@@ -294,7 +294,7 @@ def test_size_counts_the_values_waiting(env: puma.Environment) -> None:
 # --- release -----------------------------------------------------------------------------------
 def _semaphore_files(buffer: puma.Buffer[Any]) -> list[str]:
     names = []
-    for attribute in ("_slots", "_lock", "_read_lock", "_meta"):
+    for attribute in ("_lock", "_read_lock", "_meta"):
         name = getattr(getattr(buffer, attribute)._semlock, "name", None)
         if name is not None:
             names.append("/dev/shm/sem." + name.lstrip("/"))
@@ -445,4 +445,34 @@ def test_room_wakes_only_the_blocked_publishers_it_can_serve() -> None:
     finally:
         for thread in threads:
             thread.join(60)
+        buffer.supervision.release()
+
+
+def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -> None:
+    """A token on its way counts: on two cores the woken publisher may not have run yet.
+
+    Without that count every give-back would write another token for the same
+    sleeper, tokens would pile up in the room pipe, and each publisher that
+    went to sleep later would spin through them, finding too little room.
+    """
+    buffer = puma.ProcessEnvironment("fork").buffer(int, 8, "fan-in")
+    tokens: list[int] = []
+    write_tokens = buffer._write_tokens  # type: ignore[attr-defined]
+
+    def counting_write(count: int) -> None:
+        tokens.append(count)
+        write_tokens(count)
+
+    buffer._write_tokens = counting_write  # type: ignore[attr-defined]
+    try:
+        assert buffer._take_or_wait(8, 8) == 8  # type: ignore[attr-defined]  # all the room
+        assert buffer._take_or_wait(4, 4) == 0  # type: ignore[attr-defined]  # none: now counted as waiting
+        buffer._give_back(4)  # type: ignore[attr-defined]  # room for it: one token
+        buffer._give_back(4)  # type: ignore[attr-defined]  # it has not run yet: no second token
+        assert tokens == [1]
+        assert buffer._read_token()  # type: ignore[attr-defined]
+        assert buffer._look_for_room(4, 4, True) == (4, 0)  # type: ignore[attr-defined]  # nobody else waits
+        assert not buffer._read_token()  # type: ignore[attr-defined]  # no token left behind
+        assert buffer.statistics().size == 4
+    finally:
         buffer.supervision.release()

@@ -12,7 +12,7 @@ going to exactly one of them:
   ``bytearray`` that becomes the array's memory), so the pipe is always at a
   frame boundary between readers;
 * while others share the buffer a subscription reads only a few values'
-  worth ahead of what it hands out (the semaphore already bounds the values
+  worth ahead of what it hands out (the count of free places already bounds the values
   in flight to the capacity), so no reader hoards work;
 * completions are counted in shared memory as they leave the pipe, by
   whichever reader reads them; the stream's end is written on the buffer's
@@ -20,13 +20,13 @@ going to exactly one of them:
   :mod:`puma._buffers.shared`).  A reader ends after handing out the values
   it already holds.
 
-Permits go back in groups of ``capacity // 4`` while a subscription works
+Places go back in groups of ``capacity // 4`` while a subscription works
 through values it already read, and all it owes before it reads the pipe
-again or waits.  Large groups on purpose: a give-back that finds publishers
-waiting writes room tokens, and every publisher waiting on the room pipe
-wakes for each write; with 16 blocked batch publishers, groups of a quarter
-instead of a sixteenth made a third as many writes and carried 1.5x the
-values.
+again or waits.  Large groups on purpose: each give-back that finds
+publishers waiting writes a room token, and the reader, which every
+publisher waits for, is the process a wake-up preempts; with 16 blocked
+batch publishers, groups of a quarter instead of a sixteenth made a third
+as many writes and carried 1.5x the values.
 """
 
 from __future__ import annotations
@@ -95,10 +95,9 @@ class ProcessSubscription(Subscription[T]):
         self._fd = buffer._reader.fileno()
         self._end_fd = buffer._end.fd
         self._shared = buffer._shared
-        self._slots = buffer._slots
         self._read_lock = buffer._read_lock
         self._pid = os.getpid()
-        self._owed = 0  # permits of values received but not given back yet
+        self._owed = 0  # places of values received but not given back yet
         self._release_at = buffer._group
         self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
         self._ctx = ctx  # the runnable that subscribed, for the periodic look at its commands
@@ -385,7 +384,7 @@ class ProcessSubscription(Subscription[T]):
         self._journal.taken(start, 0)
 
     def _give_back(self, count: int) -> None:
-        """Owe ``count`` more permits; give them all back once a group's worth is owed."""
+        """Owe ``count`` more places; give them all back once a group's worth is owed."""
         owed = self._owed + count
         if owed >= self._release_at:
             self._owed = 0
@@ -394,15 +393,14 @@ class ProcessSubscription(Subscription[T]):
             self._owed = owed
 
     def _settle(self) -> None:
-        """Give back every permit owed (before reading the pipe or waiting)."""
+        """Give back every place owed (before reading the pipe or waiting)."""
         owed = self._owed
         if owed:
             self._owed = 0
             self._release(owed)
 
     def _release(self, count: int) -> None:
-        deque(starmap(self._slots.release, repeat((), count)), 0)  # one call per permit, in C
-        self._b._wake_publishers()
+        self._b._give_back(count)
 
     def _commands(self) -> None:
         """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""
@@ -456,7 +454,7 @@ class ProcessSubscription(Subscription[T]):
         waker = ctx.waker
         b._wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
         try:
-            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready)
+            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready, f"a value of buffer {b.name!r}")
         finally:
             b._wakers.discard(waker)
 

@@ -76,15 +76,46 @@ class Deadline:
         return other if left is None else min(left, other)
 
 
+#: Descriptors whose waiters are woken one at a time (see :func:`wake_one_at_a_time`).
+_EXCLUSIVE: set[int] = set()
+_HAS_EXCLUSIVE = hasattr(select, "EPOLLEXCLUSIVE")
+
+
+def wake_one_at_a_time(fd: int, on: bool = True) -> None:
+    """Mark (``on``) or unmark the readable descriptor ``fd`` as one whose waiters are woken one per write.
+
+    Where the platform has ``EPOLLEXCLUSIVE`` (Linux), a wait that watches such a
+    descriptor uses an epoll registration with that flag, so one write wakes one
+    of the processes waiting on it instead of all of them (a buffer's room
+    tokens: one token serves one waiting publisher).  Elsewhere every waiter
+    wakes and the one that reads the byte wins, as before.  Waiters must read
+    what woke them and a writer must write one byte per waiter it means to wake.
+    """
+    if on:
+        _EXCLUSIVE.add(fd)
+    else:
+        _EXCLUSIVE.discard(fd)
+
+
 class _Poller:
     """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
-    __slots__ = ("_fds", "_poll", "_select", "_writable")
+    __slots__ = ("_epoll", "_fds", "_poll", "_select", "_writable")
 
     def __init__(self, fds: Sequence[int], writable: Sequence[int] = ()) -> None:
         self._fds = list(fds)
         self._writable = list(writable)
         self._poll = None
+        self._epoll: Any = None
+        if _HAS_EXCLUSIVE and _EXCLUSIVE.intersection(self._fds):
+            self._epoll = ep = select.epoll()
+            read_mask = select.EPOLLIN | select.EPOLLPRI
+            for fd in set(self._fds) - set(self._writable):
+                extra = select.EPOLLEXCLUSIVE if fd in _EXCLUSIVE else 0
+                ep.register(fd, (select.EPOLLIN if extra else read_mask) | extra)
+            for fd in self._writable:
+                ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
+            return
         # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
         # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
         self._select = all(fd < _FD_SETSIZE for fd in (*self._fds, *self._writable))
@@ -100,11 +131,18 @@ class _Poller:
 
     def poll(self, timeout: float | None) -> list[int]:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
+        if self._epoll is not None:
+            return [fd for fd, _ev in self._epoll.poll(-1 if timeout is None else max(0.0, timeout))]
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]
         ready, writable, _ = select.select(self._fds, self._writable, [], timeout)
         return ready + [fd for fd in writable if fd not in ready] if writable else ready
+
+    def close(self) -> None:
+        """Release the epoll descriptor, if one was made."""
+        if self._epoll is not None:
+            self._epoll.close()
 
 
 Poller = _Poller
@@ -208,6 +246,8 @@ class Waker:
                 self._rfd, self._wfd = os.pipe()
                 os.set_blocking(self._wfd, False)
                 os.set_blocking(self._rfd, False)
+            if self._poller is not None:
+                self._poller.close()
             self._poller = poller = _Poller([*key, self._rfd], writable)
             self._poll_key = key
             self._poll_writable = writable
@@ -216,6 +256,9 @@ class Waker:
     def close(self) -> None:
         """Release the self-pipe, if one was made."""
         with self._cond:
+            if self._poller is not None:
+                self._poller.close()
+                self._poller = None
             for fd in (self._rfd, self._wfd):
                 if fd >= 0:
                     os.close(fd)
