@@ -100,13 +100,17 @@ class ProcessPublisher(Publisher[T]):
         ctx = _current.waiting_context()
         room_fd = b._room_reader.fileno()
         waiting = True
+        first = True
 
         def ready() -> bool:
-            nonlocal got, waiting
+            nonlocal got, waiting, first
             if shared[CLOSED] or self._completed or b._released:
                 return True
-            # Wait for room for a useful part of a batch, not a single place.
-            got, wakes = b._look_for_room(want, useful, b._read_token())
+            # Wait for room for a useful part of a batch, not a single place.  The first look
+            # (before any sleep) reads no token: none was written for us yet.
+            token = False if first else b._read_token()
+            first = False
+            got, wakes = b._look_for_room(want, useful, token)
             if not got:
                 return False
             waiting = False
