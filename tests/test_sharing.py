@@ -127,6 +127,55 @@ def test_the_main_program_and_a_runnable_share_one_input(env: puma.Environment) 
     assert work.supervision.readers() == frozenset({0, other._puma_record.token})  # type: ignore[union-attr]
 
 
+def test_the_main_program_publishes_into_a_runnable(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        sink = runner.start(Collector(feed))
+        with feed.publisher() as pub:  # the stream ends when the block does
+            for i in range(100):
+                pub.publish(i)
+            pub.publish_many(range(100, 200))
+        runner.join()
+    assert sink.status("values") == list(range(200))
+
+
+def test_an_error_in_the_main_programs_publishing_block_ends_the_stream_with_it(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        sink = runner.start(Collector(feed, reraise=False))
+        with pytest.raises(ValueError, match="the feed failed"), feed.publisher() as pub:
+            pub.publish(1)
+            raise ValueError("the feed failed")
+        runner.join()
+    assert sink.status("error")[:2] == ("ValueError", "the feed failed")
+    assert sink.status("values") == [1]
+
+
+class _PublishesOutsideItsOutputs(puma.Runnable):
+    def __init__(self, buffer: puma.Buffer[int]) -> None:
+        super().__init__("misuses")
+        self._buffer = buffer
+
+    def execute(self) -> None:
+        try:
+            self._buffer.publisher()
+        except puma.UsageError as exc:
+            self.send_status("error", str(exc))
+
+
+def test_a_buffer_publisher_is_refused_inside_a_runnable_and_after_the_end(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        misuses = runner.start(_PublishesOutsideItsOutputs(feed))
+        runner.join()
+        assert "self.publisher(buffer)" in misuses.status("error")
+        with feed.publisher() as pub:
+            pub.publish(7)
+        assert list(feed.subscribe()) == [7]
+        with pytest.raises(puma.BufferClosedError, match="ended"):
+            feed.publisher()  # the stream has ended: nobody joins it any more
+
+
 def test_an_error_completion_reaches_every_reader(env: puma.Environment) -> None:
     with pytest.raises(ValueError, match="failed after 10 values"):
         with puma.Runner(env) as runner:
@@ -476,3 +525,24 @@ def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -
         assert buffer.statistics().size == 4
     finally:
         buffer.supervision.release()
+
+
+def test_a_wait_for_room_wakes_after_a_released_buffers_descriptor_numbers_are_used_again() -> None:
+    """The main program's wait is kept between waits: a room pipe closed and its number reused must still wake it."""
+    env = puma.ProcessEnvironment("fork")
+    numbers = set()
+    for _ in range(3):
+        buffer = env.buffer(int, 1, "reused")
+        numbers.add(buffer._room_reader.fileno())  # type: ignore[attr-defined]
+        sub = buffer.subscribe()
+        got: list[int] = []
+        reader = threading.Thread(target=lambda sub=sub: got.extend(sub.receive(timeout=60) for _ in range(3)))
+        with buffer.publisher() as pub:
+            pub.publish(0)
+            reader.start()
+            pub.publish(1, timeout=60)  # full: waits for room, woken by the reader in the thread
+            pub.publish(2, timeout=60)
+        reader.join(60)
+        assert got == [0, 1, 2]
+        buffer.supervision.release()
+    assert len(numbers) == 1  # the same descriptor numbers each time: the case this is about

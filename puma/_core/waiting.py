@@ -91,7 +91,7 @@ def wake_one_at_a_time(fd: int, on: bool = True) -> None:
     wakes and the one that reads the byte wins, as before.  Waiters must read
     what woke them and a writer must write one byte per waiter it means to wake.
     """
-    if on:
+    if on and _HAS_EXCLUSIVE:
         _EXCLUSIVE.add(fd)
     else:
         _EXCLUSIVE.discard(fd)
@@ -100,22 +100,12 @@ def wake_one_at_a_time(fd: int, on: bool = True) -> None:
 class _Poller:
     """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
-    __slots__ = ("_epoll", "_fds", "_poll", "_select", "_writable")
+    __slots__ = ("_fds", "_poll", "_select", "_writable")
 
     def __init__(self, fds: Sequence[int], writable: Sequence[int] = ()) -> None:
         self._fds = list(fds)
         self._writable = list(writable)
         self._poll = None
-        self._epoll: Any = None
-        if _HAS_EXCLUSIVE and _EXCLUSIVE.intersection(self._fds):
-            self._epoll = ep = select.epoll()
-            read_mask = select.EPOLLIN | select.EPOLLPRI
-            for fd in set(self._fds) - set(self._writable):
-                extra = select.EPOLLEXCLUSIVE if fd in _EXCLUSIVE else 0
-                ep.register(fd, (select.EPOLLIN if extra else read_mask) | extra)
-            for fd in self._writable:
-                ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
-            return
         # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
         # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
         self._select = all(fd < _FD_SETSIZE for fd in (*self._fds, *self._writable))
@@ -131,18 +121,36 @@ class _Poller:
 
     def poll(self, timeout: float | None) -> list[int]:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
-        if self._epoll is not None:
-            return [fd for fd, _ev in self._epoll.poll(-1 if timeout is None else max(0.0, timeout))]
+        if _EXCLUSIVE and (timeout is None or timeout > 0):
+            # Looked up at each wait: a descriptor number may be closed and used again.
+            exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE]
+            if exclusive:
+                return self._sleep_exclusive(exclusive, timeout)
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]
         ready, writable, _ = select.select(self._fds, self._writable, [], timeout)
         return ready + [fd for fd in writable if fd not in ready] if writable else ready
 
-    def close(self) -> None:
-        """Release the epoll descriptor, if one was made."""
-        if self._epoll is not None:
-            self._epoll.close()
+    def _sleep_exclusive(self, exclusive: list[int], timeout: float | None) -> list[int]:
+        """Sleep in an epoll made for this one wait, the one-at-a-time descriptors registered ``EPOLLEXCLUSIVE``.
+
+        Made and closed each time (a few system calls) rather than kept: an
+        epoll set holds open files, not numbers, so a kept one would go on
+        watching nothing once a descriptor number is closed and used again,
+        and one inherited through ``fork`` would be shared with the parent.
+        """
+        with select.epoll() as ep:
+            read_mask = select.EPOLLIN | select.EPOLLPRI
+            writable = set(self._writable)
+            for fd in set(self._fds) - writable:
+                if fd in exclusive:
+                    ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+                else:
+                    ep.register(fd, read_mask)
+            for fd in writable:
+                ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
+            return [fd for fd, _ev in ep.poll(-1 if timeout is None else timeout)]
 
 
 Poller = _Poller
@@ -246,8 +254,6 @@ class Waker:
                 self._rfd, self._wfd = os.pipe()
                 os.set_blocking(self._wfd, False)
                 os.set_blocking(self._rfd, False)
-            if self._poller is not None:
-                self._poller.close()
             self._poller = poller = _Poller([*key, self._rfd], writable)
             self._poll_key = key
             self._poll_writable = writable
@@ -256,9 +262,6 @@ class Waker:
     def close(self) -> None:
         """Release the self-pipe, if one was made."""
         with self._cond:
-            if self._poller is not None:
-                self._poller.close()
-                self._poller = None
             for fd in (self._rfd, self._wfd):
                 if fd >= 0:
                     os.close(fd)
