@@ -23,6 +23,7 @@ ends for good.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,9 +35,10 @@ from puma._runnable.runnable import Runnable
 from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 from puma._runner.resources import join_outputs, leave
 
-__all__ = ["forget_journals", "journals_of", "launch", "recovered", "replace"]
+__all__ = ["finish_reads", "forget_journals", "journals_of", "launch", "recovered", "replace"]
 
 _incarnations = itertools.count(1)
+log = logging.getLogger("puma.supervision")
 
 
 def replace(runner: Any, old: ChildRecord, factory: Callable[[], Runnable] | None) -> ChildRecord:
@@ -93,6 +95,23 @@ def recovered(record: ChildRecord, journals: str, given: dict[str, Any]) -> dict
         if in_flight or kept:
             out[key] = (in_flight, kept)
     return out
+
+
+def finish_reads(record: ChildRecord, journals: str, pid: int) -> None:
+    """``record``'s process ``pid`` died: finish the values it was in the middle of reading, from its journals.
+
+    One that cannot be finished leaves its buffer broken: said in the log
+    (its readers end with a :class:`~puma.BufferClosedError`).
+    """
+    for key, buffer in _inputs(record).items():
+        if not buffer.supervision.finish_read(journal_path(journals, key), pid):
+            log.error(
+                "runnable %r (pid %d) died in the middle of reading a value from buffer %r and the rest of that "
+                "value cannot be read for it: the stream is broken for its readers",
+                record.name,
+                pid,
+                buffer.name,
+            )
 
 
 def forget_journals(record: ChildRecord, journals: str) -> None:
