@@ -425,12 +425,13 @@ class RestartPolicy(FailurePolicy):
         self._let_go(token, self._told.pop(token, None))
 
     def due_in(self) -> float | None:
-        if not self._due:
-            return None
-        due: float = min(self._due.values())
-        return max(0.0, due - time.monotonic())
+        now = time.monotonic()
+        waits = [max(0.0, due - now) for due in self._due.values()]
+        stop = _restarting.end_overdue(self._runner, act=False)  # a stop for a restart that outlives its timeout
+        return min([*waits, stop] if stop is not None else waits, default=None)
 
     def tick(self) -> None:
+        _restarting.end_overdue(self._runner, act=True)
         if not self._due:
             return
         runner = self._runner
