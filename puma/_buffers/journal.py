@@ -7,8 +7,8 @@ input, a journal in a memory-mapped file (under ``/dev/shm`` where there is
 one): a copy of every byte each read of the pipe brought, written as soon as
 the read returns (still holding the buffer's read lock), and where in them
 the reader is.  The copy is the stream as it came off the pipe, whatever
-the values: small frames, frames of any size (the journal grows for them and
-shrinks back at the next read), and the raw buffers of out-of-band values
+the values: small frames, frames of any size (the journal grows for them,
+and shrinks back once they stop coming), and the raw buffers of out-of-band values
 (NumPy arrays), which follow their frame there as on the pipe even when the
 subscription read them straight into the arrays' memory.
 
@@ -85,6 +85,7 @@ _BIG = codec.BIG_SIZE
 _COUNT = struct.Struct("!I")
 _WORD = struct.Struct("q")
 DATA = 1 << 19  # bytes of data a journal maps to begin with (twice a subscription's usual read buffer)
+_SHRINK_AFTER = 64  # fills in a row that fit in DATA before a grown journal gives its memory back
 _PATIENCE = 2.0  # seconds without a byte of a frame's rest before the parent deems it never coming
 
 
@@ -107,6 +108,8 @@ class Journal:
         os.close(fd)
         self._map: mmap.mmap | None = None
         self._capacity = 0
+        self._last = 0  # bytes the current fill holds
+        self._small = 0  # fills in a row that needed no more than DATA, while grown
         self.words: memoryview
         self.data: memoryview
         self._remap(DATA)
@@ -125,6 +128,7 @@ class Journal:
         finally:
             os.close(fd)
         self._capacity = capacity
+        self._small = 0
         view = memoryview(self._map)
         self.words = view[:_HEADER].cast("q")
         self.data = view[_HEADER:]
@@ -137,9 +141,14 @@ class Journal:
         words[STASH_DONE] = words[STASH_TAKEN]
         words[DONE] = words[DONE_INDEX] = words[TAKEN] = words[TAKEN_INDEX] = words[TAIL] = words[GIVEN] = 0
         words[VALID] = 1
-        if self._capacity > DATA:  # the last fill held a large value: give its memory back
-            self._remap(DATA)
-            self.words[VALID] = 1
+        if self._capacity > DATA:
+            # Grown for large values: give the memory back once they stop coming (not at each
+            # small fill in between: a remap costs its pages' faults again).
+            self._small = self._small + 1 if self._last <= DATA else 0
+            if self._small >= _SHRINK_AFTER:
+                self._remap(DATA)
+                self.words[VALID] = 1
+        self._last = 0
 
     def reading(self) -> None:
         """A read system call starts: until :meth:`wrote`, the bytes it takes are unknown."""
@@ -151,6 +160,7 @@ class Journal:
         if stop > self._capacity:
             self._remap(max(stop, 2 * self._capacity))
         self.data[offset:stop] = source
+        self._last = stop
         words = self.words
         words[TAIL] = stop
         words[READING] = 0
