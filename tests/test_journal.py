@@ -93,3 +93,37 @@ def test_a_read_that_cannot_be_recovered_breaks_the_stream_and_says_so(tmp_path:
     assert "died in the middle of reading a value from buffer 'a'" in text
     assert policy.statistics().restarts == 0
     _no_journal_left()
+
+
+def test_a_journal_that_cannot_grow_says_its_fill_is_lost_instead_of_crashing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A full /dev/shm: the room for a big value is refused up front (no SIGBUS on the copy later);
+    # the fill is marked lost, so a death now loses it, as the docs say, and the pipe is not
+    # deemed at a frame boundary.
+    from puma._buffers import journal as _journal
+
+    path = str(tmp_path / "journal")
+    journal = _journal.Journal(path)
+    try:
+
+        def no_room(fd: int, offset: int, length: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(_journal.os, "posix_fallocate", no_room)
+        journal.begin()
+        journal.wrote(0, memoryview(b"x" * 100))
+        with puma.logging.capture(logging.WARNING, "puma.supervision") as logs:
+            journal.expect(_journal.DATA * 4)
+            journal.wrote(100, memoryview(bytes(_journal.DATA)))
+        found = _journal.read(path)
+        assert found is not None
+        words, data = found
+        assert words[_journal.VALID] == 2 and data == b""
+        assert any("could not grow" in r.getMessage() for r in logs)
+        journal.begin()  # the next fill is kept again
+        journal.wrote(0, memoryview(b"y" * 10))
+        found = _journal.read(path)
+        assert found is not None and found[1] == b"y" * 10
+    finally:
+        journal.close()

@@ -21,7 +21,8 @@ dead reader's behalf and before the lock is let go, so the stream goes on.
 
 The header is sixteen 64-bit words (see the names below):
 
-* ``VALID``: 1 once the positions describe the data (0 while a read resets them);
+* ``VALID``: 1 once the positions describe the data (0 while a read resets
+  them; 2 when the fill outgrew the memory the journal could get: lost);
 * ``TAIL``: how many bytes of data the reads of this fill brought;
 * ``DONE``, ``DONE_INDEX``: the position (frame offset, index in a batch) up
   to which the values were processed (the reader came back for more);
@@ -44,6 +45,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import mmap
 import os
 import pickle
@@ -78,6 +80,7 @@ __all__ = ["DATA", "Journal", "finish_read", "journal_dir", "journal_path", "rea
     OWED,
     GIVEN,
 ) = range(13)
+log = logging.getLogger("puma.supervision")
 _WORDS = 16
 _HEADER = 8 * _WORDS
 _SIZE = codec.SIZE
@@ -110,20 +113,34 @@ class Journal:
         self._capacity = 0
         self._last = 0  # bytes the current fill holds
         self._small = 0  # fills in a row that needed no more than DATA, while grown
+        self._lost = False  # this fill outgrew the memory the journal could get
+        self._warned = False
         self.words: memoryview
         self.data: memoryview
-        self._remap(DATA)
+        if not self._remap(DATA):
+            raise OSError(f"no room for a read journal at {path}")
 
-    def _remap(self, capacity: int) -> None:
-        """Map the file anew with room for ``capacity`` bytes of data (what it holds stays in the file)."""
-        if self._map is not None:
-            self.words.release()
-            self.data.release()
-            with contextlib.suppress(BufferError, ValueError):
-                self._map.close()
+    def _remap(self, capacity: int) -> bool:
+        """Map the file anew with room for ``capacity`` bytes of data (what it holds stays in the file).
+
+        The room is reserved first (``posix_fallocate``): a full ``/dev/shm``
+        says so here (False, the old mapping kept) rather than with a
+        ``SIGBUS`` when the copy touches a page it cannot have.
+        """
         fd = os.open(self.path, os.O_RDWR)
         try:
-            os.ftruncate(fd, _HEADER + capacity)
+            if capacity > max(self._capacity, DATA):  # (the first DATA bytes stay sparse, as most reads are small)
+                try:
+                    os.posix_fallocate(fd, 0, _HEADER + capacity)
+                except OSError:
+                    return False
+            else:
+                os.ftruncate(fd, _HEADER + capacity)
+            if self._map is not None:
+                self.words.release()
+                self.data.release()
+                with contextlib.suppress(BufferError, ValueError):
+                    self._map.close()
             self._map = mmap.mmap(fd, _HEADER + capacity)
         finally:
             os.close(fd)
@@ -132,6 +149,30 @@ class Journal:
         view = memoryview(self._map)
         self.words = view[:_HEADER].cast("q")
         self.data = view[_HEADER:]
+        return True
+
+    def _grow(self, size: int) -> bool:
+        """Room for ``size`` bytes of this fill; False (and this fill is lost to the journal) if there is none."""
+        if size <= self._capacity:
+            return not self._lost
+        if self._lost or not self._remap(size):
+            if not self._lost:
+                self._lost = True
+                self.words[VALID] = 2
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "a read journal could not grow to %d bytes (no room under %s): a value this large is "
+                        "lost if its reader dies holding it",
+                        size,
+                        os.path.dirname(self.path),
+                    )
+            return False
+        return True
+
+    def expect(self, size: int) -> None:
+        """This fill will hold ``size`` bytes (a large frame is being read): make room at once."""
+        self._grow(size)
 
     def begin(self) -> None:
         """A read of the pipe starts a new fill (holding the read lock; every earlier value was processed)."""
@@ -140,6 +181,7 @@ class Journal:
         words[COUNTED] = 0
         words[STASH_DONE] = words[STASH_TAKEN]
         words[DONE] = words[DONE_INDEX] = words[TAKEN] = words[TAKEN_INDEX] = words[TAIL] = words[GIVEN] = 0
+        self._lost = False
         words[VALID] = 1
         if self._capacity > DATA:
             # Grown for large values: give the memory back once they stop coming (not at each
@@ -157,12 +199,12 @@ class Journal:
     def wrote(self, offset: int, source: memoryview) -> None:
         """The read brought ``source``, which sits at ``offset`` in the fill's stream of bytes."""
         stop = offset + len(source)
-        if stop > self._capacity:
-            self._remap(max(stop, 2 * self._capacity))
-        self.data[offset:stop] = source
-        self._last = stop
         words = self.words
-        words[TAIL] = stop
+        if stop <= self._capacity or self._grow(max(stop, 2 * self._capacity)):
+            self.data[offset:stop] = source
+            self._last = stop
+            words = self.words
+            words[TAIL] = stop
         words[READING] = 0
 
     def owing(self, owed: int, given: int) -> None:
@@ -271,11 +313,11 @@ def finish_read(path: str, buffer: ProcessBuffer[Any], pid: int) -> bool:
     if found is None:
         return False
     words, data = found
-    if words[VALID] != 1:
+    if words[VALID] == 0:
         shared[READER] = pid  # it died starting a fill: nothing of the pipe was read yet
         return True
-    if words[READING]:
-        return False
+    if words[VALID] != 1 or words[READING]:
+        return False  # what it read is not all in the journal (no room), or not known (a read under way)
     stream = bytearray(data)
     fd = buffer._reader.fileno()
     waiting = select.poll()

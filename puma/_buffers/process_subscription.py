@@ -263,6 +263,8 @@ class ProcessSubscription(Subscription[T]):
         """
         if stop <= self._tail:
             return True
+        if self._journal is not None:
+            self._journal.expect(stop)
         if stop > len(self._buf):
             buf = bytearray(max(stop, 2 * len(self._buf)))
             buf[: self._tail] = self._view[: self._tail]
@@ -279,6 +281,8 @@ class ProcessSubscription(Subscription[T]):
         What was read of them already is copied; the rest goes straight from the pipe into the buffers.
         """
         buffers = [bytearray(size) for size in sizes]
+        if self._journal is not None:
+            self._journal.expect(start + sum(sizes))
         pos = start
         at = start  # where the raw buffer begins in the stream (and in a journal's copy of it)
         for raw in buffers:
