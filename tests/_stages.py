@@ -199,7 +199,8 @@ class Indices(puma.Runnable):
     """Publishes the index of each value it receives; its first incarnation dies on purpose.
 
     ``how``: ``"holding"`` (SIGKILL while it holds the value at ``at``: the
-    value in flight), ``"mid-frame"`` (SIGKILL in the middle of reading the
+    value in flight), ``"holding-many"`` (the same, receiving with
+    ``receive_many(3)``: the values of that call are in flight), ``"mid-frame"`` (SIGKILL in the middle of reading the
     frame after the value at ``at``, holding the read lock, what it read kept
     by its journal), ``"mid-read"`` (SIGKILL while a read of the pipe is under
     way, before its journal knows what the read took: unrecoverable).
@@ -238,6 +239,16 @@ class Indices(puma.Runnable):
         first = not Path(self._marker).exists()
         with self.publisher(self._out) as pub:
             subscription = self._in.subscribe()
+            if self._how == "holding-many":  # receive_many: the whole batch it holds is in flight
+                while True:
+                    try:
+                        indices = [index_of(v) for v in subscription.receive_many(3)]
+                    except puma.BufferCompleted:
+                        return
+                    if first and self._at in indices:
+                        Path(self._marker).write_text("indices")
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    pub.publish_many(indices)
             for value in subscription:
                 index = index_of(value)
                 if first and index == self._at:

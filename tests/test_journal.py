@@ -64,6 +64,24 @@ def test_the_value_in_flight_at_a_kill_survives_whatever_its_kind(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("redeliver", [False, True], ids=["dead-letters", "at-least-once"])
+@pytest.mark.parametrize("kind", ["inline", "small-array", "batch"])
+def test_the_values_of_a_receive_many_in_flight_at_a_kill_survive(tmp_path: Path, kind: str, redeliver: bool) -> None:
+    env = puma.ProcessEnvironment("fork")
+    policy = puma.RestartPolicy("one_for_one", redeliver=redeliver)
+    received = _run(env, policy, kind, "holding-many", tmp_path / "marker", AT)
+    stats = policy.statistics()
+    if redeliver:
+        assert received == list(range(COUNT))
+        assert stats.dead_letters == () and stats.redelivered >= 1
+    else:
+        lost = [index_of(d.value) for d in stats.dead_letters]
+        assert AT in lost and lost == list(range(lost[0], lost[0] + len(lost)))  # the call's values, in order
+        assert received == [i for i in range(COUNT) if i not in lost]
+    _no_journal_left()
+
+
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("kind", ["big-bytes", "big-array"])
 def test_a_reader_killed_in_the_middle_of_a_frame_is_finished_for_and_the_stream_goes_on(
     process_env: puma.ProcessEnvironment, tmp_path: Path, kind: str
