@@ -607,8 +607,11 @@ class _ProcessSupervision(StreamSupervision):
     def fail_readers_here(self, error: BaseException) -> None:
         self._b._fail(error)
 
+    def finish_read(self, journal: str, pid: int) -> bool:
+        return _journal.finish_read(journal, self._b, pid)
+
     def recover(self, journal: str) -> tuple[int, int, list[Any], list[Any]] | None:
-        return _journal.recover(journal)
+        return _journal.recover(journal, self._b)
 
     def release(self) -> None:
         self._b._release()

@@ -180,29 +180,34 @@ class ProcessSubscription(Subscription[T]):
             # Others share the buffer: read about a group's worth of frames, not all there is.
             limit = min(limit, max(64, int(self._frame_bytes * self._release_at)))
         lock = self._read_lock
+        journal = self._journal
         lock.acquire()
-        # Negated: dying in here leaves the pipe perhaps mid-frame, which the Runner must treat as broken.
+        # Negated: dying in here leaves the pipe perhaps mid-frame, which the Runner must treat as
+        # broken (unless the reader keeps a journal: then the Runner finishes the frame).
         shared[READER] = -self._pid
         try:
+            if journal is not None:
+                journal.begin()
+                journal.reading()
             try:
                 count = os.readv(self._fd, [self._view[:limit]])
             except BlockingIOError:
+                if journal is not None:
+                    journal.wrote(0, self._view[:0])
                 return False  # another reader took it
             if count == 0:
                 raise EOFError(f"buffer {self._b.name!r}: its pipe was closed by every publisher")
+            if journal is not None:
+                journal.wrote(0, self._view[:count])  # what was read is kept before it is used
             self._head, self._tail = 0, count
             frames = self._complete_frames()
+            if journal is not None:
+                journal.counted()
         finally:
             shared[READER] = 0
             lock.release()
         if frames:
             self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
-        journal = self._journal
-        if journal is not None:
-            if self._raws is None:
-                journal.filled(self._view, self._tail)
-            else:
-                journal.overflow()  # raw buffers read straight into their targets: not in the copy
         return True
 
     def _complete_frames(self) -> int:
@@ -257,6 +262,8 @@ class ProcessSubscription(Subscription[T]):
         """
         if stop <= self._tail:
             return True
+        if self._journal is not None:
+            self._journal.expect(stop)
         if stop > len(self._buf):
             buf = bytearray(max(stop, 2 * len(self._buf)))
             buf[: self._tail] = self._view[: self._tail]
@@ -273,26 +280,40 @@ class ProcessSubscription(Subscription[T]):
         What was read of them already is copied; the rest goes straight from the pipe into the buffers.
         """
         buffers = [bytearray(size) for size in sizes]
+        if self._journal is not None:
+            self._journal.expect(start + sum(sizes))
         pos = start
+        at = start  # where the raw buffer begins in the stream (and in a journal's copy of it)
         for raw in buffers:
             have = max(min(len(raw), self._tail - pos), 0)
             if have:
                 raw[:have] = self._view[pos : pos + have]
                 pos += have
-            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw)):
+            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw), at):
                 self._tail = frame_at
                 return False
+            at += len(raw)
         self._tail = start  # the raw bytes live in the buffers now
         self._raws = (frame_at, buffers)
         return True
 
-    def _read_into(self, view: memoryview, start: int, stop: int) -> bool:
-        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke."""
+    def _read_into(self, view: memoryview, start: int, stop: int, at: int = 0) -> bool:
+        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke.
+
+        ``view[0]`` is at ``at`` in the stream this fill read (for the journal).
+        """
         fd = self._fd
+        journal = self._journal
         while start < stop:
+            if journal is not None:
+                journal.reading()
             try:
                 count = os.readv(fd, [view[start:stop]])
+                if journal is not None:
+                    journal.wrote(at + start, view[start : start + count])
             except BlockingIOError:
+                if journal is not None:
+                    journal.wrote(at + start, view[:0])
                 if self._shared[BROKEN]:
                     return False  # its writer died: the rest never comes (and nothing is written after)
                 self._await_rest()
@@ -391,6 +412,8 @@ class ProcessSubscription(Subscription[T]):
             self._release(owed)
         else:
             self._owed = owed
+        if self._journal is not None:
+            self._journal.owing(self._owed, self._head)  # the frames before _head gave their permits
 
     def _settle(self) -> None:
         """Give back every place owed (before reading the pipe or waiting)."""
@@ -398,6 +421,8 @@ class ProcessSubscription(Subscription[T]):
         if owed:
             self._owed = 0
             self._release(owed)
+            if self._journal is not None:
+                self._journal.owing(0, self._head)
 
     def _release(self, count: int) -> None:
         self._b._give_back(count)
@@ -558,7 +583,8 @@ class ProcessSubscription(Subscription[T]):
             result = self._next()
             if result is _NEED:
                 self._settle()
-                if shared[ENDED] or self._b._released or not self._fill():
+                # A journal's fill forgets the values handed out before it: those are returned first.
+                if shared[ENDED] or self._b._released or (self._journal is not None and out) or not self._fill():
                     break
             elif result is not _NOTHING:
                 out.append(result)
