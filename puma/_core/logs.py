@@ -319,9 +319,14 @@ _child_sender: _Sender | None = None
 _child_handler: _ChildHandler | None = None
 
 
-def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
-    """In a child process: send every record to the parent, with the parent's levels."""
+def setup_child(settings: dict[str, Any] | None, link: Any, name: str) -> None:
+    """In a child process: send every record to the parent, with the parent's levels.
+
+    ``settings`` None: the child was forked, and the logging set-up it inherited is the parent's.
+    """
     global _child_batches, _child_sender, _child_handler
+    if settings is None:
+        settings = child_settings()  # before the handlers go: the floor is read from them
     _register_fork_hook()
     _forget_listener()
     root = logging.getLogger()

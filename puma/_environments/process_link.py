@@ -183,9 +183,9 @@ class ProcessLink:
         # the supervisor (which watches the pipe for room while anything waits: on_pending
         # tells it) or by the next sender.  So no sender, the supervisor least of all, ever
         # blocks on a child that does not read its commands.  _queued and _sent count bytes.
-        self._sender = socket.socket(fileno=os.dup(self.control.fileno()))
-        self._sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
-        # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
+        # The socket commands are written with (a duplicate of the control pipe's descriptor) is
+        # made with the first command: a start does not pay for it (see _sender_socket).
+        self._sender: socket.socket | None = None
         self._failed: OSError | None = None  # the child is gone: what writing to it raised
         self._out = bytearray()
         self._queued = 0
@@ -251,13 +251,22 @@ class ProcessLink:
     def _write_out(self) -> None:
         """Write from ``_out`` until it is empty or the pipe is full (hold ``_lock``)."""
         out = self._out
+        sender = self._sender or self._sender_socket()
         while out:
             try:
-                written = self._sender.send(out, socket.MSG_DONTWAIT)
+                written = sender.send(out, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             del out[:written]
             self._sent += written
+
+    def _sender_socket(self) -> socket.socket:
+        """The socket commands are written with, made on first use (hold ``_lock``)."""
+        sender = socket.socket(fileno=os.dup(self.control.fileno()))
+        sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
+        # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
+        self._sender = sender
+        return sender
 
     def _wait_sent(self, end: int, size: int, deadline: Deadline) -> str:
         """Wait until the pipe has taken the frame of ``size`` bytes ending at ``end``, writing meanwhile.
@@ -405,7 +414,8 @@ class ProcessLink:
     def close(self) -> None:
         with self._lock:
             self._out.clear()
-            self._sender.close()
+            if self._sender is not None:
+                self._sender.close()
         self.control.close()
         self.status.close()
         with self._guard:
