@@ -378,7 +378,7 @@ class ProcessEnvironment(Environment):
         sent = child if forked else Sealed(child)
         process = self._context.Process(
             target=process_main,
-            args=(sent, link.child, token, None if forked else _logging.child_settings(), os.getpid()),
+            args=(sent, link.child_ends, token, None if forked else _logging.child_settings(), os.getpid()),
             kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )

@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from puma._core import logs as _logging
@@ -91,7 +92,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def process_main(
     sent: Runnable | Sealed,
-    link: ProcessChildLink,
+    ends: tuple[Connection, Connection, Connection],
     token: int,
     log_settings: Any,
     parent_pid: int,
@@ -109,6 +110,7 @@ def process_main(
     process (which also catches a parent that died before then), logging,
     faulthandler.
 
+    ``ends``: the child's ends of its link's pipes (control, status, reply).
     ``own_group``: lead a process group of its own, which the processes it
     starts join, so the Runner can end the whole tree with it.
     """
@@ -119,6 +121,7 @@ def process_main(
         except OSError:
             pass  # not permitted here (a session leader): its tree is not tracked
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
+    link = ProcessChildLink(*ends)
     try:
         runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error

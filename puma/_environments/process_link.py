@@ -161,15 +161,12 @@ class ProcessLink:
     """The parent's end of the link to a process runnable."""
 
     def __init__(self, context: Any) -> None:
-        # A child sets its parent-death signal through ctypes (_environment._die_with_parent).
-        # Imported here, in the parent, a forked child finds it loaded instead of paying
-        # some 3 ms to import it (most of what a fork start costs beyond a bare Process).
-        import ctypes  # noqa: F401
-
         self.control, child_control = context.Pipe(duplex=True)
         self.status, child_status = context.Pipe(duplex=False)
         self.reply, child_reply = context.Pipe(duplex=False)
-        self.child = ProcessChildLink(child_control, child_status, child_reply)
+        # The child's ends, which the child makes its ProcessChildLink of: made there, not here,
+        # where every object made between two forks is a page the next fork makes the parent copy.
+        self.child_ends: tuple[Connection, Connection, Connection] = (child_control, child_status, child_reply)
         self._lock = threading.Lock()
         self._caller = threading.Lock()  # held by the one thread making a direct call
         self._guard = threading.Lock()  # guards _closed and the reply pipe's closing
@@ -409,7 +406,8 @@ class ProcessLink:
 
     def close_child_end(self) -> None:
         """Close the parent's copy of the child's ends once the child has them."""
-        self.child.close()
+        for end in self.child_ends:
+            end.close()
 
     def close(self) -> None:
         with self._lock:
