@@ -20,7 +20,7 @@ from typing import Any
 
 from puma._core import logs as _logging
 from puma._environments.pickling import Sealed
-from puma._environments.process_link import ProcessChildLink
+from puma._environments.process_link import ProcessChildLink, announce_started
 from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
 
@@ -121,10 +121,10 @@ def process_main(
         except OSError:
             pass  # not permitted here (a session leader): its tree is not tracked
     threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
-    link = ProcessChildLink(*ends)
     try:
         runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
+        link = ProcessChildLink(*ends)
         _die_with_parent(parent_pid)
         exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
         try:
@@ -134,13 +134,18 @@ def process_main(
         link.send_finished(exc, False)
         return
 
+    # STARTED first, written straight to the pipe: making the link and the runnable's context
+    # (objects and code touched for the first time: page faults in a forked child) comes after.
+    announce_started(ends[0])
+    link = ProcessChildLink(*ends)
+
     def setup() -> None:
         _die_with_parent(parent_pid)
         faulthandler.enable()
         _logging.setup_child(log_settings, link, runnable.name)
 
     try:
-        run_child(runnable, ChildContext(runnable, link, token), setup)
+        run_child(runnable, ChildContext(runnable, link, token), setup, announced=True)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

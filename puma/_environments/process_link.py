@@ -48,7 +48,7 @@ from puma._core import messages as msg
 from puma._core.errors import NotPicklableError, RunnableNotRunningError, serialize_error
 from puma._core.waiting import Deadline, Poller, Waker
 
-__all__ = ["ProcessChildLink", "ProcessLink", "decode", "encode"]
+__all__ = ["ProcessChildLink", "ProcessLink", "announce_started", "decode", "encode"]
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 _MESSAGE = bytes((codec.MESSAGE,))
@@ -73,6 +73,11 @@ def _send(fd: int, body: bytes) -> None:
     else:
         codec.write_all(fd, codec.header(len(body)))
         codec.write_all(fd, body)
+
+
+def announce_started(control: Connection) -> None:
+    """In the child: send STARTED on its control pipe, before its link is made (the first frame on it)."""
+    _send(control.fileno(), encode((msg.STARTED, os.getpid(), threading.current_thread().name)))
 
 
 class ProcessChildLink:
