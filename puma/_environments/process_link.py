@@ -188,6 +188,7 @@ class ProcessLink:
         # The socket commands are written with (a duplicate of the control pipe's descriptor) is
         # made with the first command: a start does not pay for it (see _sender_socket).
         self._sender: socket.socket | None = None
+        self._sender_closed = False  # close() has run: no sender may be made any more
         self._failed: OSError | None = None  # the child is gone: what writing to it raised
         self._out = bytearray()
         self._queued = 0
@@ -264,6 +265,8 @@ class ProcessLink:
 
     def _sender_socket(self) -> socket.socket:
         """The socket commands are written with, made on first use (hold ``_lock``)."""
+        if self._sender_closed:
+            raise OSError("the link to the child is closed")
         sender = socket.socket(fileno=os.dup(self.control.fileno()))
         sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
         # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
@@ -417,6 +420,7 @@ class ProcessLink:
     def close(self) -> None:
         with self._lock:
             self._out.clear()
+            self._sender_closed = True
             if self._sender is not None:
                 self._sender.close()
         self.control.close()
