@@ -44,15 +44,14 @@ Writes cost a few word stores per value; the copy is one ``memcpy`` per read.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import mmap
 import os
 import pickle
 import select
 import struct
-import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -94,12 +93,19 @@ _PATIENCE = 2.0  # seconds without a byte of a frame's rest before the parent de
 
 def journal_dir() -> str:
     """Where journals live: memory (``/dev/shm``) where there is one."""
-    return "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()  # noqa: S108
+    if os.path.isdir("/dev/shm"):  # noqa: S108
+        return "/dev/shm"  # noqa: S108
+    import tempfile  # only where there is no /dev/shm: it loads a lot (random, shutil) for one call
+
+    return tempfile.gettempdir()
 
 
 def journal_path(prefix: str, key: str) -> str:
     """The journal of the input ``key`` (a buffer's supervision key) of the incarnation named by ``prefix``."""
-    return f"{prefix}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"  # noqa: S324 - a name, not a secret
+    # Two 32-bit checksums make the name (not hashlib: loading OpenSSL into every parent costs
+    # about 20 ms and a dozen shared libraries, which every fork then copies the mappings of).
+    data = key.encode()
+    return f"{prefix}-{zlib.crc32(data):08x}{zlib.adler32(data):08x}"
 
 
 class Journal:
