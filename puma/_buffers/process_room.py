@@ -58,12 +58,14 @@ class RoomAccounting:
         shared = self._shared
         meta = self._meta
         meta.acquire()
-        shared[META_HOLDER] = pid
-        free = shared[FREE]
-        got = want if want <= free else max(free, 0)
-        shared[FREE] = free - got
-        shared[META_HOLDER] = 0
-        meta.release()
+        try:  # a KeyboardInterrupt between the two must not leave the lock taken
+            shared[META_HOLDER] = pid
+            free = shared[FREE]
+            got = want if want <= free else max(free, 0)
+            shared[FREE] = free - got
+        finally:
+            shared[META_HOLDER] = 0
+            meta.release()
         return got
 
     def _take_or_wait(self, want: int, useful: int) -> int:
