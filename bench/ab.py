@@ -44,6 +44,24 @@ def _table(output: str) -> dict[str, tuple[str, float]]:
     return rows
 
 
+def _check_side(checkout: str) -> None:
+    """Make sure ``PYTHONPATH`` really picks ``checkout``'s puma (an editable install's finder would win)."""
+    env = dict(os.environ, PYTHONPATH=checkout)
+    found = subprocess.run(
+        [sys.executable, "-c", "import puma; print(puma.__file__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        cwd="/",  # not a checkout: the current folder comes first in sys.path
+    ).stdout.strip()
+    if not os.path.abspath(found).startswith(os.path.join(checkout, "")):
+        raise SystemExit(
+            f"PYTHONPATH={checkout} imports puma from {found or 'nowhere'}: run ab.py with a Python that has "
+            "puma's dependencies but not puma itself installed (an editable install takes precedence)"
+        )
+
+
 def _run(script: str, checkout: str, extra: list[str]) -> dict[str, tuple[str, float]]:
     env = dict(os.environ, PYTHONPATH=checkout)
     done = subprocess.run(
@@ -63,6 +81,8 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)  # the rest goes to the script
     extra = [a for a in extra if a != "--"]
     sides: dict[str, list[dict[str, tuple[str, float]]]] = {"other": [], "this": []}
+    for checkout in (args.other, args.this):
+        _check_side(os.path.abspath(checkout))
     for round_ in range(args.rounds):
         for side, checkout in (("other", os.path.abspath(args.other)), ("this", os.path.abspath(args.this))):
             print(f"round {round_ + 1}/{args.rounds}: {side} ({checkout})", file=sys.stderr, flush=True)

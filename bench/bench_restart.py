@@ -5,6 +5,7 @@ Run from the repository root::
     python bench/bench_restart.py              # fork, forkserver, spawn; 7 kills each
     python bench/bench_restart.py --runs 3     # fewer
     python bench/bench_restart.py --only fork  # rows whose name contains "fork"
+    python bench/bench_restart.py --only journal --runs 5  # the journal's cost on a read
 
 Rows, per start method:
 
@@ -18,6 +19,14 @@ Rows, per start method:
   ``Process`` reading from a ``Pipe``, send the value, read the answer.
 * **SIGKILL -> detected**: from the kill to the policy's record of the crash
   (``Crash.at``); the baseline, to the dead child's sentinel being ready.
+* **journal on / off** (``--only journal``): the hot-path cost of the read
+  journal a restartable reader keeps (:mod:`puma._buffers.journal`).  The
+  main program reads ``JOURNAL_ITEMS`` values a forked publisher writes into
+  a process buffer, with ``receive()`` (the path a followed reader takes),
+  once with a journal and once without; items/s, the ratio is on / off.
+  Values: small ints one by one (the publisher sets the pace), small ints
+  in batches of 64 (the reader does), and 1 MiB NumPy arrays (out of band:
+  the journal copies each array's bytes once more).
 
 Targets (issue #12): consuming again < 200 ms with fork, < 400 ms with
 forkserver; detection < 100 ms.  They are absolute, printed after the table;
@@ -137,6 +146,66 @@ def bare_kills(method: str, kills: int) -> tuple[list[float], list[float]]:
     return again, detected
 
 
+JOURNAL_ITEMS = {"int": 100_000, "int, batches of 64": 400_000, "1 MiB array": 400}
+
+
+class Publish(puma.Runnable):
+    """Publishes ``count`` values of ``kind`` (see :data:`JOURNAL_ITEMS`)."""
+
+    def __init__(self, out: puma.Buffer[object], kind: str, count: int) -> None:
+        super().__init__("publish", outputs=[out])
+        self._out = out
+        self._kind = kind
+        self._count = count
+
+    def execute(self) -> None:
+        import numpy as np
+
+        array = np.ones(1 << 17, dtype=np.float64)  # 1 MiB
+        with self.publisher(self._out) as pub:
+            if self._kind.startswith("int, batches"):
+                pub.publish(0)
+                for start in range(0, self._count, 64):
+                    pub.publish_many(range(start, min(start + 64, self._count)))
+                return
+            for index in range(self._count + 1):
+                pub.publish(index if self._kind == "int" else array)
+
+
+def read_rate(kind: str, journal_on: bool) -> float:
+    """Items/s the main program reads from a process buffer, with a journal or without."""
+    from puma._buffers.journal import Journal, journal_dir
+    from puma._core.errors import BufferCompleted
+
+    count = JOURNAL_ITEMS[kind]
+    env = puma.ProcessEnvironment("fork")
+    with puma.Runner(env) as runner:
+        buffer = env.buffer(object, 64, "values")
+        runner.start(Publish(buffer, kind, count))
+        subscription: Any = buffer.subscribe()
+        journal = Journal(os.path.join(journal_dir(), f"puma-bench-journal-{os.getpid()}")) if journal_on else None
+        subscription._journal = journal
+        receive = subscription.receive
+        receive(timeout=60)  # the publisher runs: time from here
+        start = time.perf_counter()
+        n = 0
+        try:
+            while True:
+                if journal is not None:
+                    journal.done()  # what a followed reader does before each receive
+                receive()
+                n += 1
+        except BufferCompleted:
+            pass
+        elapsed = time.perf_counter() - start
+        subscription._journal = None
+        if journal is not None:
+            journal.close()
+        runner.join()
+    assert n == count, n
+    return n / elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=7, help="kills per start method")
@@ -188,6 +257,20 @@ def main() -> None:
             absolute.append(f"{method}: consuming again {median_again * 1000:.1f} ms (no target)")
         verdict = "met" if median_detect < DETECTION_TARGET else "NOT met"
         absolute.append(f"{method}: detected {median_detect * 1000:.1f} ms (target < 100 ms: {verdict})")
+    for kind in JOURNAL_ITEMS:
+        if args.only and not any(o in f"journal {kind}" for o in args.only):
+            continue
+        rows.append(
+            compare(
+                f"read with the journal on / off, {kind}",
+                unit="items/s",
+                ours=lambda k=kind: read_rate(k, True),  # type: ignore[misc]
+                theirs=lambda k=kind: read_rate(k, False),  # type: ignore[misc]
+                baseline="journal off",
+                runs=args.runs,
+                warmup=True,
+            )
+        )
     print_table(rows)
     print()
     print("\n".join(absolute))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -202,6 +203,37 @@ def test_group_strategies_restart_the_others_too_and_nothing_queued_is_lost(stra
     assert stats.by_runnable == expected
     assert sink.status("last") == (COUNT - 1) * 10
     assert [d.value for d in stats.dead_letters] == [20]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_a_runnable_that_does_not_stop_to_restart_with_another_is_killed_and_restarted(
+    tmp_path: Path, method: str
+) -> None:
+    # As an OTP supervisor does: a child that does not stop within its shutdown time is killed, and
+    # under a group strategy it comes back with the others.  The sink hangs in its own code; the
+    # middle is then killed from outside, so rest_for_one stops the sink to restart it with the
+    # middle.  The main thread is not in join() (which would end it too): the policy does it.
+    env = puma.ProcessEnvironment(method)
+    policy = puma.RestartPolicy("rest_for_one")
+    with puma.logging.capture(logging.WARNING, "puma.supervision") as logs:
+        with puma.Runner(env, on_failure=policy, stop_timeout=0.5) as runner:
+            a = env.buffer(int, 8, "a")
+            b = env.buffer(int, 8, "b")
+            sink = runner.start(Sink(b, "hang", str(tmp_path / "marker"), 5))
+            middle = runner.start(Middle(a, b))
+            runner.start(Source(a, COUNT))
+            sink.wait_status("hung", timeout=30)
+            pid = runner.pid(middle)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            stats = policy.wait_crashes(2, timeout=60)  # both new incarnations in place
+            runner.join()
+    assert stats.by_runnable == {"middle": 1, "sink": 1}
+    assert sink.status("last") == (COUNT - 1) * 10  # the stream went on to its end
+    assert len(stats.dead_letters) <= 1  # the middle's value in flight, if it held one; not the sink's
+    assert all(d.runnable == "middle" for d in stats.dead_letters)
+    assert "'sink' did not stop within 0.5 s to be restarted: terminated" in "\n".join(r.getMessage() for r in logs)
 
 
 def test_restarts_show_in_the_snapshot_and_the_log(tmp_path: Path) -> None:

@@ -127,6 +127,55 @@ def test_the_main_program_and_a_runnable_share_one_input(env: puma.Environment) 
     assert work.supervision.readers() == frozenset({0, other._puma_record.token})  # type: ignore[union-attr]
 
 
+def test_the_main_program_publishes_into_a_runnable(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        sink = runner.start(Collector(feed))
+        with feed.publisher() as pub:  # the stream ends when the block does
+            for i in range(100):
+                pub.publish(i)
+            pub.publish_many(range(100, 200))
+        runner.join()
+    assert sink.status("values") == list(range(200))
+
+
+def test_an_error_in_the_main_programs_publishing_block_ends_the_stream_with_it(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        sink = runner.start(Collector(feed, reraise=False))
+        with pytest.raises(ValueError, match="the feed failed"), feed.publisher() as pub:
+            pub.publish(1)
+            raise ValueError("the feed failed")
+        runner.join()
+    assert sink.status("error")[:2] == ("ValueError", "the feed failed")
+    assert sink.status("values") == [1]
+
+
+class _PublishesOutsideItsOutputs(puma.Runnable):
+    def __init__(self, buffer: puma.Buffer[int]) -> None:
+        super().__init__("misuses")
+        self._buffer = buffer
+
+    def execute(self) -> None:
+        try:
+            self._buffer.publisher()
+        except puma.UsageError as exc:
+            self.send_status("error", str(exc))
+
+
+def test_a_buffer_publisher_is_refused_inside_a_runnable_and_after_the_end(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        misuses = runner.start(_PublishesOutsideItsOutputs(feed))
+        runner.join()
+        assert "self.publisher(buffer)" in misuses.status("error")
+        with feed.publisher() as pub:
+            pub.publish(7)
+        assert list(feed.subscribe()) == [7]
+        with pytest.raises(puma.BufferClosedError, match="ended"):
+            feed.publisher()  # the stream has ended: nobody joins it any more
+
+
 def test_an_error_completion_reaches_every_reader(env: puma.Environment) -> None:
     with pytest.raises(ValueError, match="failed after 10 values"):
         with puma.Runner(env) as runner:
@@ -294,7 +343,7 @@ def test_size_counts_the_values_waiting(env: puma.Environment) -> None:
 # --- release -----------------------------------------------------------------------------------
 def _semaphore_files(buffer: puma.Buffer[Any]) -> list[str]:
     names = []
-    for attribute in ("_slots", "_lock", "_read_lock", "_meta"):
+    for attribute in ("_lock", "_read_lock", "_meta"):
         name = getattr(getattr(buffer, attribute)._semlock, "name", None)
         if name is not None:
             names.append("/dev/shm/sem." + name.lstrip("/"))
@@ -446,3 +495,54 @@ def test_room_wakes_only_the_blocked_publishers_it_can_serve() -> None:
         for thread in threads:
             thread.join(60)
         buffer.supervision.release()
+
+
+def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -> None:
+    """A token on its way counts: on two cores the woken publisher may not have run yet.
+
+    Without that count every give-back would write another token for the same
+    sleeper, tokens would pile up in the room pipe, and each publisher that
+    went to sleep later would spin through them, finding too little room.
+    """
+    buffer = puma.ProcessEnvironment("fork").buffer(int, 8, "fan-in")
+    tokens: list[int] = []
+    write_tokens = buffer._write_tokens  # type: ignore[attr-defined]
+
+    def counting_write(count: int) -> None:
+        tokens.append(count)
+        write_tokens(count)
+
+    buffer._write_tokens = counting_write  # type: ignore[attr-defined]
+    try:
+        assert buffer._take_or_wait(8, 8) == 8  # type: ignore[attr-defined]  # all the room
+        assert buffer._take_or_wait(4, 4) == 0  # type: ignore[attr-defined]  # none: now counted as waiting
+        buffer._give_back(4)  # type: ignore[attr-defined]  # room for it: one token
+        buffer._give_back(4)  # type: ignore[attr-defined]  # it has not run yet: no second token
+        assert tokens == [1]
+        assert buffer._read_token()  # type: ignore[attr-defined]
+        assert buffer._look_for_room(4, 4, True) == (4, 0)  # type: ignore[attr-defined]  # nobody else waits
+        assert not buffer._read_token()  # type: ignore[attr-defined]  # no token left behind
+        assert buffer.statistics().size == 4
+    finally:
+        buffer.supervision.release()
+
+
+def test_a_wait_for_room_wakes_after_a_released_buffers_descriptor_numbers_are_used_again() -> None:
+    """The main program's wait is kept between waits: a room pipe closed and its number reused must still wake it."""
+    env = puma.ProcessEnvironment("fork")
+    numbers = set()
+    for _ in range(3):
+        buffer = env.buffer(int, 1, "reused")
+        numbers.add(buffer._room_reader.fileno())  # type: ignore[attr-defined]
+        sub = buffer.subscribe()
+        got: list[int] = []
+        reader = threading.Thread(target=lambda sub=sub: got.extend(sub.receive(timeout=60) for _ in range(3)))
+        with buffer.publisher() as pub:
+            pub.publish(0)
+            reader.start()
+            pub.publish(1, timeout=60)  # full: waits for room, woken by the reader in the thread
+            pub.publish(2, timeout=60)
+        reader.join(60)
+        assert got == [0, 1, 2]
+        buffer.supervision.release()
+    assert len(numbers) == 1  # the same descriptor numbers each time: the case this is about

@@ -23,20 +23,21 @@ R = TypeVar("R")
 EnvironmentChoice = Environment | Literal["process", "thread", "inline"]
 
 
-def _options(  # noqa: PLR0917 - one place that checks every option, called positionally from here only
+def _options(
     environment: EnvironmentChoice,
-    workers: int | None,
-    chunk_size: int | None,
-    timeout: float | None,
-    retries: int,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...],
-    poison_after: int,
-    max_items_per_worker: int | None,
-    max_rss_per_worker: int | None,
-    max_in_flight: int | None,
-    max_failures: int | None,
-    progress: bool | None,
-    ordered: bool,
+    *,
+    workers: int | None = 1,
+    chunk_size: int | None = None,
+    timeout: float | None = None,
+    retries: int = 0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = (),
+    poison_after: int = 2,
+    max_items_per_worker: int | None = None,
+    max_rss_per_worker: int | None = None,
+    max_in_flight: int | None = None,
+    max_failures: int | None = None,
+    progress: bool | None = False,
+    ordered: bool = True,
 ) -> Options:
     if isinstance(environment, str):
         if environment == "process":
@@ -72,19 +73,19 @@ def _options(  # noqa: PLR0917 - one place that checks every option, called posi
     if progress is None:
         progress = sys.stderr is not None and sys.stderr.isatty()
     return Options(
-        env,
-        check_workers(workers),
-        chunk_size,
-        timeout,
-        retries if retry_types else 0,
-        retry_types,
-        poison_after,
-        max_items_per_worker,
-        max_rss_per_worker,
-        max_in_flight,
-        max_failures,
-        progress,
-        ordered,
+        environment=env,
+        workers=check_workers(workers),
+        chunk_size=chunk_size,
+        timeout=timeout,
+        retries=retries if retry_types else 0,
+        retry_on=retry_types,
+        poison_after=poison_after,
+        max_items=max_items_per_worker,
+        max_rss=max_rss_per_worker,
+        max_in_flight=max_in_flight,
+        max_failures=max_failures,
+        progress=progress,
+        ordered=ordered,
     )
 
 
@@ -210,35 +211,28 @@ def imap(
             if debug
             else _options(
                 "thread",
-                1,
-                chunk_size,
-                None,
-                retries,
-                retry_on,
-                poison_after,
-                None,
-                None,
-                None,
-                max_failures,
-                False,
-                True,
+                chunk_size=chunk_size,
+                retries=retries,
+                retry_on=retry_on,
+                poison_after=poison_after,
+                max_failures=max_failures,
             )
         )
         return (value for _i, value in _inline(fn, items, options, debug))
     options = _options(
         environment,
-        workers,
-        chunk_size,
-        timeout,
-        retries,
-        retry_on,
-        poison_after,
-        max_items_per_worker,
-        max_rss_per_worker,
-        max_in_flight,
-        max_failures,
-        progress,
-        True,
+        workers=workers,
+        chunk_size=chunk_size,
+        timeout=timeout,
+        retries=retries,
+        retry_on=retry_on,
+        poison_after=poison_after,
+        max_items_per_worker=max_items_per_worker,
+        max_rss_per_worker=max_rss_per_worker,
+        max_in_flight=max_in_flight,
+        max_failures=max_failures,
+        progress=progress,
+        ordered=True,
     )
     return _ordered(Engine(fn, items, options))
 
@@ -268,18 +262,18 @@ def imap_unordered(
         )
     options = _options(
         environment,
-        workers,
-        chunk_size,
-        timeout,
-        retries,
-        retry_on,
-        poison_after,
-        max_items_per_worker,
-        max_rss_per_worker,
-        max_in_flight,
-        max_failures,
-        progress,
-        False,
+        workers=workers,
+        chunk_size=chunk_size,
+        timeout=timeout,
+        retries=retries,
+        retry_on=retry_on,
+        poison_after=poison_after,
+        max_items_per_worker=max_items_per_worker,
+        max_rss_per_worker=max_rss_per_worker,
+        max_in_flight=max_in_flight,
+        max_failures=max_failures,
+        progress=progress,
+        ordered=False,
     )
     return _unordered(Engine(fn, items, options))
 
@@ -338,7 +332,12 @@ def map(
     """
     if debug or environment == "inline":
         options = _options(
-            "thread", 1, chunk_size, None, retries, retry_on, poison_after, None, None, None, max_failures, False, True
+            "thread",
+            chunk_size=chunk_size,
+            retries=retries,
+            retry_on=retry_on,
+            poison_after=poison_after,
+            max_failures=max_failures,
         )
         pairs = list(_inline(fn, items, None if debug else options, debug))
         results: list[Any] = [value for _i, value in pairs]
@@ -346,18 +345,18 @@ def map(
     else:
         options = _options(
             environment,
-            workers,
-            chunk_size,
-            timeout,
-            retries,
-            retry_on,
-            poison_after,
-            max_items_per_worker,
-            max_rss_per_worker,
-            max_in_flight,
-            max_failures,
-            progress,
-            True,
+            workers=workers,
+            chunk_size=chunk_size,
+            timeout=timeout,
+            retries=retries,
+            retry_on=retry_on,
+            poison_after=poison_after,
+            max_items_per_worker=max_items_per_worker,
+            max_rss_per_worker=max_rss_per_worker,
+            max_in_flight=max_in_flight,
+            max_failures=max_failures,
+            progress=progress,
+            ordered=True,
         )
         engine = Engine(fn, items, options)
         collected = _Collected(items)

@@ -28,7 +28,14 @@ from typing import Any, Generic, TypeVar
 
 from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
-from puma._core.errors import BufferClosedError, BufferCompleted, NotPicklableError, StopRequested, is_clean_exit
+from puma._core.errors import (
+    BufferClosedError,
+    BufferCompleted,
+    NotPicklableError,
+    StopRequested,
+    UsageError,
+    is_clean_exit,
+)
 
 __all__ = ["Buffer", "BufferStatistics", "Publisher", "StreamHold", "Subscription"]
 
@@ -184,6 +191,34 @@ class Buffer(abc.ABC, Generic[T]):
             BufferClosedError: the stream has already ended, or the buffer was released.
         """
 
+    def publisher(self, owner: str = "the main program") -> Publisher[T]:
+        """A publishing end for code outside any runnable: the main program, or a thread of its own.
+
+        It joins the stream at once, so the stream does not end before it
+        completes: use it as a context manager (completed on exit, with the
+        error if the block raised, which then ends the stream for every
+        reader) or call :meth:`Publisher.complete`.  ``owner`` names it in
+        messages.  Inside a runnable, publish through
+        :meth:`Runnable.publisher <puma.Runnable.publisher>` of one of its
+        ``outputs`` instead: its Runner then completes it if the runnable dies.
+
+        Raises:
+            UsageError: called inside a running runnable.
+            BufferClosedError: the stream has ended, or the buffer was released.
+        """
+        ctx = _context.current()
+        if ctx is not None:
+            raise UsageError(
+                f"buffer.publisher() inside runnable {ctx.name!r}: publish through self.publisher(buffer) "
+                f"and pass {self._name!r} in outputs=[...], so its Runner completes the stream if it dies"
+            )
+        self._join(1, refuse=True)
+        try:
+            return self._open_publisher(owner)
+        except BaseException:
+            self._join(-1, refuse=False)
+            raise
+
     @abc.abstractmethod
     def statistics(self) -> BufferStatistics:
         """A snapshot of the buffer's state (it still answers after the buffer was released)."""
@@ -201,6 +236,10 @@ class Buffer(abc.ABC, Generic[T]):
         Raises:
             BufferClosedError: the stream has ended (a publisher may not join it any more).
         """
+
+    @abc.abstractmethod
+    def _join(self, delta: int, refuse: bool) -> None:
+        """``delta`` publishers join (or, negative, leave before opening); ``refuse``: raise if the stream ended."""
 
     @abc.abstractmethod
     def _open_publisher(self, owner: str) -> Publisher[T]:
@@ -303,8 +342,6 @@ class Publisher(abc.ABC, Generic[T]):
         return self
 
     def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
-        from puma._core.errors import StopRequested
-
         if exc is not None and (isinstance(exc, StopRequested | GeneratorExit) or is_clean_exit(exc)):
             exc = None  # a stop, or a clean exit: the stream just ends
         if exc is not None:

@@ -1,4 +1,4 @@
-"""A buffer that crosses processes: a pipe bounded by a semaphore, shared by any number of publishers and readers.
+"""A buffer that crosses processes: a pipe bounded by a count of free places, shared by many publishers and readers.
 
 Design (see docs/architecture.md and docs/buffers.md):
 
@@ -16,10 +16,14 @@ Design (see docs/architecture.md and docs/buffers.md):
 * Subscribers read the pipe in bulk under a read lock and never split a frame
   between them; a value goes to exactly one of them
   (:mod:`puma._buffers.process_subscription`).
-* A semaphore of ``capacity`` permits bounds the values in flight (in the
-  pipe and in the readers' hands): publishers take one per value, readers
-  give them back in groups as they hand values out, and write one "room"
-  token per group for the publishers asleep on the room pipe.
+* A count of free places (``capacity`` at first, in shared memory under the
+  meta lock) bounds the values in flight (in the pipe and in the readers'
+  hands): a publisher takes one per value, a batch all it can use in one
+  step, and readers give them back in groups as they hand values out.  A
+  publisher that finds no room sleeps on the room pipe; a reader giving room
+  back writes one "room" token when a waiter can use it, and each woken
+  publisher passes on the room it leaves.  Where the platform allows
+  (``EPOLLEXCLUSIVE``), one token wakes one sleeping publisher, not all.
 * The stream ends when every publisher that joined has completed and no
   hold is outstanding; completions are counted in shared memory by whichever
   reader reads them, and the end is written on an end channel that every
@@ -45,6 +49,7 @@ from typing import Any, TypeVar
 from puma._buffers import journal as _journal
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription, _checker
 from puma._buffers.process_publisher import COMPLETE, ITEM, ProcessPublisher
+from puma._buffers.process_room import RoomAccounting
 from puma._buffers.process_subscription import ProcessSubscription
 from puma._buffers.shared import (
     BROKEN,
@@ -54,6 +59,7 @@ from puma._buffers.shared import (
     END_DRAIN,
     END_ERROR,
     ENDED,
+    FREE,
     HOLDS,
     MAX_READERS,
     META_HOLDER,
@@ -64,21 +70,16 @@ from puma._buffers.shared import (
     SUBSCRIBER,
     SUBSCRIBERS,
     TOKENS,
-    WAITING,
-    WANT_FLOORS,
-    WANT_SLOTS,
-    WANTS,
     WRITER,
     EndChannel,
     Guard,
     free_locks_of,
-    want_slot,
 )
 from puma._buffers.supervision import StreamSupervision
 from puma._core import codec
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, PumaError, serialize_error
-from puma._core.waiting import Poller, Waker
+from puma._core.waiting import Poller, Waker, wake_one_at_a_time
 from puma._frames.arena import Arena
 
 __all__ = ["ProcessBuffer", "live_process_buffers"]
@@ -119,7 +120,7 @@ def _unlink_now(lock: Any) -> None:
             finalizer()  # runs once: later calls (and the collector's) do nothing
 
 
-class ProcessBuffer(Buffer[T]):
+class ProcessBuffer(RoomAccounting, Buffer[T]):
     """A buffer whose publishers and subscribers may live in different processes."""
 
     def __init__(self, item_type: type[T] | Any, size: int, name: str, context: Any) -> None:
@@ -129,7 +130,6 @@ class ProcessBuffer(Buffer[T]):
         # Readers never block in a read: one that finds the pipe empty (another reader was
         # first) waits in its one wait instead.
         os.set_blocking(self._reader.fileno(), False)
-        self._slots = context.Semaphore(size)
         # "Room" tokens, one byte each (see process_publisher).  A pipe, not a semaphore, so a
         # waiting publisher in a runnable waits on it and on its command pipe in one poll.  Both
         # ends non-blocking: a token read by another waiter first is not waited for, and a
@@ -142,7 +142,8 @@ class ProcessBuffer(Buffer[T]):
         self._read_lock = context.Lock()  # held while a reader reads the pipe (to a frame boundary)
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", SHARED_SLOTS)
-        self._group = max(1, size // 4)  # permits given back (and room made) at a time
+        self._shared[FREE] = size
+        self._group = max(1, size // 4)  # places given back (and room made) at a time
         self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
         self._arena = Arena.create(self._key)  # large out-of-band buffers (see process_large); no memory yet
@@ -157,6 +158,9 @@ class ProcessBuffer(Buffer[T]):
         self._subscriptions: weakref.WeakSet[ProcessSubscription[T]] = weakref.WeakSet()
         self._released = False
         self._stats: BufferStatistics | None = None  # the last figures, once released
+        self._kept: dict[str, list[tuple[int, int]]] = {}  # arena blocks adopted for a dead reader's journal
+        # One room token wakes one waiting publisher, not every one (see process_publisher).
+        wake_one_at_a_time(self._room_reader.fileno())
 
     def __getstate__(self) -> dict[str, Any]:
         if self._released:
@@ -164,7 +168,7 @@ class ProcessBuffer(Buffer[T]):
         state = dict(self.__dict__)
         for local in ("_check", "_meta_guard", "_failure", "_wakers", "_publishers_here", "_subscriptions"):
             state.pop(local, None)
-        for local in ("_released", "_stats"):
+        for local in ("_released", "_stats", "_kept"):
             state.pop(local, None)
         return state
 
@@ -233,10 +237,7 @@ class ProcessBuffer(Buffer[T]):
         if self._stats is not None:
             return self._stats
         shared = self._shared
-        try:
-            size = self.capacity - self._slots.get_value()
-        except NotImplementedError:  # macOS has no sem_getvalue
-            size = -1
+        size = self.capacity - int(shared[FREE])
         return BufferStatistics(
             self.name,
             self.capacity,
@@ -278,76 +279,6 @@ class ProcessBuffer(Buffer[T]):
         """End the stream for every reader with ``error``, after the whole values still in the pipe."""
         with self._meta_guard:
             self._end.declare(self._shared, END_DRAIN, error)
-
-    # --- permits and room ------------------------------------------------------------------
-    def _free(self) -> int:
-        """Permits free now (a large number where the platform cannot tell)."""
-        try:
-            value: int = self._slots.get_value()
-        except NotImplementedError:
-            return self.capacity
-        return value
-
-    def _take_token(self) -> None:
-        """Take one room token if there is one (a waiting publisher, before it looks for permits)."""
-        try:
-            os.read(self._room_reader.fileno(), 1)
-        except BlockingIOError:
-            pass  # another waiter took it, or none was written: the look for permits decides
-
-    def _write_tokens(self, count: int) -> None:
-        try:
-            os.write(self._room_writer.fileno(), bytes(count))
-        except BlockingIOError:
-            pass  # the pipe is full of tokens: every waiter finds one
-
-    def _wake_publishers(self) -> None:
-        """Permits came back: one room token for each waiting publisher the free room can serve."""
-        if not self._shared[WAITING]:
-            # Read without the lock: a publisher counts itself as waiting (under the lock, a
-            # full barrier) before it looks for permits, and the permits were given back (a
-            # semaphore post, another) before this look, so one of the two sees the other.
-            return
-        with self._meta_guard:
-            wakes = self._wakes_due()
-        if wakes:
-            self._write_tokens(wakes)  # after the lock: the woken publishers take it at once
-
-    def _wakes_due(self) -> int:
-        """How many waiting publishers the free room can serve now (under the meta lock).
-
-        A waiting publisher says how much room it needs (its want slot, see
-        :data:`WANT_FLOORS`), so a batch of 100 is not woken for every few
-        permits that come back, only to find too few and sleep again.
-        """
-        shared = self._shared
-        waiting = int(shared[WAITING])
-        if not waiting:
-            return 0
-        free = self._free()
-        wakes = 0
-        for k in range(WANT_SLOTS):  # the least demanding first; each needs at least its floor
-            floor = WANT_FLOORS[k]
-            if free < floor:
-                break
-            count = int(shared[WANTS + k])
-            if count:
-                served = min(count, free // floor)
-                wakes += served
-                free -= served * floor
-        return min(wakes, waiting)
-
-    def _want_room(self, useful: int, delta: int) -> None:
-        """A publisher starts (``delta`` 1) or stops (-1) waiting for ``useful`` permits; under the meta lock."""
-        shared = self._shared
-        shared[WAITING] += delta
-        shared[want_slot(useful)] += delta
-
-    def _give_back(self, count: int) -> None:
-        """Give back ``count`` permits (values not written after all), waking waiters for them."""
-        for _ in range(count):
-            self._slots.release()
-        self._wake_publishers()
 
     # --- used by puma itself -----------------------------------------------------------------
     def _register_publisher(self, delta: int = 1) -> None:
@@ -407,8 +338,6 @@ class ProcessBuffer(Buffer[T]):
         shared = self._shared
         if not shared[CLOSED]:
             shared[CLOSED] = 1
-        for _ in range(max(int(shared[PUBLISHERS]), 1)):
-            self._slots.release()
         self._write_tokens(max(int(shared[PUBLISHERS]), 1))
         self._drain()
 
@@ -497,11 +426,12 @@ class ProcessBuffer(Buffer[T]):
             subscription._release_now()
         for waker in list(self._wakers):
             waker.wake()
+        wake_one_at_a_time(self._room_reader.fileno(), on=False)
         for connection in (self._reader, self._writer, self._room_reader, self._room_writer):
             connection.close()
         self._end.close()
         self._arena.close()
-        for lock in (self._slots, self._lock, self._read_lock, self._meta):
+        for lock in (self._lock, self._read_lock, self._meta):
             _unlink_now(lock)
 
 
@@ -548,8 +478,23 @@ class _ProcessSupervision(StreamSupervision):
     def fail_readers_here(self, error: BaseException) -> None:
         self._b._fail(error)
 
+    def finish_read(self, journal: str, pid: int) -> bool:
+        b = self._b
+        finished = _journal.finish_read(journal, b, pid)
+        # Before the dead reader's blocks are freed: those its journal's values use are kept to recover them.
+        kept = _journal.keep_blocks(journal, b._arena, pid)
+        if kept:
+            b._kept[journal] = kept
+        return finished
+
     def recover(self, journal: str) -> tuple[int, int, list[Any], list[Any]] | None:
-        return _journal.recover(journal)
+        try:
+            return _journal.recover(journal, self._b)  # large values copied out of the blocks kept
+        finally:
+            self.forget(journal)
+
+    def forget(self, journal: str) -> None:
+        self._b._arena.release(self._b._kept.pop(journal, []))
 
     def release(self) -> None:
         self._b._release()

@@ -13,7 +13,12 @@ byte::
 
 The reader claims the blocks as soon as it reads the frame (under the read
 lock), so a reader killed holding them gives them back through the Runner,
-and gets each large buffer as a writable view of the block itself.
+and gets each large buffer as a writable view of the block itself.  A
+restartable reader's journal copies the frame like any other; when that
+reader dies, the Runner adopts the blocks its journal names before it frees
+what the dead process held, copies the values out of them for the next
+incarnation (or the dead letters), then frees them
+(:func:`puma._buffers.journal.keep_blocks`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 from puma._frames.arena import THRESHOLD, Arena
 
-__all__ = ["SHARED", "claim", "inner_kind_at", "load", "pack", "wants_arena"]
+__all__ = ["SHARED", "blocks", "claim", "inner_kind_at", "load", "pack", "wants_arena"]
 
 #: Kind byte of a frame whose large buffers are in the buffer's arena.
 SHARED = 4
@@ -80,8 +85,18 @@ def claim(arena: Arena, body: memoryview) -> None:
             arena.claim(block, gen)
 
 
-def load(arena: Arena, body: memoryview) -> tuple[int, Any]:
-    """The inner kind and the payload of a :data:`SHARED` frame (large buffers: views of their blocks)."""
+def blocks(body: memoryview) -> list[tuple[int, int]]:
+    """The blocks (block, generation) a :data:`SHARED` frame's body names."""
+    return [(block, gen) for _, block, gen in _entries(body)[0] if block >= 0]
+
+
+def load(arena: Arena, body: memoryview, copy: bool = False) -> tuple[int, Any]:
+    """The inner kind and the payload of a :data:`SHARED` frame.
+
+    Its large buffers are views of their blocks, freed with the value; with
+    ``copy``, copies of blocks this process holds (a dead reader's, adopted
+    to recover its journal: see :meth:`Arena.adopt`), which stay held.
+    """
     entries, at = _entries(body)
     kind, size = _TAIL.unpack_from(body, at)
     at += _TAIL.size
@@ -90,7 +105,7 @@ def load(arena: Arena, body: memoryview) -> tuple[int, Any]:
     buffers: list[Any] = []
     for n, block, gen in entries:
         if block >= 0:
-            buffers.append(arena.view(block, gen, n))
+            buffers.append(arena.copy(block, gen, n) if copy else arena.view(block, gen, n))
         else:
             buffers.append(bytearray(body[at : at + n]))
             at += n

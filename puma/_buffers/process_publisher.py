@@ -1,21 +1,26 @@
-"""The publishing end of a process buffer: permits, the one wait for room, frames written under the write lock.
+"""The publishing end of a process buffer: places, the one wait for room, frames written under the write lock.
 
-A publisher takes one of the buffer's ``capacity`` semaphore permits per
-value and writes each value (or batch) as one frame of the wire codec
+A publisher takes one of the buffer's ``capacity`` free places per value (a
+batch takes all it can use in one step: the count of free places is one
+shared integer under the meta lock, see :mod:`puma._buffers.process`) and
+writes each value (or batch) as one frame of the wire codec
 (:mod:`puma._core.codec`) under the write lock.  A publisher that finds no
-permit never sleeps on the permits themselves: it counts itself as waiting
-and sleeps on the buffer's "room" pipe in its one wait (its runnable's, or
-the main program's :class:`~puma._core.current.OutsideContext`), so a
-producer held back by a slow consumer still runs its commands.
+room counts itself as waiting, in the same step, and sleeps on the buffer's
+"room" pipe in its one wait (its runnable's, or the main program's
+:class:`~puma._core.current.OutsideContext`), so a producer held back by a
+slow consumer still runs its commands.
 
 Room tokens are scarce on purpose.  A waiting publisher counts itself with
-the room it needs: one permit for a value; for a batch, all it still has to
+the room it needs: one place for a value; for a batch, all it still has to
 write, up to half the capacity, so it writes a useful frame rather than
-whatever single permit came back.  A subscriber giving permits back writes
-one token per waiter the free room can serve, the least demanding first,
-and a waiter that took all it wanted passes the rest on the same way.  So
-``M`` blocked publishers are not all woken to find, ``M - 1`` of them,
-nothing, and a batch is not woken for room it cannot use.
+whatever single place came back.  A reader giving room back writes one
+token when a waiter can use it; the woken publisher takes its room and
+passes what it leaves on the same way, and tokens already on their way are
+counted, so ``M`` blocked publishers are not all woken to find, ``M - 1``
+of them, nothing, a batch is not woken for room it cannot use, and the
+reader (which every publisher waits for) is not the process every wake-up
+preempts.  Where the platform has ``EPOLLEXCLUSIVE`` one token wakes one
+sleeping publisher (see :func:`puma._core.waiting.wake_one_at_a_time`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import pickle
 import select
 import struct
 from collections.abc import Iterable
-from itertools import repeat, takewhile
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers import process_large as _large
@@ -46,7 +51,7 @@ T = TypeVar("T")
 
 #: Kind bytes of a process buffer's frames.
 ITEM = 0  # one value
-BATCH = 1  # a list of values, taking one permit each
+BATCH = 1  # a list of values, taking one place each
 COMPLETE = 2  # a publisher's completion: None or its serialized error
 OOB = 3  # a value (or batch) whose large buffers follow the frame raw: counts, sizes, inner kind, pickle
 
@@ -62,7 +67,7 @@ class ProcessPublisher(Publisher[T]):
         self._b = buffer
         self._fd = buffer._writer.fileno()
         self._check = buffer._check
-        self._slots = buffer._slots
+        self._take_free = buffer._take_free
         self._lock = buffer._lock
         self._shared = buffer._shared
         self._pid = os.getpid()
@@ -77,57 +82,52 @@ class ProcessPublisher(Publisher[T]):
             return b._broken_error()
         return super()._closed_error()
 
-    # --- permits ---------------------------------------------------------------------------
-    def _grab(self, want: int) -> int:
-        """Take up to ``want`` permits free now, without waiting (a C loop: no bytecode per permit)."""
-        acquire = self._slots.acquire
-        if not acquire(False):
-            return 0
-        if want == 1:
-            return 1
-        return 1 + len(list(takewhile(bool, map(acquire, repeat(False, want - 1)))))
-
+    # --- room ------------------------------------------------------------------------------
     def _take(self, want: int, deadline: Deadline) -> int:
-        """Take between 1 and ``want`` permits, waiting for room; raise if that fails.
+        """Take between 1 and ``want`` places, waiting for room; raise if that fails.
 
-        The one wait for room.  Counting ourselves as waiting (under the meta
-        lock) comes before every look for permits, so a subscriber giving
-        permits back either leaves them for that look or sees us waiting and
-        writes a room token: no lost wake-up.
+        The one wait for room.  Finding no room and counting ourselves as
+        waiting are one step under the meta lock, so a reader giving room back
+        either leaves it for us or sees us waiting and writes a room token.
         """
         b = self._b
         shared = self._shared
         if self._completed or shared[CLOSED] or b._released:
             raise self._closing()
-        got = self._grab(want)
+        useful = min(want, b._useful)
+        got = b._take_or_wait(want, useful)
         if got:
             return got
         ctx = _current.waiting_context()
-        useful = min(want, b._useful)
         room_fd = b._room_reader.fileno()
+        waiting = True
+        first = True
 
         def ready() -> bool:
-            nonlocal got
+            nonlocal got, waiting, first
             if shared[CLOSED] or self._completed or b._released:
                 return True
-            b._take_token()
-            if useful > 1 and b._free() < useful:
-                return False  # wait for room for a useful part of the batch, not a single permit
-            got = self._grab(want)
-            return got > 0
-
-        with b._meta_guard:
-            b._want_room(useful, 1)
-        try:
-            ok = ctx.wait((room_fd,), deadline.remaining(), ready)
-        finally:
-            with b._meta_guard:
-                b._want_room(useful, -1)
-                # Took all we wanted (room may be left), or leave (timeout, stop) with a token
-                # perhaps consumed: the next waiters may use what is free.
-                wakes = b._wakes_due() if got in (want, 0) else 0
+            # Wait for room for a useful part of a batch, not a single place.  The first look
+            # (before any sleep) reads no token: none was written for us yet.
+            token = False if first else b._read_token()
+            first = False
+            got, wakes = b._look_for_room(want, useful, token)
+            if not got:
+                return False
+            waiting = False
             if wakes:
-                b._write_tokens(wakes)
+                b._write_tokens(wakes)  # room left over: the next waiters
+            return True
+
+        try:
+            ok = ctx.wait((room_fd,), deadline.remaining(), ready, f"room in buffer {b.name!r}")
+        finally:
+            if waiting:
+                # Leaving without room (timeout, stop, end), perhaps with a token read: the next
+                # waiters may use what is free.
+                wakes = b._stop_waiting(useful)
+                if wakes:
+                    b._write_tokens(wakes)
         if got:
             return got
         if not ok:
@@ -208,7 +208,7 @@ class ProcessPublisher(Publisher[T]):
         return True
 
     def _refund(self, count: int) -> None:
-        """Give back permits taken for values that were not written."""
+        """Give back places taken for values that were not written."""
         self._b._give_back(count)
 
     # --- the public face -------------------------------------------------------------------
@@ -216,7 +216,7 @@ class ProcessPublisher(Publisher[T]):
         check = self._check
         if check is not None and not isinstance(value, check):
             raise self._b._type_error(value)
-        if self._completed or self._shared[CLOSED] or not self._slots.acquire(False):
+        if self._completed or self._shared[CLOSED] or not self._take_free(1, self._pid):
             self._take(1, Deadline(timeout))  # raises, or waits for room
         try:
             self._write(value, ITEM)
@@ -230,7 +230,7 @@ class ProcessPublisher(Publisher[T]):
             raise self._b._type_error(value)
         if self._completed or self._shared[CLOSED] or self._b._released:
             raise self._closing()
-        if not self._slots.acquire(False):
+        if not self._take_free(1, self._pid):
             return False
         try:
             self._write(value, ITEM)

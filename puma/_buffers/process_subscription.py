@@ -12,7 +12,7 @@ going to exactly one of them:
   ``bytearray`` that becomes the array's memory), so the pipe is always at a
   frame boundary between readers;
 * while others share the buffer a subscription reads only a few values'
-  worth ahead of what it hands out (the semaphore already bounds the values
+  worth ahead of what it hands out (the count of free places already bounds the values
   in flight to the capacity), so no reader hoards work;
 * completions are counted in shared memory as they leave the pipe, by
   whichever reader reads them; the stream's end is written on the buffer's
@@ -20,13 +20,13 @@ going to exactly one of them:
   :mod:`puma._buffers.shared`).  A reader ends after handing out the values
   it already holds.
 
-Permits go back in groups of ``capacity // 4`` while a subscription works
+Places go back in groups of ``capacity // 4`` while a subscription works
 through values it already read, and all it owes before it reads the pipe
-again or waits.  Large groups on purpose: a give-back that finds publishers
-waiting writes room tokens, and every publisher waiting on the room pipe
-wakes for each write; with 16 blocked batch publishers, groups of a quarter
-instead of a sixteenth made a third as many writes and carried 1.5x the
-values.
+again or waits.  Large groups on purpose: each give-back that finds
+publishers waiting writes a room token, and the reader, which every
+publisher waits for, is the process a wake-up preempts; with 16 blocked
+batch publishers, groups of a quarter instead of a sixteenth made a third
+as many writes and carried 1.5x the values.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from puma._buffers import process_large as _large
 from puma._buffers.base import Subscription
 from puma._buffers.journal import Journal
-from puma._buffers.process_large import SHARED
 from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
 from puma._buffers.shared import (
     BROKEN,
@@ -97,10 +96,9 @@ class ProcessSubscription(Subscription[T]):
         self._fd = buffer._reader.fileno()
         self._end_fd = buffer._end.fd
         self._shared = buffer._shared
-        self._slots = buffer._slots
         self._read_lock = buffer._read_lock
         self._pid = os.getpid()
-        self._owed = 0  # permits of values received but not given back yet
+        self._owed = 0  # places of values received but not given back yet
         self._release_at = buffer._group
         self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
         self._ctx = ctx  # the runnable that subscribed, for the periodic look at its commands
@@ -114,7 +112,6 @@ class ProcessSubscription(Subscription[T]):
         # The raw buffers of the last out-of-band frame read, when they were read straight from
         # the pipe into their targets: (that frame's position, the buffers).
         self._raws: tuple[int, list[bytearray]] | None = None
-        self._shared_frames = False  # the last bulk read held handles of values in the arena (see process_large)
         self._frame_bytes = 64.0  # running mean size of a frame, to read a few values ahead when sharing
         self._next_check = 0.0  # when to look at commands while serving buffered values
         self._end_copy = -1  # this subscription's own descriptor of the end channel (see _fds)
@@ -184,30 +181,34 @@ class ProcessSubscription(Subscription[T]):
             # Others share the buffer: read about a group's worth of frames, not all there is.
             limit = min(limit, max(64, int(self._frame_bytes * self._release_at)))
         lock = self._read_lock
+        journal = self._journal
         lock.acquire()
-        # Negated: dying in here leaves the pipe perhaps mid-frame, which the Runner must treat as broken.
+        # Negated: dying in here leaves the pipe perhaps mid-frame, which the Runner must treat as
+        # broken (unless the reader keeps a journal: then the Runner finishes the frame).
         shared[READER] = -self._pid
         try:
+            if journal is not None:
+                journal.begin()
+                journal.reading()
             try:
                 count = os.readv(self._fd, [self._view[:limit]])
             except BlockingIOError:
+                if journal is not None:
+                    journal.wrote(0, self._view[:0])
                 return False  # another reader took it
             if count == 0:
                 raise EOFError(f"buffer {self._b.name!r}: its pipe was closed by every publisher")
+            if journal is not None:
+                journal.wrote(0, self._view[:count])  # what was read is kept before it is used
             self._head, self._tail = 0, count
-            self._shared_frames = False
             frames = self._complete_frames()
+            if journal is not None:
+                journal.counted()
         finally:
             shared[READER] = 0
             lock.release()
         if frames:
             self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
-        journal = self._journal
-        if journal is not None:
-            if self._raws is None and not self._shared_frames:
-                journal.filled(self._view, self._tail)
-            else:
-                journal.overflow()  # raw buffers read straight into their targets: not in the copy
         return True
 
     def _complete_frames(self) -> int:
@@ -238,9 +239,8 @@ class ProcessSubscription(Subscription[T]):
             frames += 1
             if kind == COMPLETE:
                 completions.append(pickle.loads(self._view[p + head + 1 : end]))
-            elif kind == SHARED:
+            elif kind == _large.SHARED:
                 _large.claim(self._b._arena, self._view[p + head + 1 : end])  # a reader killed now gives them back
-                self._shared_frames = True
             elif kind == OOB:
                 body = self._view[p + head + 1 : end]
                 (n,) = _COUNT.unpack_from(body, 0)
@@ -265,6 +265,8 @@ class ProcessSubscription(Subscription[T]):
         """
         if stop <= self._tail:
             return True
+        if self._journal is not None:
+            self._journal.expect(stop)
         if stop > len(self._buf):
             buf = bytearray(max(stop, 2 * len(self._buf)))
             buf[: self._tail] = self._view[: self._tail]
@@ -281,26 +283,40 @@ class ProcessSubscription(Subscription[T]):
         What was read of them already is copied; the rest goes straight from the pipe into the buffers.
         """
         buffers = [bytearray(size) for size in sizes]
+        if self._journal is not None:
+            self._journal.expect(start + sum(sizes))
         pos = start
+        at = start  # where the raw buffer begins in the stream (and in a journal's copy of it)
         for raw in buffers:
             have = max(min(len(raw), self._tail - pos), 0)
             if have:
                 raw[:have] = self._view[pos : pos + have]
                 pos += have
-            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw)):
+            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw), at):
                 self._tail = frame_at
                 return False
+            at += len(raw)
         self._tail = start  # the raw bytes live in the buffers now
         self._raws = (frame_at, buffers)
         return True
 
-    def _read_into(self, view: memoryview, start: int, stop: int) -> bool:
-        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke."""
+    def _read_into(self, view: memoryview, start: int, stop: int, at: int = 0) -> bool:
+        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke.
+
+        ``view[0]`` is at ``at`` in the stream this fill read (for the journal).
+        """
         fd = self._fd
+        journal = self._journal
         while start < stop:
+            if journal is not None:
+                journal.reading()
             try:
                 count = os.readv(fd, [view[start:stop]])
+                if journal is not None:
+                    journal.wrote(at + start, view[start : start + count])
             except BlockingIOError:
+                if journal is not None:
+                    journal.wrote(at + start, view[:0])
                 if self._shared[BROKEN]:
                     return False  # its writer died: the rest never comes (and nothing is written after)
                 self._await_rest()
@@ -348,7 +364,7 @@ class ProcessSubscription(Subscription[T]):
                 return pickle.loads(body)
             finally:
                 self._give_back(1)
-        if kind in (OOB, SHARED):
+        if kind in (OOB, _large.SHARED):
             kind, payload = self._out_of_band(kind, body, start, stop)
             if kind == ITEM:
                 return payload
@@ -367,32 +383,27 @@ class ProcessSubscription(Subscription[T]):
         return _NOTHING
 
     def _out_of_band(self, kind: int, body: memoryview, start: int, stop: int) -> tuple[int, Any]:
-        """The inner kind and payload of the value with out-of-band buffers at ``start`` (an ITEM's permit owed).
+        """The inner kind and payload of the value with out-of-band buffers at ``start`` (an ITEM's place owed).
 
         Its large buffers are in the buffer's arena (a SHARED frame), or follow the frame raw (OOB).
         """
-        if kind == SHARED:
-            try:
-                return _large.load(self._b._arena, body)
-            finally:
-                if body[_large.inner_kind_at(body)] == ITEM:
-                    self._give_back(1)
-        (count,) = _COUNT.unpack_from(body, 0)
-        sizes = struct.unpack_from(f"!{count}Q", body, 4)
-        offset = 4 + 8 * count
+        shared = kind == _large.SHARED
+        offset = _large.inner_kind_at(body) if shared else 4 + 8 * _COUNT.unpack_from(body, 0)[0]
         kind = body[offset]
-        raws = self._raws
-        if raws is not None and raws[0] == start:
-            buffers = raws[1]
-            self._raws = None
-        else:
-            buffers = []
-            pos = stop
-            for n in sizes:
-                buffers.append(bytearray(self._view[pos : pos + n]))
-                pos += n
-            self._head = pos
         try:
+            if shared:
+                return kind, _large.load(self._b._arena, body)[1]
+            raws = self._raws
+            if raws is not None and raws[0] == start:
+                buffers = raws[1]
+                self._raws = None
+            else:
+                buffers = []
+                pos = stop
+                for n in struct.unpack_from(f"!{(offset - 4) // 8}Q", body, 4):
+                    buffers.append(bytearray(self._view[pos : pos + n]))
+                    pos += n
+                self._head = pos
             return kind, pickle.loads(body[offset + 1 :], buffers=buffers)
         finally:
             if kind == ITEM:
@@ -405,24 +416,24 @@ class ProcessSubscription(Subscription[T]):
         self._journal.taken(start, 0)
 
     def _give_back(self, count: int) -> None:
-        """Owe ``count`` more permits; give them all back once a group's worth is owed."""
+        """Owe ``count`` more places; give them all back once a group's worth is owed."""
         owed = self._owed + count
         if owed >= self._release_at:
             self._owed = 0
-            self._release(owed)
+            self._b._give_back(owed)
         else:
             self._owed = owed
+        if self._journal is not None:
+            self._journal.owing(self._owed, self._head)  # the frames before _head gave their permits
 
     def _settle(self) -> None:
-        """Give back every permit owed (before reading the pipe or waiting)."""
+        """Give back every place owed (before reading the pipe or waiting)."""
         owed = self._owed
         if owed:
             self._owed = 0
-            self._release(owed)
-
-    def _release(self, count: int) -> None:
-        deque(starmap(self._slots.release, repeat((), count)), 0)  # one call per permit, in C
-        self._b._wake_publishers()
+            self._b._give_back(owed)
+            if self._journal is not None:
+                self._journal.owing(0, self._head)
 
     def _commands(self) -> None:
         """While values come from the buffer, look at commands every _COMMAND_CHECK seconds."""
@@ -476,7 +487,7 @@ class ProcessSubscription(Subscription[T]):
         waker = ctx.waker
         b._wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
         try:
-            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready)
+            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready, f"a value of buffer {b.name!r}")
         finally:
             b._wakers.discard(waker)
 
@@ -531,7 +542,7 @@ class ProcessSubscription(Subscription[T]):
                         owed = self._owed + 1
                         if owed >= self._release_at:
                             self._owed = 0
-                            self._release(owed)
+                            self._b._give_back(owed)
                         else:
                             self._owed = owed
                     yield value
@@ -581,7 +592,8 @@ class ProcessSubscription(Subscription[T]):
             result = self._next()
             if result is _NEED:
                 self._settle()
-                if shared[ENDED] or self._b._released or not self._fill():
+                # A journal's fill forgets the values handed out before it: those are returned first.
+                if shared[ENDED] or self._b._released or (self._journal is not None and out) or not self._fill():
                     break
             elif result is not _NOTHING:
                 out.append(result)

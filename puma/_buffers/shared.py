@@ -45,10 +45,12 @@ __all__ = [
     "END_CLEAN",
     "END_DRAIN",
     "END_ERROR",
+    "FREE",
     "HOLDS",
     "META_HOLDER",
     "PUBLISHERS",
     "READER",
+    "ROOM_TOKENS",
     "SEEN",
     "SHARED_SLOTS",
     "SUBSCRIBER",
@@ -79,20 +81,22 @@ HOLDS = 10  # stream holds outstanding (Buffer.hold_open)
 ENDED = 11  # how the stream ended (END_*); 0 while it goes on
 SUBSCRIBERS = 12  # subscriptions made, in every process
 END_SIZE = 13  # bytes written on the end channel
-WANTS = 14  # first of the want slots: waiting publishers by the room they need (see WANT_FLOORS)
+ROOM_TOKENS = 14  # room tokens written to the room pipe and not yet read (see ProcessBuffer._wakes_due)
+FREE = 15  # places free for values (capacity minus the values written and not yet given back)
+WANTS = 16  # first of the want slots: waiting publishers by the room they need (see WANT_FLOORS)
 WANT_SLOTS = 64
 TOKENS = WANTS + WANT_SLOTS  # first of the reader-token slots: Runner token + 1 of each distinct subscribing runnable
 MAX_READERS = 64
 SHARED_SLOTS = TOKENS + MAX_READERS
 
-#: Want slot ``k`` counts the waiting publishers that need at least ``WANT_FLOORS[k]`` permits (and
+#: Want slot ``k`` counts the waiting publishers that need at least ``WANT_FLOORS[k]`` places (and
 #: less than the next floor): floors a quarter of a power of two apart, so a waiter is woken when the
 #: room is within about 19 % of what it needs, never later.
 WANT_FLOORS = tuple(math.ceil(2 ** (k / 4)) for k in range(WANT_SLOTS))
 
 
 def want_slot(need: int) -> int:
-    """The want slot of a publisher waiting for ``need`` permits."""
+    """The want slot of a publisher waiting for ``need`` places."""
     return WANTS + max(0, bisect.bisect_right(WANT_FLOORS, need) - 1)
 
 

@@ -97,12 +97,24 @@ class StreamSupervision(abc.ABC):
     def fail_readers_here(self, error: BaseException) -> None:
         """End the streams of this buffer's readers in this process with ``error`` (after what they already have)."""
 
+    def finish_read(self, journal: str, pid: int) -> bool:
+        """A restartable reader (process ``pid``, its journal at ``journal``) died: finish the value it was reading.
+
+        Called before :meth:`free_held_by`.  False if it died in the middle of
+        reading a value that cannot be finished: the stream is then broken.
+        """
+        return True
+
     def recover(self, journal: str) -> tuple[int, int, list[Any], list[Any]] | None:
         """A restartable reader died: what its journal at ``journal`` says it held (see :mod:`puma._buffers.journal`).
 
         ``(stash_done, stash_taken, in_flight, rest)``, or None when the buffer
         keeps no journal (a reader in a thread does not die alone).
         """
+        return None
+
+    def forget(self, journal: str) -> None:
+        """The journal at ``journal`` of a reader that died is done with: let go of what was kept to recover it."""
         return None
 
     @abc.abstractmethod

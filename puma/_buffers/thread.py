@@ -298,7 +298,7 @@ class _ThreadPublisher(Publisher[T]):
 
         ok = False
         try:
-            ok = ctx.wait((), deadline.remaining(), ready)
+            ok = ctx.wait((), deadline.remaining(), ready, f"room in buffer {b.name!r}")
         finally:
             with b._lock:
                 if me in waiters:
@@ -438,7 +438,7 @@ class _ThreadSubscription(Subscription[T]):
 
         ok = False
         try:
-            ok = ctx.wait((), deadline.remaining(), ready)
+            ok = ctx.wait((), deadline.remaining(), ready, f"a value of buffer {b.name!r}")
         finally:
             with b._lock:
                 if waker in waiters:

@@ -319,17 +319,59 @@ _child_sender: _Sender | None = None
 _child_handler: _ChildHandler | None = None
 
 
-def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
-    """In a child process: send every record to the parent, with the parent's levels."""
-    global _child_batches, _child_sender, _child_handler
+def setup_child(settings: dict[str, Any] | None, link: Any, name: str) -> None:
+    """In a child process: send every record to the parent, with the parent's levels.
+
+    ``settings`` None: the child was forked, and the logging set-up it inherited is the parent's.
+    """
+    global _child_batches, _child_handler
     _register_fork_hook()
     _forget_listener()
+    if settings is None:
+        floor = _forked_child_loggers()
+    else:
+        _apply_levels(settings)
+        floor = settings.get("floor", logging.NOTSET)
+    batches = _Batches()
+    handler = _ChildHandler(batches, name)
+    handler.setLevel(floor)
+
+    def start_sender() -> None:  # made with the first record: a child that never logs never makes it
+        global _child_sender
+        _child_sender = _Sender(batches, link)
+        _child_sender.start()
+
+    batches.starter = start_sender
+    logging.getLogger().addHandler(handler)
+    _child_batches, _child_handler = batches, handler
+
+
+def _forked_child_loggers() -> int:
+    """In a forked child: drop the parent's handlers, every record propagates; the lowest level they wrote.
+
+    The levels, the disabled flags and ``logging.disable`` are the parent's
+    already, and nothing else is written: each object written after a fork
+    is a page copied.
+    """
+    floor = logging.lastResort.level if logging.lastResort is not None else logging.NOTSET
+    for logger in [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]:
+        if isinstance(logger, logging.Logger):
+            if logger.handlers:
+                for handler in list(logger.handlers):
+                    floor = min(floor, handler.level)
+                    logger.removeHandler(handler)  # not closed: they are the parent's files
+            if not logger.propagate:
+                logger.propagate = True
+    return floor
+
+
+def _apply_levels(settings: dict[str, Any]) -> None:
+    """In a spawned or forkserver child: drop any handler, every record propagates, the parent's levels."""
     root = logging.getLogger()
-    manager = logging.Logger.manager
-    for logger in [root, *list(manager.loggerDict.values())]:
+    for logger in [root, *list(logging.Logger.manager.loggerDict.values())]:
         if isinstance(logger, logging.Logger):
             for handler in list(logger.handlers):
-                logger.removeHandler(handler)  # not closed: with fork they are the parent's files
+                logger.removeHandler(handler)
             logger.propagate = True
             logger.setLevel(logging.NOTSET)
             logger.disabled = False
@@ -339,13 +381,6 @@ def setup_child(settings: dict[str, Any], link: Any, name: str) -> None:
     for logger_name in settings["disabled"]:
         logging.getLogger(logger_name).disabled = True
     logging.disable(settings["disable"])
-    batches = _Batches()
-    sender = _Sender(batches, link)
-    handler = _ChildHandler(batches, name)
-    handler.setLevel(settings.get("floor", logging.NOTSET))
-    batches.starter = sender.start
-    root.addHandler(handler)
-    _child_batches, _child_sender, _child_handler = batches, sender, handler
 
 
 def flush_child() -> None:

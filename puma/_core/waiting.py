@@ -76,6 +76,27 @@ class Deadline:
         return other if left is None else min(left, other)
 
 
+#: Descriptors whose waiters are woken one at a time (see :func:`wake_one_at_a_time`).
+_EXCLUSIVE: set[int] = set()
+_HAS_EXCLUSIVE = hasattr(select, "EPOLLEXCLUSIVE")
+
+
+def wake_one_at_a_time(fd: int, on: bool = True) -> None:
+    """Mark (``on``) or unmark the readable descriptor ``fd`` as one whose waiters are woken one per write.
+
+    Where the platform has ``EPOLLEXCLUSIVE`` (Linux), a wait that watches such a
+    descriptor uses an epoll registration with that flag, so one write wakes one
+    of the processes waiting on it instead of all of them (a buffer's room
+    tokens: one token serves one waiting publisher).  Elsewhere every waiter
+    wakes and the one that reads the byte wins, as before.  Waiters must read
+    what woke them and a writer must write one byte per waiter it means to wake.
+    """
+    if on and _HAS_EXCLUSIVE:
+        _EXCLUSIVE.add(fd)
+    else:
+        _EXCLUSIVE.discard(fd)
+
+
 class _Poller:
     """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
@@ -100,11 +121,36 @@ class _Poller:
 
     def poll(self, timeout: float | None) -> list[int]:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
+        if _EXCLUSIVE and (timeout is None or timeout > 0):
+            # Looked up at each wait: a descriptor number may be closed and used again.
+            exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE]
+            if exclusive:
+                return self._sleep_exclusive(exclusive, timeout)
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]
         ready, writable, _ = select.select(self._fds, self._writable, [], timeout)
         return ready + [fd for fd in writable if fd not in ready] if writable else ready
+
+    def _sleep_exclusive(self, exclusive: list[int], timeout: float | None) -> list[int]:
+        """Sleep in an epoll made for this one wait, the one-at-a-time descriptors registered ``EPOLLEXCLUSIVE``.
+
+        Made and closed each time (a few system calls) rather than kept: an
+        epoll set holds open files, not numbers, so a kept one would go on
+        watching nothing once a descriptor number is closed and used again,
+        and one inherited through ``fork`` would be shared with the parent.
+        """
+        with select.epoll() as ep:
+            read_mask = select.EPOLLIN | select.EPOLLPRI
+            writable = set(self._writable)
+            for fd in set(self._fds) - writable:
+                if fd in exclusive:
+                    ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+                else:
+                    ep.register(fd, read_mask)
+            for fd in writable:
+                ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
+            return [fd for fd, _ev in ep.poll(-1 if timeout is None else timeout)]
 
 
 Poller = _Poller

@@ -19,8 +19,6 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait as wait_for
 from typing import Any, TypeVar, overload
 
-import psutil
-
 from puma import _attributes
 from puma._buffers.base import Buffer
 from puma._buffers.process import ProcessBuffer
@@ -274,6 +272,8 @@ def _has_ended(pid: int, within: float = 1.0) -> bool:
                 return bool(select.select([fd], [], [], within)[0])
             finally:
                 os.close(fd)
+    import psutil  # here: a Runner's process does not load it to start children (a larger process forks slower)
+
     try:
         return bool(psutil.Process(pid).status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD))
     except psutil.Error:
@@ -371,11 +371,14 @@ class ProcessEnvironment(Environment):
     ) -> ChildHandle:
         prctl()  # resolved here, so a forked child does not pay for it
         link = ProcessLink(self._context)
-        # A forked child inherits the runnable as it is; others get it sealed (see Sealed).
-        sent = child if self._start_method == "fork" else Sealed(child)
+        # A forked child inherits the runnable as it is, and the logging set-up it takes its
+        # levels from (it reads them itself: no work here); others get the runnable sealed (see
+        # Sealed) and a snapshot of the levels.
+        forked = self._start_method == "fork"
+        sent = child if forked else Sealed(child)
         process = self._context.Process(
             target=process_main,
-            args=(sent, link.child, token, _logging.child_settings(), os.getpid()),
+            args=(sent, link.child_ends, token, None if forked else _logging.child_settings(), os.getpid()),
             kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )

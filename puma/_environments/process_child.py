@@ -15,11 +15,12 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 from typing import Any
 
 from puma._core import logs as _logging
 from puma._environments.pickling import Sealed
-from puma._environments.process_link import ProcessChildLink
+from puma._environments.process_link import ProcessChildLink, announce_started
 from puma._frames import memory as _memory
 from puma._runnable.context import ChildContext
 from puma._runnable.runnable import Runnable, run_child
@@ -92,7 +93,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def process_main(
     sent: Runnable | Sealed,
-    link: ProcessChildLink,
+    ends: tuple[Connection, Connection, Connection],
     token: int,
     log_settings: Any,
     parent_pid: int,
@@ -110,6 +111,7 @@ def process_main(
     process (which also catches a parent that died before then), logging,
     faulthandler.
 
+    ``ends``: the child's ends of its link's pipes (control, status, reply).
     ``own_group``: lead a process group of its own, which the processes it
     starts join, so the Runner can end the whole tree with it.
     """
@@ -124,6 +126,7 @@ def process_main(
     try:
         runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error
+        link = ProcessChildLink(*ends)
         _die_with_parent(parent_pid)
         exc.add_note(f"raised while rebuilding runnable {name!r} in its child process {os.getpid()}")
         try:
@@ -133,13 +136,18 @@ def process_main(
         link.send_finished(exc, False)
         return
 
+    # STARTED first, written straight to the pipe: making the link and the runnable's context
+    # (objects and code touched for the first time: page faults in a forked child) comes after.
+    announce_started(ends[0])
+    link = ProcessChildLink(*ends)
+
     def setup() -> None:
         _die_with_parent(parent_pid)
         faulthandler.enable()
         _logging.setup_child(log_settings, link, runnable.name)
 
     try:
-        run_child(runnable, ChildContext(runnable, link, token), setup)
+        run_child(runnable, ChildContext(runnable, link, token), setup, announced=True)
     finally:
         sys.stdout.flush()
         sys.stderr.flush()

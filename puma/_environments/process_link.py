@@ -48,7 +48,7 @@ from puma._core import messages as msg
 from puma._core.errors import NotPicklableError, RunnableNotRunningError, serialize_error
 from puma._core.waiting import Deadline, Poller, Waker
 
-__all__ = ["ProcessChildLink", "ProcessLink", "decode", "encode"]
+__all__ = ["ProcessChildLink", "ProcessLink", "announce_started", "decode", "encode"]
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
 _MESSAGE = bytes((codec.MESSAGE,))
@@ -73,6 +73,11 @@ def _send(fd: int, body: bytes) -> None:
     else:
         codec.write_all(fd, codec.header(len(body)))
         codec.write_all(fd, body)
+
+
+def announce_started(control: Connection) -> None:
+    """In the child: send STARTED on its control pipe, before its link is made (the first frame on it)."""
+    _send(control.fileno(), encode((msg.STARTED, os.getpid(), threading.current_thread().name)))
 
 
 class ProcessChildLink:
@@ -161,15 +166,12 @@ class ProcessLink:
     """The parent's end of the link to a process runnable."""
 
     def __init__(self, context: Any) -> None:
-        # A child sets its parent-death signal through ctypes (_environment._die_with_parent).
-        # Imported here, in the parent, a forked child finds it loaded instead of paying
-        # some 3 ms to import it (most of what a fork start costs beyond a bare Process).
-        import ctypes  # noqa: F401
-
         self.control, child_control = context.Pipe(duplex=True)
         self.status, child_status = context.Pipe(duplex=False)
         self.reply, child_reply = context.Pipe(duplex=False)
-        self.child = ProcessChildLink(child_control, child_status, child_reply)
+        # The child's ends, which the child makes its ProcessChildLink of: made there, not here,
+        # where every object made between two forks is a page the next fork makes the parent copy.
+        self.child_ends: tuple[Connection, Connection, Connection] = (child_control, child_status, child_reply)
         self._lock = threading.Lock()
         self._caller = threading.Lock()  # held by the one thread making a direct call
         self._guard = threading.Lock()  # guards _closed and the reply pipe's closing
@@ -183,9 +185,10 @@ class ProcessLink:
         # the supervisor (which watches the pipe for room while anything waits: on_pending
         # tells it) or by the next sender.  So no sender, the supervisor least of all, ever
         # blocks on a child that does not read its commands.  _queued and _sent count bytes.
-        self._sender = socket.socket(fileno=os.dup(self.control.fileno()))
-        self._sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
-        # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
+        # The socket commands are written with (a duplicate of the control pipe's descriptor) is
+        # made with the first command: a start does not pay for it (see _sender_socket).
+        self._sender: socket.socket | None = None
+        self._sender_closed = False  # close() has run: no sender may be made any more
         self._failed: OSError | None = None  # the child is gone: what writing to it raised
         self._out = bytearray()
         self._queued = 0
@@ -251,13 +254,24 @@ class ProcessLink:
     def _write_out(self) -> None:
         """Write from ``_out`` until it is empty or the pipe is full (hold ``_lock``)."""
         out = self._out
+        sender = self._sender or self._sender_socket()
         while out:
             try:
-                written = self._sender.send(out, socket.MSG_DONTWAIT)
+                written = sender.send(out, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return
             del out[:written]
             self._sent += written
+
+    def _sender_socket(self) -> socket.socket:
+        """The socket commands are written with, made on first use (hold ``_lock``)."""
+        if self._sender_closed:
+            raise OSError("the link to the child is closed")
+        sender = socket.socket(fileno=os.dup(self.control.fileno()))
+        sender.settimeout(None)  # blocking, whatever socket.setdefaulttimeout() says: it shares the
+        # open file, so a timeout (O_NONBLOCK) would also make the Connection's reads non-blocking
+        self._sender = sender
+        return sender
 
     def _wait_sent(self, end: int, size: int, deadline: Deadline) -> str:
         """Wait until the pipe has taken the frame of ``size`` bytes ending at ``end``, writing meanwhile.
@@ -400,12 +414,15 @@ class ProcessLink:
 
     def close_child_end(self) -> None:
         """Close the parent's copy of the child's ends once the child has them."""
-        self.child.close()
+        for end in self.child_ends:
+            end.close()
 
     def close(self) -> None:
         with self._lock:
             self._out.clear()
-            self._sender.close()
+            self._sender_closed = True
+            if self._sender is not None:
+                self._sender.close()
         self.control.close()
         self.status.close()
         with self._guard:

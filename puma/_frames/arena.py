@@ -257,6 +257,37 @@ class Arena:
         weakref.finalize(view, self._free, index, gen, _registry.pid)
         return view
 
+    def adopt(self, index: int, gen: int, holder: int) -> bool:
+        """A dead reader's journal holds this block's handle: make it this process's, if ``holder`` or nobody had it.
+
+        ``holder`` is the dead reader's pid; nobody: the handle was read from the
+        pipe and not claimed yet (in flight).  False if the block was freed
+        since (its value collected in the reader) or given to another value.
+        """
+        header = self._slots()
+        if header is None or not 0 <= index < _MAX_BLOCKS:
+            return False
+        base = _B + _W * index
+        with self._lock:
+            if header[base + _GEN] != gen or header[base + _OWNER] not in (holder, IN_FLIGHT):
+                return False
+            header[base + _OWNER] = _registry.pid
+        return True
+
+    def copy(self, index: int, gen: int, size: int) -> bytearray:
+        """A copy of the first ``size`` bytes of a block this process holds (see :meth:`adopt`)."""
+        header = self._slots()
+        base = _B + _W * index
+        if header is None or header[base + _GEN] != gen or header[base + _OWNER] != _registry.pid:
+            raise PumaError("a large value's shared memory was freed before its journal was read")
+        k, at = self._where(int(header[base + _OFF]))
+        return bytearray(self._area(k)[at : at + size])
+
+    def release(self, refs: list[tuple[int, int]]) -> None:
+        """Free the blocks this process holds of ``refs`` (adopted ones, once copied)."""
+        for index, gen in refs:
+            self._free(index, gen, _registry.pid)
+
     def _free(self, index: int, gen: int, holder: int) -> None:
         """Free a block held by ``holder`` (a pid, or IN_FLIGHT) if it still is (same generation)."""
         if self.closed or (holder > 0 and holder != _registry.pid):

@@ -238,19 +238,23 @@ class Runnable(abc.ABC):
         return record.send_command(name, args, kwargs)
 
 
-def run_child(runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[], None] | None = None) -> None:
+def run_child(
+    runnable: Runnable, ctx: _context.ChildContext, setup: Callable[[], None] | None = None, announced: bool = False
+) -> None:
     """Run ``runnable`` in this thread/process and report the outcome through ``ctx``.
 
-    Sends STARTED, runs ``setup`` (the rest of a child process's set-up, done
-    while the parent learns that the child runs), runs ``execute``, completes
-    every output (with the error if it failed), flushes logs, then sends
-    FINISHED with the error (or None).
+    Sends STARTED (unless ``announced``: the caller sent it already), runs
+    ``setup`` (the rest of a child process's set-up, done while the parent
+    learns that the child runs), runs ``execute``, completes every output
+    (with the error if it failed), flushes logs, then sends FINISHED with the
+    error (or None).
     """
     link = ctx.link
     error: BaseException | None = None
     stopped = False
     with ctx:
-        link.send((msg.STARTED, os.getpid(), threading.current_thread().name))
+        if not announced:
+            link.send((msg.STARTED, os.getpid(), threading.current_thread().name))
         try:
             if setup is not None:
                 setup()

@@ -70,6 +70,10 @@ class FailurePolicy(abc.ABC):
         """``record`` is about to be launched, running ``child`` (the caller's thread)."""
         return None
 
+    def died(self, record: ChildRecord, pid: int) -> None:
+        """``record``'s process ``pid`` died without reporting its end (the supervisor, before it frees its locks)."""
+        return None
+
     def ending(self, record: ChildRecord, error: BaseException | None, broken: bool = False) -> bool:
         """``record`` ends (``error``: how; ``broken``: it left an output broken); True if the policy takes the error.
 

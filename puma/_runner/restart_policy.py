@@ -160,8 +160,8 @@ class RestartPolicy(FailurePolicy):
     value it was processing at the crash goes to :attr:`dead_letters` with the
     error, or, with ``redeliver=True``, is given once more (at-least-once).
     This holds for a process killed outright (``SIGKILL``) too: its readers
-    keep a journal the Runner reads after the death (values over half a
-    megabyte, or with out-of-band buffers, excepted).
+    keep a journal the Runner reads after the death, whatever the values
+    (see docs/supervision.md for the limits).
 
     Args:
         strategy: who restarts with the failed runnable: ``"one_for_one"`` (only it),
@@ -343,6 +343,10 @@ class RestartPolicy(FailurePolicy):
         self._holds[record.token] = [out.hold_open() for out in record.runnable.outputs]
         self._started_at[record.token] = time.monotonic()
 
+    def died(self, record: ChildRecord, pid: int) -> None:
+        if record.token in self._journals:
+            _restarting.finish_reads(record, self._journals[record.token], pid)
+
     def ending(self, record: ChildRecord, error: BaseException | None, broken: bool = False) -> bool:
         token = record.token
         runner = self._runner
@@ -421,12 +425,13 @@ class RestartPolicy(FailurePolicy):
         self._let_go(token, self._told.pop(token, None))
 
     def due_in(self) -> float | None:
-        if not self._due:
-            return None
-        due: float = min(self._due.values())
-        return max(0.0, due - time.monotonic())
+        now = time.monotonic()
+        waits = [max(0.0, due - now) for due in self._due.values()]
+        stop = _restarting.end_overdue(self._runner, act=False)  # a stop for a restart that outlives its timeout
+        return min([*waits, stop] if stop is not None else waits, default=None)
 
     def tick(self) -> None:
+        _restarting.end_overdue(self._runner, act=True)
         if not self._due:
             return
         runner = self._runner
@@ -530,13 +535,8 @@ class RestartPolicy(FailurePolicy):
                 self._settled += 1
             self._changed.notify_all()
         if action == "restart":
-            log.warning(
-                "runnable %s; restart %d of at most %d within %s s",
-                str(crash),
-                len(self._window),
-                self.max_restarts,
-                self.period,
-            )
+            window = (len(self._window), self.max_restarts, self.period)
+            log.warning("runnable %s; restart %d of at most %d within %s s", str(crash), *window)
         else:
             log.error("runnable %s", str(crash))
 

@@ -23,7 +23,9 @@ ends for good.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,10 +35,12 @@ from puma._core.errors import PumaError
 from puma._runnable.runnable import Runnable
 from puma._runner.records import ChildRecord, Lifecycle, buffers_held_by
 from puma._runner.resources import join_outputs, leave
+from puma._runner.supervisor import KILL_GRACE
 
-__all__ = ["forget_journals", "journals_of", "launch", "recovered", "replace"]
+__all__ = ["end_overdue", "finish_reads", "forget_journals", "journals_of", "launch", "recovered", "replace"]
 
 _incarnations = itertools.count(1)
+log = logging.getLogger("puma.supervision")
 
 
 def replace(runner: Any, old: ChildRecord, factory: Callable[[], Runnable] | None) -> ChildRecord:
@@ -95,10 +99,66 @@ def recovered(record: ChildRecord, journals: str, given: dict[str, Any]) -> dict
     return out
 
 
+def finish_reads(record: ChildRecord, journals: str, pid: int) -> None:
+    """``record``'s process ``pid`` died: finish the values it was in the middle of reading, from its journals.
+
+    One that cannot be finished leaves its buffer broken: said in the log
+    (its readers end with a :class:`~puma.BufferClosedError`).
+    """
+    for key, buffer in _inputs(record).items():
+        if not buffer.supervision.finish_read(journal_path(journals, key), pid):
+            log.error(
+                "runnable %r (pid %d) died in the middle of reading a value from buffer %r and the rest of that "
+                "value cannot be read for it: the stream is broken for its readers",
+                record.name,
+                pid,
+                buffer.name,
+            )
+
+
+def end_overdue(runner: Any, act: bool) -> float | None:
+    """End from outside a process stopped to be restarted that outlived its stop timeout; seconds until the next is due.
+
+    What an Erlang/OTP supervisor does with a child that does not stop
+    within its shutdown time: it is terminated (``SIGTERM``), then killed
+    after a grace; that end is a :class:`~puma.StuckRunnableError`, and it is
+    restarted with the others (the value it held is given again: not its
+    fault).  A thread cannot be ended from outside: left to the Runner's
+    ``join`` and close, as without a policy.  ``act``: False only says when.
+    """
+    now = time.monotonic()
+    soonest: float | None = None
+    for record in list(runner._records):
+        handle = record.handle
+        if not record.restart_pending or record.ended or record.stop_sent_at is None or record.killed:
+            continue
+        if handle is None or handle.kind == "thread":
+            continue
+        due = record.stop_sent_at + runner._stop_timeout + (KILL_GRACE if record.stuck else 0.0)
+        if due > now or not act:
+            soonest = max(due - now, 0.0) if soonest is None else min(soonest, max(due - now, 0.0))
+        elif not record.stuck:
+            log.warning(
+                "runnable %r did not stop within %s s to be restarted: terminated, then killed if need be",
+                record.name,
+                runner._stop_timeout,
+            )
+            record.stuck = True
+            record.stop_sent_at = now - runner._stop_timeout  # the kill is due a grace from now
+            handle.terminate()
+            soonest = KILL_GRACE if soonest is None else min(soonest, KILL_GRACE)
+        else:
+            record.killed = True
+            handle.kill()
+    return soonest
+
+
 def forget_journals(record: ChildRecord, journals: str) -> None:
     """Remove what journals of ``record``'s incarnation are left (one killed before it could)."""
-    for key in _inputs(record):
-        remove(journal_path(journals, key))
+    for key, buffer in _inputs(record).items():
+        path = journal_path(journals, key)
+        remove(path)
+        buffer.supervision.forget(path)  # what was kept to recover it (large values' shared memory)
 
 
 def launch(runner: Any, record: ChildRecord, stash: dict[str, Any], join: bool, journals: str) -> None:

@@ -35,6 +35,7 @@ from puma._runner.policy import FailurePolicy, policy_for
 from puma._runner.records import ChildRecord, Lifecycle
 from puma._runner.resources import hold_buffers, join_outputs, leave, let_go_of_buffers
 from puma._runner.snapshot import RunnerSnapshot
+from puma._runner.starting import Filed, admit, start_batch, unfile
 from puma._runner.stopping import stuck_error, track
 from puma._runner.supervisor import KILL_GRACE, Supervisor
 
@@ -174,6 +175,13 @@ class Runner:
 
     def _start(self, runnable: Runnable, chosen: Environment | None, claim: bool, watch: bool = True) -> ChildRecord:
         """Launch ``runnable``; ``claim``: the caller reads its STARTED where it can; ``watch``: wake the supervisor."""
+        filed = self._file(runnable, chosen)
+        self._launch_filed(filed, claim, watch)
+        admit(self, [filed.record])
+        return filed.record
+
+    def _file(self, runnable: Runnable, chosen: Environment | None) -> Filed:
+        """Check and prepare ``runnable`` and file its record: everything before its launch."""
         if not isinstance(runnable, Runnable):
             raise TypeError(f"Runner.start() takes a puma.Runnable, not {type(runnable).__name__}")
         env = chosen if chosen is not None else self._environment
@@ -191,24 +199,17 @@ class Runner:
             leave(joined)
             raise
         hold_buffers(self._buffers, runnable)
+        return Filed(record, child, joined)
+
+    def _launch_filed(self, filed: Filed, claim: bool, watch: bool) -> None:
+        """Launch a filed runnable; if that fails, take its record back (as if never filed) and raise."""
+        record = filed.record
         try:
-            self._policy.starting(record, child)
-            self._launch(record, child, env, claim, watch)
+            self._policy.starting(record, filed.child)
+            self._launch(record, filed.child, record.environment, claim, watch)
         except BaseException:
-            record.start_claimed = False
-            leave(joined)
-            with self._cond:
-                self._records.remove(record)
-                del self._by_token[record.token]
-                runnable._puma_record = None
-                self._cond.notify_all()
+            unfile(self, filed)
             raise
-        failed = [r for r in self._records if r.error is not None]
-        if failed and not self._policy.admits(record, self._records, failed):
-            self._send_stop(record)  # the Runner is already stopping after a failure
-            if self._supervisor is not None:
-                self._supervisor.call_soon(self._supervisor.close_unread_buffers)
-        return record
 
     def _check_startable(self, runnable: Runnable) -> None:
         try:
@@ -290,14 +291,7 @@ class Runner:
         side.  ``timeout`` (default: the Runner's ``start_timeout``) bounds the whole wait; a
         runnable that fails to start raises its error, as in :meth:`wait_until_running`.
         """
-        started: list[R] = []
-        try:  # the supervisor is woken once, after the last launch (each wake-up costs this loop)
-            for runnable in runnables:
-                self._start(runnable, environment, claim=False, watch=False)
-                started.append(runnable)
-        finally:
-            if started:
-                self._ensure_supervisor().watch()
+        started = start_batch(self, runnables, environment)
         deadline = Deadline(self._start_timeout if timeout is None else timeout)
         for runnable in started:
             self._wait_running(self._record(runnable), deadline)

@@ -236,6 +236,8 @@ class Supervisor(threading.Thread):
         handle.join(KILL_GRACE)
         status = handle.exit_status()
         pid = handle.pid
+        if pid is not None:
+            runner._policy.died(record, pid)  # a restart policy finishes what it was reading (its journals)
         intact = self._free_held_by(pid) if pid is not None else set()  # before anything takes a buffer's lock
         error: PumaError = ChildDiedError(record.name, pid, status.exitcode, not record.has_started, status.cause)
         if record.stuck:

@@ -1,0 +1,90 @@
+"""Runner.start_all prepares every runnable before it launches any: what one that cannot start does is unchanged."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+import puma
+
+
+class _Waits(puma.Runnable):
+    def execute(self) -> None:
+        self.wait_for_stop()
+
+
+class _ForgotSuper(puma.Runnable):
+    def __init__(self) -> None:  # no super().__init__(): refused before it is filed
+        self.value = 1
+
+    def execute(self) -> None:
+        pass
+
+
+class _HoldsALock(puma.Runnable):
+    def __init__(self) -> None:
+        super().__init__("holds-a-lock")
+        self.lock = threading.Lock()  # cannot cross into a process
+
+    def execute(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(120)
+def test_a_runnable_that_cannot_start_leaves_those_before_it_running_and_those_after_unstarted(
+    env: puma.Environment,
+) -> None:
+    before = [_Waits(f"before-{i}") for i in range(2)]
+    after = _Waits("after")
+    with puma.Runner(env) as runner:
+        with pytest.raises(puma.PumaError, match="never initialised"):
+            runner.start_all([*before, _ForgotSuper(), after], timeout=60)
+        for runnable in before:
+            runner.wait_until_running(runnable, timeout=60)
+            assert runner.is_alive(runnable)
+        assert [r.name for r in runner.runnables] == ["before-0", "before-1"]
+        with pytest.raises(puma.RunnableNotRunningError):
+            runner.pid(after)
+        assert runner.start_all([after], timeout=60) == [after]  # it was never filed: it starts now
+        runner.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_unpicklable_runnable_for_a_process_leaves_those_before_it_running(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    with puma.Runner(process_env) as runner:
+        first = _Waits("first")
+        with pytest.raises(puma.NotPicklableError, match="lock"):
+            runner.start_all([first, _HoldsALock(), _Waits("never")], timeout=60)
+        runner.wait_until_running(first, timeout=60)
+        assert [r.name for r in runner.runnables] == ["first"]
+        runner.stop()
+
+
+@pytest.mark.timeout(120)
+def test_an_iterable_that_raises_leaves_what_it_gave_before_running(env: puma.Environment) -> None:
+    def some() -> Iterator[puma.Runnable]:
+        yield _Waits("given-0")
+        yield _Waits("given-1")
+        raise LookupError("no more")
+
+    with puma.Runner(env) as runner:
+        with pytest.raises(LookupError, match="no more"):
+            runner.start_all(some(), timeout=60)
+        assert [r.name for r in runner.runnables] == ["given-0", "given-1"]
+        for runnable in runner.runnables:
+            runner.wait_until_running(runnable, timeout=60)
+        runner.stop()
+
+
+@pytest.mark.timeout(120)
+def test_start_all_returns_every_runnable_running_in_order(env: puma.Environment) -> None:
+    with puma.Runner(env) as runner:
+        started = runner.start_all([_Waits(f"w-{i}") for i in range(5)], timeout=60)
+        assert [w.name for w in started] == [f"w-{i}" for i in range(5)]
+        assert all(runner.is_alive(w) for w in started)
+        assert runner.start_all([], timeout=60) == []
+        runner.stop()
