@@ -161,6 +161,51 @@ def test_a_closed_buffers_values_in_flight_come_back(process_env: puma.ProcessEn
     buffer.supervision.release()
 
 
+@pytest.mark.parametrize("then", ["recover", "forget"])
+def test_a_dead_readers_journal_keeps_its_blocks_until_it_is_read(tmp_path: Any, then: str) -> None:
+    # A restartable reader died right after it read a large value's frame (its handle in the journal,
+    # the block not claimed yet): the Runner keeps the block over the freeing of what the dead
+    # process held, copies the value out for the next incarnation, then frees it (or frees it when
+    # the journal is forgotten).
+    import pickle
+
+    from puma._buffers import process_large as _large
+    from puma._buffers.journal import Journal
+    from puma._buffers.process_publisher import ITEM
+    from puma._core import codec
+
+    buffer = puma.ProcessEnvironment().buffer(np.ndarray, 2, "journal")
+    arena = buffer._arena  # type: ignore[attr-defined]
+    stream = buffer.supervision
+    try:
+        assert buffer._take_free(1, os.getpid()) == 1  # type: ignore[attr-defined]  # the value's place
+        oob: list[pickle.PickleBuffer] = []
+        data = pickle.dumps(big(7, 1 << 20), 5, buffer_callback=oob.append)
+        packed = _large.pack(arena, [b.raw() for b in oob], ITEM, data)
+        assert packed is not None
+        frame = codec.frame(_large.SHARED, b"".join(packed[0]))
+        path = str(tmp_path / "journal")
+        journal = Journal(path)
+        journal.begin()
+        journal.wrote(0, memoryview(frame))
+        journal.close(unlink=False)
+        dead = os.getpid() + 1  # (no process needed: only its pid is asked for)
+        assert stream.finish_read(path, dead)
+        _registry.free_frames_held_by(dead)  # what the Runner frees of a dead process next
+        assert arena.usage()[1] == 1  # kept for the journal
+        if then == "recover":
+            found = stream.recover(path)
+            assert found is not None
+            _, _, in_flight, rest = found
+            assert in_flight == [] and len(rest) == 1 and is_big(rest[0], 7, 1 << 20)
+            assert buffer._free() == 2  # type: ignore[attr-defined]  # its place was given back too
+        else:
+            stream.forget(path)
+        assert arena.usage()[1] == 0
+    finally:
+        stream.release()
+
+
 def _no_memory(fd: int, offset: int, length: int) -> None:
     raise OSError(errno.ENOSPC, "No space left on device")
 
