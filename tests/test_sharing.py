@@ -151,6 +151,22 @@ def test_an_error_in_the_main_programs_publishing_block_ends_the_stream_with_it(
     assert sink.status("values") == [1]
 
 
+@pytest.mark.parametrize("reader", ["same", "thread"])
+def test_a_stream_that_ended_with_an_error_before_its_readers_stop_is_told_not_masked(
+    env: puma.Environment, reader: str
+) -> None:
+    """The end came first: the stop that follows does not hide why the reader's stream ended."""
+    with puma.Runner(env) as runner:
+        feed = env.buffer(int, 4, "feed")
+        sink = runner.start(Collector(feed, reraise=False), env if reader == "same" else puma.ThreadEnvironment())
+        sink.wait_status("subscribed", timeout=60)
+        with pytest.raises(ValueError, match="the feed failed"), feed.publisher():
+            raise ValueError("the feed failed")
+        runner.stop()  # right after the end: it reaches the reader with the end, or after it
+    assert sink.status("error")[:2] == ("ValueError", "the feed failed")
+    assert sink.status("values") == []
+
+
 class _PublishesOutsideItsOutputs(puma.Runnable):
     def __init__(self, buffer: puma.Buffer[int]) -> None:
         super().__init__("misuses")

@@ -440,9 +440,21 @@ class ProcessSubscription(Subscription[T]):
         ctx = self._ctx
         if ctx is not None:
             now = time.monotonic()
-            if now >= self._next_check:
+            if now >= self._next_check and not self._end_is_next():
                 self._next_check = now + _COMMAND_CHECK
                 ctx.check_stop()
+
+    def _end_is_next(self) -> bool:
+        """True if no value is buffered before a completion (or nothing is: the wait looks at commands).
+
+        A stream's end that reached the reader before its stop is told
+        (its error raised), not masked by the stop.
+        """
+        if self._items:
+            return False
+        start = self._head
+        head, _ = codec.parse_header(self._buf, start, self._tail)
+        return head == 0 or start + head >= self._tail or self._buf[start + head] == COMPLETE
 
     def _ending(self) -> BaseException | None:
         """What ends this reader now that it holds nothing: None if the stream goes on."""
@@ -464,15 +476,20 @@ class ProcessSubscription(Subscription[T]):
         """No whole frame is buffered: read more, or wait (servicing commands); False on timeout."""
         self._settle()
         ctx = self._ctx
-        if ctx is not None and not ctx.fds and ctx.has_command():
-            ctx.check_stop()  # a thread runnable reading a process buffer
+        looked = False
         while True:
             if self._ending() is not None or self._head < self._tail:
                 return True
             if self._fill():
                 return True
+            if not looked and ctx is not None and not ctx.fds and ctx.has_command():
+                ctx.check_stop()  # a thread runnable reading a process buffer (after what is there)
+            looked = True
             if not self._wait(deadline):
                 return False
+            # The wait looked at commands; what woke it (a value, the stream's end and its
+            # error) is taken before the next look.
+            self._next_check = time.monotonic() + _COMMAND_CHECK
 
     def _wait(self, deadline: Deadline) -> bool:
         """The one wait for a value: the pipe readable, the stream ended, or a failure here; False on timeout."""

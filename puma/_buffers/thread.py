@@ -166,6 +166,13 @@ class ThreadBuffer(Buffer[T]):
         if not self._ended and self._seen >= self._publishers and self._holds <= 0:
             self._end_stream(None)
 
+    def _ends_next(self) -> bool:
+        """True if what a reader takes next is the stream's end (no value before it)."""
+        if self._ended:
+            return True
+        items = self._items
+        return bool(items) and type(items[0]) is _Complete and items[0].error is not None
+
     def _take_locked(self) -> Any:
         """The next value, _END once the stream has ended, or _EMPTY (lock held)."""
         items = self._items
@@ -449,9 +456,9 @@ class _ThreadSubscription(Subscription[T]):
 
     def receive(self, timeout: float | None = None) -> T:
         ctx = self._ctx
-        if ctx is not None and ctx.has_command():
-            ctx.check_stop()  # a stop is seen even while values keep coming
         b = self._b
+        if ctx is not None and ctx.has_command() and not b._ends_next():
+            ctx.check_stop()  # a stop is seen even while values keep coming (an end that came first is told)
         deadline: Deadline | None = None
         while True:
             if self._ended is not None:

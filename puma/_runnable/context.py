@@ -203,10 +203,14 @@ class ChildContext:
         pending = False
         while True:
             waker.clear()
-            if service:
-                self.check_stop(pending)
+            # What is there is taken before a stop: a stream's end (its error) that reached the
+            # reader before its stop is told, not masked by it.  A stop that comes while values
+            # keep coming is seen by the reader's own look at commands.  (A command run below
+            # that makes ``ready()`` true also wakes this waker: nothing is missed.)
             if ready():
                 return True
+            if service:
+                self.check_stop(pending)
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 return False

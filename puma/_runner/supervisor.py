@@ -198,9 +198,11 @@ class Supervisor(threading.Thread):
             record.lingering = tuple(message[3])
         taken = self._runner._policy.ending(record, error)  # a restart policy may take the error
         if error is not None and not taken:
-            self.record_error(record, error)
+            # Its streams end before anyone hears of the error (and stops the others), so a
+            # reader is told why it ended, not merely stopped.
             if not record.has_started:  # it never ran (it could not be rebuilt): end its streams for it
                 self._complete_outputs_for(record, error, None)
+            self.record_error(record, error)
         # A process has ended once it has exited, which may take a while yet (atexit
         # handlers, a non-daemon thread, a busy machine): its exit is watched.  What it
         # read is freed now, since it reads no more.
@@ -254,7 +256,11 @@ class Supervisor(threading.Thread):
             mine = (*record.runnable.outputs, *buffers_held_by(record.runnable))
             broken = any(buffer.supervision.key in broken_keys for buffer in mine)
             if not runner._policy.ending(record, error, broken):
+                if not record.restart_pending:  # its streams end before anyone hears of the error
+                    self._complete_outputs_for(record, error, intact)
                 self.record_error(record, error)
+                self.finish(record)
+                return
         if not record.restart_pending:  # else the next incarnation publishes in its place
             self._complete_outputs_for(record, error, intact)
         self.finish(record)
