@@ -10,7 +10,7 @@ going to exactly one of them:
   go it finishes reading any frame it began, including the raw out-of-band
   buffers that follow an out-of-band header (read straight into the
   ``bytearray`` that becomes the array's memory), so the pipe is always at a
-  frame boundary between readers;
+  frame boundary between readers (:mod:`puma._buffers.process_reading`);
 * while others share the buffer a subscription reads only a few values'
   worth ahead of what it hands out (the count of free places already bounds the values
   in flight to the capacity), so no reader hoards work;
@@ -45,8 +45,8 @@ from puma._buffers import process_large as _large
 from puma._buffers.base import Subscription
 from puma._buffers.journal import Journal
 from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
+from puma._buffers.process_reading import FrameReading
 from puma._buffers.shared import (
-    BROKEN,
     END_CLEAN,
     END_DRAIN,
     END_ERROR,
@@ -72,7 +72,6 @@ _SIZE = codec.SIZE
 _COUNT = struct.Struct("!I")
 _READ_BUFFER = 1 << 18  # a subscription's read buffer; grows for a frame that does not fit
 _COMMAND_CHECK = 0.002  # seconds: most a subscriber serving buffered values goes without looking at commands
-_BREAK_CHECK = 0.05  # seconds: see _await_rest
 _never: list[int] = []  # a pipe nobody writes to, made once per process (a forked child's copy is as quiet)
 
 
@@ -83,7 +82,7 @@ def _never_readable() -> int:
     return _never[0]
 
 
-class ProcessSubscription(Subscription[T]):
+class ProcessSubscription(FrameReading, Subscription[T]):
     """One reader of a process buffer, in the process (and runnable) that subscribed."""
 
     def __init__(self, buffer: ProcessBuffer[T], ctx: _current.Context | None) -> None:
@@ -256,91 +255,6 @@ class ProcessSubscription(Subscription[T]):
         if completions:
             self._b._count_completions(completions)
         return frames
-
-    def _read_more(self, start: int, stop: int) -> bool:
-        """Read the pipe until the frame at ``start`` is buffered up to ``stop``; False if the stream broke.
-
-        Grows the buffer first if need be (``_head`` is 0: nothing moves).  On
-        a break the partial frame is dropped (``_tail`` becomes ``start``).
-        """
-        if stop <= self._tail:
-            return True
-        if self._journal is not None:
-            self._journal.expect(stop)
-        if stop > len(self._buf):
-            buf = bytearray(max(stop, 2 * len(self._buf)))
-            buf[: self._tail] = self._view[: self._tail]
-            self._buf, self._view = buf, memoryview(buf)
-        if not self._read_into(self._view, self._tail, stop):
-            self._tail = start
-            return False
-        self._tail = stop
-        return True
-
-    def _read_raws(self, frame_at: int, start: int, sizes: tuple[int, ...]) -> bool:
-        """The raw buffers after the out-of-band frame at ``frame_at`` are not all read: read them into their targets.
-
-        What was read of them already is copied; the rest goes straight from the pipe into the buffers.
-        """
-        buffers = [bytearray(size) for size in sizes]
-        if self._journal is not None:
-            self._journal.expect(start + sum(sizes))
-        pos = start
-        at = start  # where the raw buffer begins in the stream (and in a journal's copy of it)
-        for raw in buffers:
-            have = max(min(len(raw), self._tail - pos), 0)
-            if have:
-                raw[:have] = self._view[pos : pos + have]
-                pos += have
-            if have < len(raw) and not self._read_into(memoryview(raw), have, len(raw), at):
-                self._tail = frame_at
-                return False
-            at += len(raw)
-        self._tail = start  # the raw bytes live in the buffers now
-        self._raws = (frame_at, buffers)
-        return True
-
-    def _read_into(self, view: memoryview, start: int, stop: int, at: int = 0) -> bool:
-        """Fill ``view[start:stop]`` from the pipe (a publisher is writing it now); False if the stream broke.
-
-        ``view[0]`` is at ``at`` in the stream this fill read (for the journal).
-        """
-        fd = self._fd
-        journal = self._journal
-        while start < stop:
-            if journal is not None:
-                journal.reading()
-            try:
-                count = os.readv(fd, [view[start:stop]])
-                if journal is not None:
-                    journal.wrote(at + start, view[start : start + count])
-            except BlockingIOError:
-                if journal is not None:
-                    journal.wrote(at + start, view[:0])
-                if self._shared[BROKEN]:
-                    return False  # its writer died: the rest never comes (and nothing is written after)
-                self._await_rest()
-                continue
-            if count == 0:
-                raise EOFError(f"buffer {self._b.name!r}: its pipe was closed in the middle of a value")
-            start += count
-        return True
-
-    def _await_rest(self) -> None:
-        """Block until the pipe is readable, or the stream ends (a break is declared on the end channel).
-
-        Not the one wait for a value: this finishes a frame a publisher is
-        writing now, holding the read lock, and must not stop half-way (that
-        would leave the pipe mid-frame for the other readers), so it does not
-        run commands, like a publisher's own write of a large frame.  Once the
-        end channel is readable it stays so: from then on the pipe alone is
-        watched, looking for a break every ``_BREAK_CHECK`` seconds (a
-        writer's death after the stream ended has no other signal).
-        """
-        if self._shared[ENDED]:
-            self._data_poller.poll(_BREAK_CHECK)
-        else:
-            self._rest_poller.poll(None)
 
     # --- handing values out ------------------------------------------------------------------
     def _next(self) -> Any:
