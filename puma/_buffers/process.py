@@ -70,6 +70,7 @@ from puma._buffers.shared import (
     SUBSCRIBER,
     SUBSCRIBERS,
     TOKENS,
+    WAITING,
     WRITER,
     EndChannel,
     Guard,
@@ -160,7 +161,11 @@ class ProcessBuffer(RoomAccounting, Buffer[T]):
         self._stats: BufferStatistics | None = None  # the last figures, once released
         self._kept: dict[str, list[tuple[int, int]]] = {}  # arena blocks adopted for a dead reader's journal
         # One room token wakes one waiting publisher, not every one (see process_publisher).
-        wake_one_at_a_time(self._room_reader.fileno())
+        wake_one_at_a_time(self._room_reader.fileno(), crowded=self._crowded)
+
+    def _crowded(self) -> bool:
+        """Whether several publishers wait for room now (a hint: then one token must wake only one)."""
+        return int(self._shared[WAITING]) > 1
 
     def __getstate__(self) -> dict[str, Any]:
         if self._released:

@@ -21,7 +21,8 @@ import os
 import select
 import threading
 import time
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import Any
 
 __all__ = ["Deadline", "Poller", "Waker"]
@@ -76,12 +77,14 @@ class Deadline:
         return other if left is None else min(left, other)
 
 
-#: Descriptors whose waiters are woken one at a time (see :func:`wake_one_at_a_time`).
-_EXCLUSIVE: set[int] = set()
+#: Descriptors whose waiters are woken one at a time (see :func:`wake_one_at_a_time`), each with
+#: what says whether several may be waiting on it now (a weak reference: the registry keeps
+#: nothing alive).
+_EXCLUSIVE: dict[int, weakref.WeakMethod[Callable[[], bool]] | None] = {}
 _HAS_EXCLUSIVE = hasattr(select, "EPOLLEXCLUSIVE")
 
 
-def wake_one_at_a_time(fd: int, on: bool = True) -> None:
+def wake_one_at_a_time(fd: int, on: bool = True, crowded: Callable[[], bool] | None = None) -> None:
     """Mark (``on``) or unmark the readable descriptor ``fd`` as one whose waiters are woken one per write.
 
     Where the platform has ``EPOLLEXCLUSIVE`` (Linux), a wait that watches such a
@@ -90,11 +93,27 @@ def wake_one_at_a_time(fd: int, on: bool = True) -> None:
     tokens: one token serves one waiting publisher).  Elsewhere every waiter
     wakes and the one that reads the byte wins, as before.  Waiters must read
     what woke them and a writer must write one byte per waiter it means to wake.
+
+    ``crowded``: a bound method saying whether others may be waiting too
+    (read at each sleep, without a lock: a hint).  When it says no, the wait
+    sleeps in its usual poll: an epoll made for one sleep costs a few system
+    calls, worth paying only when a write would otherwise wake many.
     """
     if on and _HAS_EXCLUSIVE:
-        _EXCLUSIVE.add(fd)
+        _EXCLUSIVE[fd] = None if crowded is None else weakref.WeakMethod(crowded)
     else:
-        _EXCLUSIVE.discard(fd)
+        _EXCLUSIVE.pop(fd, None)
+
+
+def _exclusive_now(fd: int) -> bool:
+    """Whether a sleep on ``fd`` should be one of the waiters woken one at a time."""
+    if fd not in _EXCLUSIVE:
+        return False
+    ref = _EXCLUSIVE.get(fd)
+    if ref is None:
+        return True
+    crowded = ref()
+    return crowded is not None and crowded()
 
 
 class _Poller:
@@ -123,7 +142,7 @@ class _Poller:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
         if _EXCLUSIVE and (timeout is None or timeout > 0):
             # Looked up at each wait: a descriptor number may be closed and used again.
-            exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE]
+            exclusive = [fd for fd in self._fds if _exclusive_now(fd)]
             if exclusive:
                 return self._sleep_exclusive(exclusive, timeout)
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
