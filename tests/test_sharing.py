@@ -167,6 +167,31 @@ def test_a_stream_that_ended_with_an_error_before_its_readers_stop_is_told_not_m
     assert sink.status("values") == []
 
 
+def test_a_frame_whose_publish_finds_no_room_stays_its_holders(env: puma.Environment) -> None:
+    """A value is pickled (a frame in it handed over) only once its place is taken: a timeout sends nothing."""
+    import numpy as np
+
+    pool = env.frame_pool(16, np.uint8, count=2, name="held")
+    buffer = env.buffer(object, 1, "full")
+    try:
+        with buffer.publisher() as pub:
+            first, second = pool.borrow(timeout=10), pool.borrow(timeout=10)
+            pub.publish(first)  # the only place
+            with pytest.raises(puma.BufferFull):
+                pub.publish(second, timeout=0.05)
+            second.array[:] = 7  # still ours: writable, not handed over
+            with pytest.raises(puma.BufferFull):
+                pub.publish((second, "meta"), timeout=0.05)  # nor inside a container
+            second.array[0] = 8
+            second.release()
+        with next(iter(buffer.subscribe())) as got:
+            assert got.array.shape == (16,)
+        assert pool.statistics().free == 2
+    finally:
+        buffer.supervision.release()
+        pool.close()
+
+
 class _PublishesOutsideItsOutputs(puma.Runnable):
     def __init__(self, buffer: puma.Buffer[int]) -> None:
         super().__init__("misuses")
@@ -530,13 +555,14 @@ def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -
 
     buffer._write_tokens = counting_write  # type: ignore[attr-defined]
     try:
-        assert buffer._take_or_wait(8, 8) == 8  # type: ignore[attr-defined]  # all the room
-        assert buffer._take_or_wait(4, 4) == 0  # type: ignore[attr-defined]  # none: now counted as waiting
+        pid = os.getpid()
+        assert buffer._take_or_wait(8, 8, pid) == 8  # type: ignore[attr-defined]  # all the room
+        assert buffer._take_or_wait(4, 4, pid) == 0  # type: ignore[attr-defined]  # none: now counted as waiting
         buffer._give_back(4)  # type: ignore[attr-defined]  # room for it: one token
         buffer._give_back(4)  # type: ignore[attr-defined]  # it has not run yet: no second token
         assert tokens == [1]
         assert buffer._read_token()  # type: ignore[attr-defined]
-        assert buffer._look_for_room(4, 4, True) == (4, 0)  # type: ignore[attr-defined]  # nobody else waits
+        assert buffer._look_for_room(4, 4, True, pid) == (4, 0)  # type: ignore[attr-defined]  # nobody else waits
         assert not buffer._read_token()  # type: ignore[attr-defined]  # no token left behind
         assert buffer.statistics().size == 4
     finally:

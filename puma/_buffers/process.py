@@ -59,7 +59,7 @@ from puma._buffers.shared import (
     END_DRAIN,
     END_ERROR,
     ENDED,
-    FREE,
+    GIVEN,
     HOLDS,
     MAX_READERS,
     META_HOLDER,
@@ -143,7 +143,7 @@ class ProcessBuffer(RoomAccounting, Buffer[T]):
         self._read_lock = context.Lock()  # held while a reader reads the pipe (to a frame boundary)
         self._meta = context.Lock()  # guards the shared counters, never held long
         self._shared = context.RawArray("q", SHARED_SLOTS)
-        self._shared[FREE] = size
+        self._shared[GIVEN] = size  # every place given back to begin with (see process_room)
         self._group = max(1, size // 4)  # places given back (and room made) at a time
         self._useful = max(1, size // 2)  # the most room a blocked batch waits for before it writes part
         self._key = f"{os.getpid()}:{id(self)}"  # names this buffer in messages from the Runner
@@ -242,7 +242,7 @@ class ProcessBuffer(RoomAccounting, Buffer[T]):
         if self._stats is not None:
             return self._stats
         shared = self._shared
-        size = self.capacity - int(shared[FREE])
+        size = max(0, self.capacity - self._free())
         return BufferStatistics(
             self.name,
             self.capacity,

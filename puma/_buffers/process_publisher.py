@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers import process_large as _large
 from puma._buffers.base import Publisher
-from puma._buffers.shared import CLOSED, COMPLETED, WRITER
+from puma._buffers.shared import CLOSED, COMPLETED, GIVEN, TAKEN, WRITER
 from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
@@ -95,7 +95,7 @@ class ProcessPublisher(Publisher[T]):
         if self._completed or shared[CLOSED] or b._released:
             raise self._closing()
         useful = min(want, b._useful)
-        got = b._take_or_wait(want, useful)
+        got = b._take_or_wait(want, useful, self._pid)
         if got:
             return got
         ctx = _current.waiting_context()
@@ -111,7 +111,7 @@ class ProcessPublisher(Publisher[T]):
             # (before any sleep) reads no token: none was written for us yet.
             token = False if first else b._read_token()
             first = False
-            got, wakes = b._look_for_room(want, useful, token)
+            got, wakes = b._look_for_room(want, useful, token, self._pid)
             if not got:
                 return False
             waiting = False
@@ -135,15 +135,23 @@ class ProcessPublisher(Publisher[T]):
         raise self._closing()
 
     # --- frames ----------------------------------------------------------------------------
-    def _write(self, value: Any, kind: int) -> None:
-        """Pickle ``value`` and write it as one frame (plus its out-of-band buffers), under the write lock."""
-        oob: list[pickle.PickleBuffer] = []
+    def _pickle(self, value: Any, oob: list[pickle.PickleBuffer]) -> bytes:
+        """``value``'s pickle, its large buffers appended to ``oob`` (a frame in it is handed over to this buffer)."""
         sending = _frames.sending
         sending.tag = self._tag  # a frame handed over in this pickle notes the buffer it went into
         try:
-            data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+            return pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
         finally:
             sending.tag = 0
+
+    def _write(self, value: Any, kind: int) -> None:
+        """Pickle ``value`` and write it as one frame (plus its out-of-band buffers), under the write lock."""
+        oob: list[pickle.PickleBuffer] = []
+        data = self._pickle(value, oob)
+        self._send(data, oob, kind)
+
+    def _send(self, data: bytes, oob: list[pickle.PickleBuffer], kind: int) -> None:
+        """Write a pickle as one frame (plus its out-of-band buffers), under the write lock."""
         fd = self._fd
         shared = self._shared
         pid = self._pid
@@ -216,10 +224,91 @@ class ProcessPublisher(Publisher[T]):
         check = self._check
         if check is not None and not isinstance(value, check):
             raise self._b._type_error(value)
-        if self._completed or self._shared[CLOSED] or not self._take_free(1, self._pid):
-            self._take(1, Deadline(timeout))  # raises, or waits for room
+        shared = self._shared
+        if not (self._completed or shared[CLOSED]) and shared[GIVEN] - shared[TAKEN] > 0:
+            # The usual case: room, and a small value written under the one write lock, which
+            # takes its place too.
+            if _frames.pools:
+                self._publish_handing_over(value, timeout)
+                return
+            # No frame pool is open in this process, so pickling hands nothing over: the value
+            # is pickled before the lock, which is held only to take the place and write.
+            oob: list[pickle.PickleBuffer] = []
+            data = pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+            if oob or len(data) > codec.INLINE:
+                if not self._take_free(1, self._pid):
+                    self._take(1, Deadline(timeout))
+            elif self._write_small(data):
+                return
+            else:
+                self._take(1, Deadline(timeout))  # the room went meanwhile: wait for a place
+            try:
+                self._send(data, oob, ITEM)
+            except BaseException:
+                self._refund(1)
+                raise
+            return
+        self._take(1, Deadline(timeout))  # raises, or waits for room
         try:
             self._write(value, ITEM)
+        except BaseException:
+            self._refund(1)
+            raise
+
+    def _write_small(self, data: bytes) -> bool:
+        """Take a place and write ``data`` as one frame, under the write lock; False if no place is free."""
+        shared = self._shared
+        frame = codec.frame(ITEM, data)
+        lock = self._lock
+        lock.acquire()
+        try:  # a KeyboardInterrupt anywhere in here must not leave the lock taken
+            pid = self._pid
+            shared[WRITER] = pid
+            taken = shared[TAKEN]
+            if shared[GIVEN] - taken <= 0 or shared[CLOSED]:
+                return False
+            shared[TAKEN] = taken + 1
+            if len(frame) > _ATOMIC:
+                shared[WRITER] = -pid
+            codec.write_all(self._fd, frame)
+            return True
+        finally:
+            shared[WRITER] = 0
+            lock.release()
+
+    def _publish_handing_over(self, value: T, timeout: float | None) -> None:
+        """Publish a value that may hold frames: pickled (each frame handed over) only once its place is ours."""
+        shared = self._shared
+        data: bytes | None = None
+        oob: list[pickle.PickleBuffer] = []
+        lock = self._lock
+        lock.acquire()
+        try:
+            pid = self._pid
+            shared[WRITER] = pid
+            taken = shared[TAKEN]
+            if shared[GIVEN] - taken > 0 and shared[CLOSED] == 0:
+                shared[TAKEN] = taken + 1
+                try:
+                    data = self._pickle(value, oob)
+                except BaseException:
+                    shared[TAKEN] -= 1  # the place is not used: ours to give back, under this lock
+                    raise
+                if not oob and len(data) <= codec.INLINE:
+                    frame = codec.frame(ITEM, data)
+                    if len(frame) > _ATOMIC:
+                        shared[WRITER] = -pid
+                    codec.write_all(self._fd, frame)
+                    return
+        finally:
+            shared[WRITER] = 0
+            lock.release()
+        if data is None:  # the room went meanwhile (or the stream closed)
+            self._take(1, Deadline(timeout))  # raises, or waits for room
+        try:
+            if data is None:
+                data = self._pickle(value, oob)
+            self._send(data, oob, ITEM)
         except BaseException:
             self._refund(1)
             raise

@@ -1,12 +1,23 @@
-"""A process buffer's room: the count of free places, the publishers waiting for room, the tokens that wake them.
+"""A process buffer's room: the places free, the publishers waiting for room, the tokens that wake them.
 
-The free room is one counter (``FREE``) in the buffer's shared slots, under
-the meta lock, so a batch takes or gives back any number of places in one
-short critical section (a semaphore would cost one operation per place: 14 us
-for 100 of them here, more than the batch's pickling).  Everything a wake-up
-decision reads (``FREE``, ``WAITING``, the want slots, ``ROOM_TOKENS``) is
-written under the same lock, so a publisher that finds no room and counts
-itself as waiting, and a reader giving room back, cannot miss each other.
+The free room is two counters in the buffer's shared slots: ``TAKEN``, the
+places publishers ever took, written only under the write lock, and
+``GIVEN``, the places ever given back (the capacity to begin with, then
+every value read), written only under the meta lock; ``GIVEN - TAKEN``
+places are free.  Each counter has one lock, so neither update is lost,
+and a single ``publish`` takes its place and writes its frame under the one
+write lock it needs anyway; a batch takes or gives back any number of
+places in one short step (a semaphore would cost one operation per place:
+14 us for 100 of them here, more than the batch's pickling).  A reading of
+``TAKEN`` without the write lock may be old, which only makes the free room
+look larger: a waiter woken for it looks again and sleeps.
+
+Everything a wake-up decision reads (``GIVEN``, ``WAITING``, the want
+slots, ``ROOM_TOKENS``) is written under the meta lock.  A publisher that
+finds no room counts itself as waiting under that lock and looks at the
+free room again there, so a reader giving room back (under the same lock)
+either leaves room it sees or sees it waiting and writes a room token.
+Lock order: the write lock, then the meta lock.
 
 A publisher that finds no room sleeps on the buffer's room pipe.  A reader
 giving room back writes one token when a waiter can use it; the woken
@@ -22,13 +33,14 @@ import os
 from typing import Any
 
 from puma._buffers.shared import (
-    FREE,
-    META_HOLDER,
+    GIVEN,
     ROOM_TOKENS,
+    TAKEN,
     WAITING,
     WANT_FLOORS,
     WANT_SLOTS,
     WANTS,
+    WRITER,
     Guard,
     want_slot,
 )
@@ -40,47 +52,50 @@ class RoomAccounting:
     """The room methods of :class:`~puma._buffers.process.ProcessBuffer` (a mixin: it holds no state of its own)."""
 
     _shared: Any
-    _meta: Any
+    _lock: Any
     _meta_guard: Guard
     _room_reader: Any
     _room_writer: Any
 
     def _free(self) -> int:
-        """Places free now (read without the lock: a hint)."""
-        return int(self._shared[FREE])
+        """Places free now (read without the locks: a hint, never smaller than the truth)."""
+        shared = self._shared
+        taken = int(shared[TAKEN])  # read first: it only grows, so an old one errs high
+        return int(shared[GIVEN]) - taken
 
     def _take_free(self, want: int, pid: int) -> int:
         """Take up to ``want`` free places now, without waiting; how many were taken (``pid``: ours).
 
-        The meta lock taken inline (not through the guard): this is every
-        ``publish``'s path.
+        Under the write lock, the one lock that writes ``TAKEN`` (taken
+        inline: this is every ``try_publish``'s path).
         """
         shared = self._shared
-        meta = self._meta
-        meta.acquire()
+        lock = self._lock
+        lock.acquire()
         try:  # a KeyboardInterrupt between the two must not leave the lock taken
-            shared[META_HOLDER] = pid
-            free = shared[FREE]
+            shared[WRITER] = pid
+            taken = shared[TAKEN]
+            free = shared[GIVEN] - taken
             got = want if want <= free else max(free, 0)
-            shared[FREE] = free - got
+            shared[TAKEN] = taken + got
         finally:
-            shared[META_HOLDER] = 0
-            meta.release()
+            shared[WRITER] = 0
+            lock.release()
         return got
 
-    def _take_or_wait(self, want: int, useful: int) -> int:
+    def _take_or_wait(self, want: int, useful: int, pid: int) -> int:
         """Take up to ``want`` places; if there are none, count the caller as waiting for ``useful``."""
-        with self._meta_guard:
-            shared = self._shared
-            free = int(shared[FREE])
-            if free > 0:
-                got = min(want, free)
-                shared[FREE] = free - got
+        while True:
+            got = self._take_free(want, pid)
+            if got:
                 return got
-            self._want_room(useful, 1)
-            return 0
+            with self._meta_guard:
+                self._want_room(useful, 1)
+                if self._free() <= 0:  # GIVEN cannot change under this lock: a reader will see us
+                    return 0
+                self._want_room(useful, -1)  # room came back meanwhile: take it
 
-    def _look_for_room(self, want: int, useful: int, token: bool) -> tuple[int, int]:
+    def _look_for_room(self, want: int, useful: int, token: bool, pid: int) -> tuple[int, int]:
         """A waiting publisher looks again (``token``: it read a room token): places taken, tokens to pass on.
 
         It takes places only when at least ``useful`` are free (or all it
@@ -91,13 +106,25 @@ class RoomAccounting:
             shared = self._shared
             if token and shared[ROOM_TOKENS] > 0:  # tokens written to interrupt publishers are not counted
                 shared[ROOM_TOKENS] -= 1
-            free = shared[FREE]
+            free = self._free()
             if free <= 0 or free < useful:
-                return 0, 0
-            got = min(want, free)
-            shared[FREE] = free - got
-            self._want_room(useful, -1)
-            return got, self._wakes_due()
+                return 0, 0  # the true room is no larger
+        lock = self._lock
+        lock.acquire()
+        try:
+            shared[WRITER] = pid
+            with self._meta_guard:
+                taken = shared[TAKEN]
+                free = shared[GIVEN] - taken
+                if free <= 0 or free < useful:
+                    return 0, 0  # another publisher was first
+                got = min(want, free)
+                shared[TAKEN] = taken + got
+                self._want_room(useful, -1)
+                return got, self._wakes_due()
+        finally:
+            shared[WRITER] = 0
+            lock.release()
 
     def _stop_waiting(self, useful: int) -> int:
         """A waiting publisher leaves without room (timeout, stop, end): tokens to pass on."""
@@ -135,7 +162,7 @@ class RoomAccounting:
         waiting = int(shared[WAITING]) - int(shared[ROOM_TOKENS])
         if waiting <= 0:
             return 0
-        free = int(shared[FREE])
+        free = self._free()
         wakes = 0
         for k in range(WANT_SLOTS):  # the least demanding first; each needs at least its floor
             floor = WANT_FLOORS[k]
@@ -165,7 +192,7 @@ class RoomAccounting:
         """
         with self._meta_guard:
             shared = self._shared
-            shared[FREE] += count
+            shared[GIVEN] += count
             wakes = self._wakes_due(1) if shared[WAITING] else 0
         if wakes:
             self._write_tokens(wakes)  # after the lock: the woken publisher takes it at once

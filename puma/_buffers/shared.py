@@ -45,7 +45,7 @@ __all__ = [
     "END_CLEAN",
     "END_DRAIN",
     "END_ERROR",
-    "FREE",
+    "GIVEN",
     "HOLDS",
     "META_HOLDER",
     "PUBLISHERS",
@@ -55,6 +55,7 @@ __all__ = [
     "SHARED_SLOTS",
     "SUBSCRIBER",
     "SUBSCRIBERS",
+    "TAKEN",
     "WAITING",
     "WANTS",
     "WANT_FLOORS",
@@ -82,12 +83,13 @@ ENDED = 11  # how the stream ended (END_*); 0 while it goes on
 SUBSCRIBERS = 12  # subscriptions made, in every process
 END_SIZE = 13  # bytes written on the end channel
 ROOM_TOKENS = 14  # room tokens written to the room pipe and not yet read (see ProcessBuffer._wakes_due)
-FREE = 15  # places free for values (capacity minus the values written and not yet given back)
+GIVEN = 15  # places given back (the capacity, then every value read or not written after all); meta lock
 WANTS = 16  # first of the want slots: waiting publishers by the room they need (see WANT_FLOORS)
 WANT_SLOTS = 64
 TOKENS = WANTS + WANT_SLOTS  # first of the reader-token slots: Runner token + 1 of each distinct subscribing runnable
 MAX_READERS = 64
-SHARED_SLOTS = TOKENS + MAX_READERS
+TAKEN = TOKENS + MAX_READERS  # places taken by publishers, ever; written under the write lock only
+SHARED_SLOTS = TAKEN + 1
 
 #: Want slot ``k`` counts the waiting publishers that need at least ``WANT_FLOORS[k]`` places (and
 #: less than the next floor): floors a quarter of a power of two apart, so a waiter is woken when the
