@@ -2,7 +2,9 @@
 
 A process buffer's state that every process must see lives in one small
 ``RawArray`` of 64-bit integers (the *slots* below), guarded by a
-process-shared lock (``meta``) that is never held for long.  Three locks
+process-shared lock (``meta``) that is never held for long; the one
+exception, ``TAKEN`` (places taken by publishers), is written under the
+write lock (see :mod:`puma._buffers.process_room`).  Three locks
 serialise the pipe:
 
 * the **write** lock: one publisher writes a frame (and, for out-of-band
@@ -12,7 +14,7 @@ serialise the pipe:
   between readers the pipe always sits at a frame boundary;
 * the **meta** lock: the counters.
 
-Lock order: read, then meta; the write lock is taken alone.  Each holder
+Lock order: read, then meta; write, then meta.  Each holder
 writes its pid into a slot while it holds a lock, so the Runner can free a
 lock whose holder died (:func:`free_locks_of`); a holder that is in the
 middle of a frame writes its pid negated, so a death there marks the
