@@ -192,6 +192,106 @@ def test_a_frame_whose_publish_finds_no_room_stays_its_holders(env: puma.Environ
         pool.close()
 
 
+def test_a_publish_whose_pickling_fails_gives_its_place_back_to_a_waiting_publisher() -> None:
+    """The place taken for a value that will not pickle goes back as a reader's would: a sleeper wakes for it."""
+    import numpy as np
+
+    from puma._buffers.shared import WAITING
+
+    env = puma.ProcessEnvironment("fork")
+    pool = env.frame_pool(4, np.uint8, count=1, name="open")  # a pool open here: values pickle under the lock
+    buffer = env.buffer(object, 1, "one-place")
+    in_reduce, fail, asleep = threading.Event(), threading.Event(), threading.Event()
+
+    class Unpicklable:
+        def __reduce__(self) -> Any:
+            in_reduce.set()  # it holds the only place now
+            fail.wait(30)
+            raise RuntimeError("cannot pickle this")
+
+    guard = buffer._meta_guard  # type: ignore[attr-defined]
+
+    class Watching:  # tells when the second publisher has counted itself as waiting
+        def __enter__(self) -> None:
+            guard.__enter__()
+
+        def __exit__(self, *exc: object) -> None:
+            if buffer._shared[WAITING]:  # type: ignore[attr-defined]
+                asleep.set()
+            guard.__exit__(*exc)
+
+    buffer._meta_guard = Watching()  # type: ignore[attr-defined]
+    outcomes: list[str] = []
+    try:
+        with buffer.publisher() as first, buffer.publisher() as second:
+
+            def failing() -> None:
+                try:
+                    first.publish(Unpicklable())
+                except RuntimeError:
+                    outcomes.append("refused")
+
+            a = threading.Thread(target=failing)
+            b = threading.Thread(target=lambda: (second.publish(1, timeout=60), outcomes.append("published")))
+            a.start()
+            assert in_reduce.wait(30)
+            b.start()
+            assert asleep.wait(30)  # it found no room and sleeps
+            fail.set()
+            a.join(30)
+            b.join(30)  # with the place lost it would sleep until its timeout
+            assert not b.is_alive()
+        assert sorted(outcomes) == ["published", "refused"]
+        assert list(buffer.subscribe()) == [1]
+    finally:
+        fail.set()
+        buffer.supervision.release()
+        pool.close()
+
+
+def test_a_full_buffer_is_told_at_once_while_another_publisher_holds_the_write_lock() -> None:
+    """``try_publish`` never waits, and a timed ``publish`` times out, even behind a long write."""
+    import numpy as np
+
+    env = puma.ProcessEnvironment("fork")
+    pool = env.frame_pool(4, np.uint8, count=1, name="open")  # a pool open here: values pickle under the lock
+    buffer = env.buffer(object, 1, "one-place")
+    in_reduce, go = threading.Event(), threading.Event()
+
+    class Slow:
+        def __reduce__(self) -> Any:
+            in_reduce.set()  # it holds the only place, and the write lock, until told to go on
+            go.wait(30)
+            return (int, (5,))
+
+    outcomes: list[object] = []
+    try:
+        with buffer.publisher() as first, buffer.publisher() as second:
+            a = threading.Thread(target=lambda: first.publish(Slow()))
+            a.start()
+            assert in_reduce.wait(30)
+
+            def full() -> None:
+                outcomes.append(second.try_publish(1))
+                try:
+                    second.publish(2, timeout=0.05)
+                except puma.BufferFull:
+                    outcomes.append("full")
+
+            b = threading.Thread(target=full)
+            b.start()
+            b.join(30)  # waiting for the lock, it would still be blocked
+            assert not b.is_alive()
+            assert outcomes == [False, "full"]
+            go.set()
+            a.join(30)
+        assert list(buffer.subscribe()) == [5]
+    finally:
+        go.set()
+        buffer.supervision.release()
+        pool.close()
+
+
 class _PublishesOutsideItsOutputs(puma.Runnable):
     def __init__(self, buffer: puma.Buffer[int]) -> None:
         super().__init__("misuses")

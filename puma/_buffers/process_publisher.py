@@ -282,6 +282,7 @@ class ProcessPublisher(Publisher[T]):
         data: bytes | None = None
         oob: list[pickle.PickleBuffer] = []
         lock = self._lock
+        refund = False
         lock.acquire()
         try:
             pid = self._pid
@@ -292,7 +293,8 @@ class ProcessPublisher(Publisher[T]):
                 try:
                     data = self._pickle(value, oob)
                 except BaseException:
-                    shared[TAKEN] -= 1  # the place is not used: ours to give back, under this lock
+                    # The place goes back as a reader's would (TAKEN only grows), waking a waiter.
+                    refund = True
                     raise
                 if not oob and len(data) <= codec.INLINE:
                     frame = codec.frame(ITEM, data)
@@ -303,6 +305,8 @@ class ProcessPublisher(Publisher[T]):
         finally:
             shared[WRITER] = 0
             lock.release()
+            if refund:
+                self._refund(1)
         if data is None:  # the room went meanwhile (or the stream closed)
             self._take(1, Deadline(timeout))  # raises, or waits for room
         try:

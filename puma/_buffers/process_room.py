@@ -1,7 +1,8 @@
 """A process buffer's room: the places free, the publishers waiting for room, the tokens that wake them.
 
 The free room is two counters in the buffer's shared slots: ``TAKEN``, the
-places publishers ever took, written only under the write lock, and
+places publishers ever took, written only under the write lock (it only
+grows: a place taken and not used is given back through ``GIVEN``), and
 ``GIVEN``, the places ever given back (the capacity to begin with, then
 every value read), written only under the meta lock; ``GIVEN - TAKEN``
 places are free.  Each counter has one lock, so neither update is lost,
@@ -67,8 +68,12 @@ class RoomAccounting:
         """Take up to ``want`` free places now, without waiting; how many were taken (``pid``: ours).
 
         Under the write lock, the one lock that writes ``TAKEN`` (taken
-        inline: this is every ``try_publish``'s path).
+        inline: this is every ``try_publish``'s path), and only when places
+        look free: a full buffer is told without waiting for that lock.
         """
+        if self._free() <= 0:
+            return 0  # the reading errs high: none is free (and the write lock, perhaps held
+            # through a long write, is not waited for)
         shared = self._shared
         lock = self._lock
         lock.acquire()

@@ -56,7 +56,7 @@ from puma._buffers.shared import (
 )
 from puma._core import codec
 from puma._core import current as _current
-from puma._core.errors import BufferCompleted, BufferEmpty, deserialize_error
+from puma._core.errors import BufferCompleted, BufferEmpty, StopRequested, deserialize_error
 from puma._core.waiting import Deadline, Poller
 
 if TYPE_CHECKING:
@@ -356,19 +356,32 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             now = time.monotonic()
             if now >= self._next_check and not self._end_is_next():
                 self._next_check = now + _COMMAND_CHECK
-                ctx.check_stop()
+                try:
+                    ctx.check_stop()
+                except StopRequested:
+                    if self._end_is_next():  # it came before the stop: told first (the stop stays requested)
+                        return
+                    raise
 
     def _end_is_next(self) -> bool:
-        """True if no value is buffered before a completion (or nothing is: the wait looks at commands).
+        """True if the stream's end comes next, before any value (read from the pipe if nothing is buffered).
 
         A stream's end that reached the reader before its stop is told
         (its error raised), not masked by the stop.
         """
         if self._items:
             return False
+        if self._ended is not None:
+            return True
         start = self._head
+        if start >= self._tail:
+            # Nothing read yet: read what the pipe holds now, as the next receive would.
+            self._settle()
+            if not self._fill():
+                return self._ending() is not None
+            start = self._head
         head, _ = codec.parse_header(self._buf, start, self._tail)
-        return head == 0 or start + head >= self._tail or self._buf[start + head] == COMPLETE
+        return head != 0 and start + head < self._tail and self._buf[start + head] == COMPLETE
 
     def _ending(self) -> BaseException | None:
         """What ends this reader now that it holds nothing: None if the stream goes on."""
@@ -397,7 +410,12 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             if self._fill():
                 return True
             if not looked and ctx is not None and not ctx.fds and ctx.has_command():
-                ctx.check_stop()  # a thread runnable reading a process buffer (after what is there)
+                try:
+                    ctx.check_stop()  # a thread runnable reading a process buffer (after what is there)
+                except StopRequested:
+                    if self._fill() or self._ending() is not None:
+                        return True  # it came before the stop: taken first (the stop stays requested)
+                    raise
             looked = True
             if not self._wait(deadline):
                 return False

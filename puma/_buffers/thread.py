@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription
 from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
-from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError
+from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError, StopRequested
 from puma._core.waiting import Deadline, Waker
 from puma._frames.frame import Frame, published
 
@@ -458,7 +458,11 @@ class _ThreadSubscription(Subscription[T]):
         ctx = self._ctx
         b = self._b
         if ctx is not None and ctx.has_command() and not b._ends_next():
-            ctx.check_stop()  # a stop is seen even while values keep coming (an end that came first is told)
+            try:
+                ctx.check_stop()  # a stop is seen even while values keep coming
+            except StopRequested:
+                if not b._ends_next():  # an end that came before the stop is told first
+                    raise
         deadline: Deadline | None = None
         while True:
             if self._ended is not None:

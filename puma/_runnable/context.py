@@ -111,8 +111,8 @@ class ChildContext:
         return True
 
     def has_command(self) -> bool:
-        """True if a message from the parent waits to be serviced."""
-        return self.link.has_message()
+        """True if a message from the parent waits to be serviced, or a stop seen is not yet acted on."""
+        return self.stop_requested or self.link.has_message()
 
     def service(self, pending: bool = False) -> bool:
         """Handle every message from the parent there now; return the stop flag.
@@ -210,7 +210,14 @@ class ChildContext:
             if ready():
                 return True
             if service:
-                self.check_stop(pending)
+                try:
+                    self.check_stop(pending)
+                except StopRequested:
+                    # What came before the stop (a stream's end sent before it) is taken first;
+                    # the stop stays requested and is seen at the next look.
+                    if ready():
+                        return True
+                    raise
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 return False
