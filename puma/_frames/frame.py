@@ -115,7 +115,12 @@ class Frame:
 
     @property
     def dropped(self) -> bool:
-        """True if a drop-oldest pool gave this frame's chunk to a newer frame before it was received."""
+        """True if a drop-oldest pool gave this frame's chunk to a newer frame before it was received.
+
+        Subscriptions never deliver such a frame (nor a value holding one), so
+        this is False on every frame a buffer gives; it is True only on a
+        handle that arrived some other way after its chunk was taken.
+        """
         if self._state == PENDING:
             self._claim()
         return self._state == DROPPED
