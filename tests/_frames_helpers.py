@@ -198,3 +198,11 @@ class ValueProducer(puma.Runnable):
                 except FrameOwnershipError:
                     refused += 1
         self.send_status("refused", refused)
+
+
+class Holder:
+    """An object holding frames in its attributes (a frame inside a value that is not a container)."""
+
+    def __init__(self, frame: Any, nested: Any) -> None:
+        self.frame = frame
+        self.nested = nested

@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _frames_helpers import FrameConsumer, FrameProducer, ValueProducer, frames_of
+from _frames_helpers import FrameConsumer, FrameProducer, Holder, ValueProducer, frames_of
 
 import puma
+from puma.frames import FrameOwnershipError
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -133,4 +134,30 @@ def test_a_plain_value_in_a_thread_buffer_is_passed_as_it_is_while_a_pool_is_ope
             pub.publish(lock)
         assert sub.receive(timeout=5) is plain
         assert sub.receive(timeout=5) is lock
+    pool.close()
+
+
+def test_frames_deep_inside_values_and_objects_are_handed_over(env: puma.Environment) -> None:
+    pool = env.frame_pool(4, np.int64, 3, "deep")
+    with puma.Runner(env):
+        raw = env.buffer(object, 4, "raw")
+        sub = raw.subscribe()
+        a, b, c = (pool.borrow(timeout=5) for _ in range(3))
+        for k, frame in enumerate((a, b, c)):
+            frame.array[:] = k
+        value = [Holder(a, {"more": (b, [c])}), "label"]
+        with raw.publisher() as pub:
+            pub.publish(value)
+        for old in (a, b, c):
+            with pytest.raises(FrameOwnershipError):
+                old.array[0] = 9
+        got = sub.receive(timeout=5)
+        assert got is not value and got[1] == "label"
+        frames = [got[0].frame, got[0].nested["more"][0], got[0].nested["more"][1][0]]
+        assert [int(f.array[0]) for f in frames] == [0, 1, 2]
+        for frame in frames:
+            assert frame.held
+            frame.array[:] += 10  # writable
+            frame.release()
+    assert pool.statistics().free == 3
     pool.close()

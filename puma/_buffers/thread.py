@@ -93,16 +93,11 @@ class ThreadBuffer(Buffer[T]):
         self._end_error: BaseException | None = None
         self._closed = False
         self._released = False
-        # Frames inside other values are looked for (and handed over) only if the item type allows
+        # Frames inside other values are looked for (and handed over, see puma._frames.handover) only
+        # while a pool is open in this process (none open: no frame exists) and if the item type allows
         # them; _frames: a frame (or a value holding one) was ever put in, so readers claim what they take.
         self._scan = _handover.may_hold_frames(self._check)
         self._frames = False
-
-    def _find(self, value: Any) -> Any:
-        """The frames inside ``value`` to hand over when it goes in (see puma._frames.handover), or None."""
-        if type(value) is not Frame and type(value) not in _PLAIN and _pools:
-            return _find(value)
-        return None
 
     def _put(self, value: Any, found: Any) -> Any:
         """What the deque keeps for ``value``: a frame handed over, a carrier of the frames found in it (lock held)."""
@@ -346,13 +341,14 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
-        found = b._find(value) if b._scan and type(value) not in _PLAIN else None
+        # Frames inside values are looked for only while a pool is open here (see _find).
+        found = _find(value) if _pools and b._scan and type(value) not in _PLAIN else None
         deadline: Deadline | None = None
         while True:
             with b._lock:
                 closed = b._closed or self._completed
                 if not closed and len(b._items) < b._capacity:
-                    b._items.append(b._put(value, found) if found is not None or type(value) is Frame else value)
+                    b._items.append(value if found is None and type(value) is not Frame else b._put(value, found))
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
                     if b._idle_waiters:
@@ -370,13 +366,14 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
-        found = b._find(value) if b._scan and type(value) not in _PLAIN else None
+        # Frames inside values are looked for only while a pool is open here (see _find).
+        found = _find(value) if _pools and b._scan and type(value) not in _PLAIN else None
         with b._lock:
             closed = self._completed or b._closed
             if not closed:
                 if len(b._items) >= b._capacity:
                     return False
-                b._items.append(b._put(value, found) if found is not None or type(value) is Frame else value)
+                b._items.append(value if found is None and type(value) is not Frame else b._put(value, found))
                 b._wake_readers(1)
         if closed:
             raise self._closing()
@@ -390,7 +387,7 @@ class _ThreadPublisher(Publisher[T]):
             raise b._type_error(next(v for v in pending if not isinstance(v, check)))
         found: list[Any] | None = None
         if b._scan and _pools:  # a frame pool is open here: frames inside values are handed over too
-            found = [b._find(v) for v in pending]  # each is looked in before any goes in
+            found = [_find(v) for v in pending]  # each is looked in before any goes in
             if not any(f is not None for f in found):
                 found = None
         deadline = Deadline(timeout)  # for the whole call, not for each wait

@@ -99,11 +99,46 @@ class _Loader(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def _only_plain(value: Any, depth: int) -> bool:
+    """True if ``value`` is plain scalars in tuples, lists, sets and dicts (a few levels deep): no frame inside."""
+    kind = type(value)
+    if kind in PLAIN:
+        return True
+    if depth > 3:
+        return False
+    if kind is dict:
+        return _only_plain(tuple(value), depth + 1) and _only_plain(tuple(value.values()), depth + 1)
+    if kind is tuple or kind is list or kind is set or kind is frozenset:
+        return all(type(item) in PLAIN or _only_plain(item, depth + 1) for item in value)
+    return False
+
+
 def find(value: Any) -> tuple[list[Frame], bytes, list[pickle.PickleBuffer]] | None:
-    """The frames inside ``value`` (not a frame itself), with its pickle.
+    """The frames inside ``value`` (a frame itself is not looked in), with its pickle.
 
     None if there are none, or if it cannot be pickled.
     """
+    kind = type(value)
+    if kind is tuple or kind is list:  # the usual cases, found without a pickle
+        for item in value:
+            if type(item) not in PLAIN:
+                break
+        else:
+            return None
+    elif kind is dict:
+        for item in value.values():
+            if type(item) not in PLAIN:
+                break
+        else:
+            for item in value:
+                if type(item) not in PLAIN:
+                    break
+            else:
+                return None
+    elif kind is Frame or kind in PLAIN:
+        return None
+    if _only_plain(value, 0):
+        return None
     sink = io.BytesIO()
     buffers: list[pickle.PickleBuffer] = []
     finder = _Finder(sink, buffers)
