@@ -341,14 +341,17 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
-        # Frames inside values are looked for only while a pool is open here (see _find).
-        found = _find(value) if _pools and b._scan and type(value) not in _PLAIN else None
+        if _pools and b._scan and type(value) not in _PLAIN:  # a pool is open here: look for frames inside
+            found = _find(value)
+            handover = found is not None or type(value) is Frame
+        else:
+            found, handover = None, type(value) is Frame
         deadline: Deadline | None = None
         while True:
             with b._lock:
                 closed = b._closed or self._completed
                 if not closed and len(b._items) < b._capacity:
-                    b._items.append(value if found is None and type(value) is not Frame else b._put(value, found))
+                    b._items.append(b._put(value, found) if handover else value)
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
                     if b._idle_waiters:
@@ -366,14 +369,17 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
-        # Frames inside values are looked for only while a pool is open here (see _find).
-        found = _find(value) if _pools and b._scan and type(value) not in _PLAIN else None
+        if _pools and b._scan and type(value) not in _PLAIN:  # a pool is open here: look for frames inside
+            found = _find(value)
+            handover = found is not None or type(value) is Frame
+        else:
+            found, handover = None, type(value) is Frame
         with b._lock:
             closed = self._completed or b._closed
             if not closed:
                 if len(b._items) >= b._capacity:
                     return False
-                b._items.append(value if found is None and type(value) is not Frame else b._put(value, found))
+                b._items.append(b._put(value, found) if handover else value)
                 b._wake_readers(1)
         if closed:
             raise self._closing()
