@@ -161,3 +161,16 @@ def test_frames_deep_inside_values_and_objects_are_handed_over(env: puma.Environ
             frame.release()
     assert pool.statistics().free == 3
     pool.close()
+
+
+def test_a_multicaster_refuses_a_value_holding_a_frame_at_its_second_output(env: puma.Environment) -> None:
+    pool = env.frame_pool(4, np.int64, 4, "mc")
+    with pytest.raises(FrameOwnershipError, match="handed over"), puma.Runner(env) as runner:
+        raw = env.buffer(object, 4, "raw")
+        left, right = env.buffer(object, 4, "left"), env.buffer(object, 4, "right")
+        runner.start(ValueProducer(pool, raw, 2, "tuple"))
+        runner.start(puma.Multicaster(raw, [left, right]))
+        subs = left.subscribe(), right.subscribe()
+        runner.join()
+    del subs
+    pool.close()
