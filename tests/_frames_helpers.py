@@ -139,3 +139,70 @@ class PoolMaker(puma.Runnable):
         memory = pool._shared_memory
         self.send_status("made", (os.getpid(), memory.name if memory is not None else None))
         self.wait_for_stop()
+
+
+def frames_of(value: Any) -> list[Any]:
+    """The frames in a value ``ValueProducer`` made (a frame, or one in a tuple, a list or a dict)."""
+    if isinstance(value, puma.frames.Frame):
+        return [value]
+    if isinstance(value, tuple):
+        return [value[0]]
+    if isinstance(value, list):
+        return list(value)
+    return [value["frame"]]
+
+
+class ValueProducer(puma.Runnable):
+    """Publishes ``count`` values holding frames filled with i: alone, ``(frame, {"t": i})``, a list of two, a dict.
+
+    Counts the writes its old frames refused after each hand-over (status ``refused``).
+    With ``batch`` > 0 they go ``batch`` at a time through ``publish_many``.
+    """
+
+    def __init__(self, pool: FramePool, out: puma.Buffer[Any], count: int, shape: str, batch: int = 0) -> None:
+        super().__init__(f"{shape}-producer", outputs=[out])
+        self._pool, self._out, self._count, self._shape, self._batch = pool, out, count, shape, batch
+
+    def _value(self, i: int) -> tuple[Any, list[Any]]:
+        frames = [self._pool.borrow(timeout=30) for _ in range(2 if self._shape == "list" else 1)]
+        for frame in frames:
+            frame.array[...] = i
+        value: Any = {
+            "alone": lambda: frames[0],
+            "tuple": lambda: (frames[0], {"t": i}),
+            "list": lambda: list(frames),
+            "dict": lambda: {"frame": frames[0], "t": i},
+        }[self._shape]()
+        return value, frames
+
+    def execute(self) -> None:
+        refused = 0
+        handed: list[Any] = []
+        with self.publisher(self._out) as pub:
+            batch = []
+            for i in range(self._count):
+                value, frames = self._value(i)
+                handed.extend(frames)
+                if not self._batch:
+                    pub.publish(value)
+                    continue
+                batch.append(value)
+                if len(batch) == self._batch:
+                    pub.publish_many(batch)
+                    batch = []
+            if batch:
+                pub.publish_many(batch)
+            for frame in handed:
+                try:
+                    frame.array[...] = -1
+                except FrameOwnershipError:
+                    refused += 1
+        self.send_status("refused", refused)
+
+
+class Holder:
+    """An object holding frames in its attributes (a frame inside a value that is not a container)."""
+
+    def __init__(self, frame: Any, nested: Any) -> None:
+        self.frame = frame
+        self.nested = nested

@@ -58,6 +58,8 @@ from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferCompleted, BufferEmpty, StopRequested, deserialize_error
 from puma._core.waiting import Deadline, Poller
+from puma._frames.frame import dropped_arrivals as _dropped
+from puma._frames.handover import carries_dropped, without_dropped
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
@@ -275,18 +277,21 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             self._journal.taken(start, 1)
         if kind == ITEM:
             try:
-                return pickle.loads(body)
+                value = pickle.loads(body)
             finally:
                 self._give_back(1)
+            # A frame dropped before it arrived (a drop-oldest pool) is not delivered.
+            return _NOTHING if _dropped and carries_dropped(value) else value
         if kind in (OOB, _large.SHARED):
             kind, payload = self._out_of_band(kind, body, start, stop)
             if kind == ITEM:
-                return payload
+                return _NOTHING if _dropped and carries_dropped(payload) else payload
         else:
             payload = pickle.loads(body)
         if kind == BATCH:
             self._give_back(len(payload))
-            self._items.extend(payload)
+            # (A restartable reader's journal counts a batch's values by place: it gets every one.)
+            self._items.extend(without_dropped(payload) if _dropped and self._journal is None else payload)
             if self._journal is not None:
                 self._journal_batch(start)
             return _NOTHING
@@ -473,6 +478,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         items = self._items
         loads = pickle.loads
         unpack = _SIZE.unpack_from
+        dropped = _dropped
         while True:
             self._commands()
             if items:
@@ -494,6 +500,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
                             self._b._give_back(owed)
                         else:
                             self._owed = owed
+                    if dropped and carries_dropped(value):
+                        continue  # a frame dropped before it arrived is not delivered
                     yield value
                     continue
             try:

@@ -32,7 +32,14 @@ from puma._buffers.supervision import StreamSupervision
 from puma._core import current as _context
 from puma._core.errors import BufferClosedError, BufferEmpty, BufferFull, NotPicklableError, PumaError, StopRequested
 from puma._core.waiting import Deadline, Waker
+from puma._frames import handover as _handover
 from puma._frames.frame import Frame, published
+from puma._frames.registry import open_pools as _pools
+
+_PLAIN = _handover.PLAIN
+_SKIP = _handover.SKIP
+_arrive = _handover.arrive
+_find = _handover.find
 
 __all__ = ["ThreadBuffer"]
 
@@ -86,6 +93,21 @@ class ThreadBuffer(Buffer[T]):
         self._end_error: BaseException | None = None
         self._closed = False
         self._released = False
+        # Frames inside other values are looked for (and handed over, see puma._frames.handover) only
+        # while a pool is open in this process (none open: no frame exists) and if the item type allows
+        # them; _frames: a frame (or a value holding one) was ever put in, so readers claim what they take.
+        self._scan = _handover.may_hold_frames(self._check)
+        self._frames = False
+
+    def _put(self, value: Any, found: Any) -> Any:
+        """What the deque keeps for ``value``: a frame handed over, a carrier of the frames found in it (lock held)."""
+        if found is not None:
+            self._frames = True
+            return _handover.hand_over(found)
+        if type(value) is Frame:
+            self._frames = True
+            return published(value)
+        return value
 
     def __reduce__(self) -> Any:
         raise NotPicklableError(
@@ -319,12 +341,17 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
+        if _pools and b._scan and type(value) not in _PLAIN:  # a pool is open here: look for frames inside
+            found = _find(value)
+            handover = found is not None or type(value) is Frame
+        else:
+            found, handover = None, type(value) is Frame
         deadline: Deadline | None = None
         while True:
             with b._lock:
                 closed = b._closed or self._completed
                 if not closed and len(b._items) < b._capacity:
-                    b._items.append(published(value) if type(value) is Frame else value)
+                    b._items.append(b._put(value, found) if handover else value)
                     if b._read_waiters:
                         b._read_waiters.popleft().wake()  # one value, one reader
                     if b._idle_waiters:
@@ -342,12 +369,17 @@ class _ThreadPublisher(Publisher[T]):
         check = b._check
         if check is not None and not isinstance(value, check):
             raise b._type_error(value)
+        if _pools and b._scan and type(value) not in _PLAIN:  # a pool is open here: look for frames inside
+            found = _find(value)
+            handover = found is not None or type(value) is Frame
+        else:
+            found, handover = None, type(value) is Frame
         with b._lock:
             closed = self._completed or b._closed
             if not closed:
                 if len(b._items) >= b._capacity:
                     return False
-                b._items.append(published(value) if type(value) is Frame else value)
+                b._items.append(b._put(value, found) if handover else value)
                 b._wake_readers(1)
         if closed:
             raise self._closing()
@@ -359,6 +391,11 @@ class _ThreadPublisher(Publisher[T]):
         pending = list(values)
         if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
             raise b._type_error(next(v for v in pending if not isinstance(v, check)))
+        found: list[Any] | None = None
+        if b._scan and _pools:  # a frame pool is open here: frames inside values are handed over too
+            found = [_find(v) for v in pending]  # each is looked in before any goes in
+            if not any(f is not None for f in found):
+                found = None
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         while start < len(pending):
@@ -367,8 +404,10 @@ class _ThreadPublisher(Publisher[T]):
                 room = 0 if closed else b._capacity - len(b._items)
                 if room > 0:
                     chunk = pending[start : start + room]
-                    if Frame in map(type, chunk):  # frames are handed over as they go in
-                        chunk = [published(v) for v in chunk]
+                    if found is not None:
+                        chunk = [b._put(v, f) for v, f in zip(chunk, found[start : start + room], strict=True)]
+                    elif Frame in map(type, chunk):  # frames are handed over as they go in
+                        chunk = [b._put(v, None) for v in chunk]
                     b._items.extend(chunk)
                     start += len(chunk)
                     b._wake_readers(len(chunk))
@@ -473,6 +512,10 @@ class _ThreadSubscription(Subscription[T]):
                 if item is _END:
                     raise self._finish()
                 if item is not _EMPTY:
+                    if b._frames and (type(item) is Frame or type(item) is _handover.Carrier):
+                        item = _arrive(item)  # its frames claimed now: one dropped meanwhile is skipped
+                        if item is _SKIP:
+                            continue
                     value: T = item
                     return value
             if deadline is None:
@@ -493,6 +536,16 @@ class _ThreadSubscription(Subscription[T]):
                 out.append(items.popleft())
             if b._room_waiters:
                 b._make_room()
+        if b._frames and len(out) > 1:
+            kept = out[:1]
+            for item in out[1:]:
+                if type(item) is Frame or type(item) is _handover.Carrier:
+                    arrived = _arrive(item)
+                    if arrived is not _SKIP:
+                        kept.append(arrived)
+                else:
+                    kept.append(item)
+            out = kept
         return out
 
 

@@ -6,6 +6,7 @@ No numpy at import: buffers check for frames, and a program that uses none never
 from __future__ import annotations
 
 import weakref
+from _thread import get_ident
 from typing import TYPE_CHECKING, Any
 
 from puma._frames.errors import FrameDropped, FrameOwnershipError
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from puma._frames.array import FrameArray
     from puma._frames.pool import FramePool
 
-__all__ = ["Frame", "FrameDropped", "FrameOwnershipError", "fan_out", "published"]
+__all__ = ["Frame", "FrameDropped", "FrameOwnershipError", "dropped_arrivals", "fan_out", "published"]
 
 # A frame's states in this process.
 PENDING = 0  # handed over to this process (or thread), not claimed yet: claimed on first use
@@ -27,6 +28,10 @@ DROPPED = 4  # a live source's newer frame took its chunk before it was received
 # What a frame gives its holder.
 WRITABLE = 0  # one holder, may write
 SHARE = 1  # one of several readers (fan-out): read-only
+
+#: The threads (their idents) whose unpickling of a frame's handle just found it dropped: a
+#: subscription that finds its thread here skips the value (see puma._frames.handover).
+dropped_arrivals: list[int] = []
 
 _STATE_WORDS = {
     RELEASED: "was released back to the pool",
@@ -110,7 +115,12 @@ class Frame:
 
     @property
     def dropped(self) -> bool:
-        """True if a drop-oldest pool gave this frame's chunk to a newer frame before it was received."""
+        """True if a drop-oldest pool gave this frame's chunk to a newer frame before it was received.
+
+        Subscriptions never deliver such a frame (nor a value holding one), so
+        this is False on every frame a buffer gives; it is True only on a
+        handle that arrived some other way after its chunk was taken.
+        """
         if self._state == PENDING:
             self._claim()
         return self._state == DROPPED
@@ -219,6 +229,8 @@ def _received(pool: Any, index: int, gen: int, kind: int) -> Frame:
         pool = pool_by_ref(*pool)
     frame = Frame(pool, index, gen, kind, PENDING)
     frame._claim()
+    if frame._state == DROPPED:
+        dropped_arrivals.append(get_ident())  # the subscription unpickling it skips its value
     return frame
 
 

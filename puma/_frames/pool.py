@@ -102,8 +102,8 @@ class FramePool:
         count: how many chunks (frames in use at once, in flight included).
         name: for messages and statistics.
         drop_oldest: for live sources: when no chunk is free, :meth:`borrow`
-            takes the oldest frame handed over and not received yet
-            (its receiver finds it :attr:`~Frame.dropped`) instead of waiting.
+            takes the oldest frame handed over and not received yet instead
+            of waiting (readers never get a dropped frame; ``drops`` counts).
 
     Raises:
         SharedMemoryTooSmall: the machine (or ``/dev/shm``) cannot hold it.
@@ -298,7 +298,7 @@ class FramePool:
         For when no buffer will deliver them any more: a reader killed after
         reading their handles, or a buffer discarded with frames in it (once
         its Runner has closed). Their handles, if they still arrive
-        somewhere, are :attr:`~Frame.dropped`.
+        somewhere, are :attr:`~Frame.dropped`: a subscription skips them.
         """
         self._check_open()
         return self._reclaim_in_flight(None)

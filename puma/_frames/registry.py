@@ -18,6 +18,7 @@ __all__ = [
     "free_frames_held_by",
     "free_frames_sent_to",
     "live_frame_pools",
+    "open_pools",
     "pool_by_ref",
     "pools",
     "sending",
@@ -25,6 +26,10 @@ __all__ = [
 
 #: Every pool open in this process, by key (the same key in every process that has it).
 pools: weakref.WeakValueDictionary[str, FramePool] = weakref.WeakValueDictionary()
+
+#: The dictionary under ``pools`` (weak references by key): empty when no pool is open here, a cheap
+#: test for a thread buffer deciding whether to look for frames inside a value.
+open_pools: dict[str, weakref.ref[FramePool]] = pools.data  # type: ignore[attr-defined]
 
 #: Every process buffer's arena for large values open in this process, by the buffer's key.
 arenas: weakref.WeakValueDictionary[str, Arena] = weakref.WeakValueDictionary()
