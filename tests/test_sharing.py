@@ -662,7 +662,7 @@ def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -
         buffer._give_back(4)  # type: ignore[attr-defined]  # it has not run yet: no second token
         assert tokens == [1]
         assert buffer._read_token()  # type: ignore[attr-defined]
-        assert buffer._look_for_room(4, 4, True, pid) == (4, 0)  # type: ignore[attr-defined]  # nobody else waits
+        assert buffer._look_for_room(4, 4, True, pid) == (4, 0, False)  # type: ignore[attr-defined]  # nobody else waits
         assert not buffer._read_token()  # type: ignore[attr-defined]  # no token left behind
         assert buffer.statistics().size == 4
     finally:

@@ -83,12 +83,17 @@ class ProcessPublisher(Publisher[T]):
         return super()._closed_error()
 
     # --- room ------------------------------------------------------------------------------
-    def _take(self, want: int, deadline: Deadline) -> int:
+    def _take(self, want: int, deadline: Deadline, frame: bytes | None = None) -> tuple[int, bool]:
         """Take between 1 and ``want`` places, waiting for room; raise if that fails.
 
         The one wait for room.  Finding no room and counting ourselves as
         waiting are one step under the meta lock, so a reader giving room back
         either leaves it for us or sees us waiting and writes a room token.
+
+        ``frame``: the values' frame, pickled already (nothing in it is handed
+        over); when the wait ends with all ``want`` places taken it is written
+        under the same hold of the write lock.  Returns the places taken and
+        whether the frame was written.
         """
         b = self._b
         shared = self._shared
@@ -97,21 +102,22 @@ class ProcessPublisher(Publisher[T]):
         useful = min(want, b._useful)
         got = b._take_or_wait(want, useful, self._pid)
         if got:
-            return got
+            return got, False
         ctx = _current.waiting_context()
         room_fd = b._room_reader.fileno()
         waiting = True
         first = True
+        written = False
 
         def ready() -> bool:
-            nonlocal got, waiting, first
+            nonlocal got, waiting, first, written
             if shared[CLOSED] or self._completed or b._released:
                 return True
             # Wait for room for a useful part of a batch, not a single place.  The first look
             # (before any sleep) reads no token: none was written for us yet.
             token = False if first else b._read_token()
             first = False
-            got, wakes = b._look_for_room(want, useful, token, self._pid)
+            got, wakes, written = b._look_for_room(want, useful, token, self._pid, frame)
             if not got:
                 return False
             waiting = False
@@ -129,7 +135,7 @@ class ProcessPublisher(Publisher[T]):
                 if wakes:
                     b._write_tokens(wakes)
         if got:
-            return got
+            return got, written
         if not ok:
             raise BufferFull(f"buffer {b.name!r} stayed full for {deadline.timeout} s")
         raise self._closing()
@@ -238,10 +244,11 @@ class ProcessPublisher(Publisher[T]):
             if oob or len(data) > codec.INLINE:
                 if not self._take_free(1, self._pid):
                     self._take(1, Deadline(timeout))
-            elif self._write_small(data):
-                return
             else:
-                self._take(1, Deadline(timeout))  # the room went meanwhile: wait for a place
+                frame = codec.frame(ITEM, data)
+                if self._write_taking(frame, 1) or self._take(1, Deadline(timeout), frame)[1]:
+                    return
+                # (the room came back before the wait began: the place is ours, the frame not written)
             try:
                 self._send(data, oob, ITEM)
             except BaseException:
@@ -255,19 +262,18 @@ class ProcessPublisher(Publisher[T]):
             self._refund(1)
             raise
 
-    def _write_small(self, data: bytes) -> bool:
-        """Take a place and write ``data`` as one frame, under the write lock; False if no place is free."""
+    def _write_taking(self, frame: bytes, count: int) -> bool:
+        """Take ``count`` places and write ``frame`` (their values), under the write lock; False if too few are free."""
         shared = self._shared
-        frame = codec.frame(ITEM, data)
         lock = self._lock
         lock.acquire()
         try:  # a KeyboardInterrupt anywhere in here must not leave the lock taken
             pid = self._pid
             shared[WRITER] = pid
             taken = shared[TAKEN]
-            if shared[GIVEN] - taken <= 0 or shared[CLOSED]:
+            if shared[GIVEN] - taken < count or shared[CLOSED]:
                 return False
-            shared[TAKEN] = taken + 1
+            shared[TAKEN] = taken + count
             if len(frame) > _ATOMIC:
                 shared[WRITER] = -pid
             codec.write_all(self._fd, frame)
@@ -341,9 +347,33 @@ class ProcessPublisher(Publisher[T]):
         start = 0
         total = len(pending)
         while start < total:
-            taken = self._take(total - start, deadline)
+            want = total - start
+            data: bytes | None = None
+            if not _frames.pools:
+                # Nothing in it is handed over (no frame pool is open here): the rest of the batch
+                # is pickled before the lock, and taking its places and writing it is one hold
+                # of the write lock, now or when the wait for room ends.
+                oob: list[pickle.PickleBuffer] = []
+                data = pickle.dumps(pending[start:] if start else pending, _HIGHEST, buffer_callback=oob.append)
+                if not oob and len(data) <= codec.INLINE:
+                    frame = codec.frame(BATCH, data)
+                    if self._write_taking(frame, want):
+                        return
+                    taken, written = self._take(want, deadline, frame)
+                    if written:
+                        start += taken
+                        continue
+                else:
+                    taken = self._take(want, deadline)[0]
+                if taken < want:
+                    data = None  # a part only: pickled again
+            else:
+                taken = self._take(want, deadline)[0]
             try:
-                self._write(pending[start : start + taken], BATCH)
+                if data is None:
+                    self._write(pending[start : start + taken], BATCH)
+                else:
+                    self._send(data, oob, BATCH)
             except BaseException:
                 self._refund(taken)
                 raise

@@ -31,9 +31,11 @@ so a sleeper is not woken twice before it has run.  Where the platform has
 from __future__ import annotations
 
 import os
+import select
 from typing import Any
 
 from puma._buffers.shared import (
+    CLOSED,
     GIVEN,
     ROOM_TOKENS,
     TAKEN,
@@ -45,8 +47,11 @@ from puma._buffers.shared import (
     Guard,
     want_slot,
 )
+from puma._core.codec import write_all
 
 __all__ = ["RoomAccounting"]
+
+ATOMIC = select.PIPE_BUF  # a pipe write of at most this many bytes is all or nothing
 
 
 class RoomAccounting:
@@ -57,6 +62,7 @@ class RoomAccounting:
     _meta_guard: Guard
     _room_reader: Any
     _room_writer: Any
+    _writer: Any
 
     def _free(self) -> int:
         """Places free now (read without the locks: a hint, never smaller than the truth)."""
@@ -100,12 +106,16 @@ class RoomAccounting:
                     return 0
                 self._want_room(useful, -1)  # room came back meanwhile: take it
 
-    def _look_for_room(self, want: int, useful: int, token: bool, pid: int) -> tuple[int, int]:
+    def _look_for_room(
+        self, want: int, useful: int, token: bool, pid: int, frame: bytes | None = None
+    ) -> tuple[int, int, bool]:
         """A waiting publisher looks again (``token``: it read a room token): places taken, tokens to pass on.
 
         It takes places only when at least ``useful`` are free (or all it
         wants); taking them ends its wait, and room it leaves is passed on to
-        the next waiters.
+        the next waiters.  ``frame``: the values of all ``want`` places,
+        written in the same hold of the write lock when all of them are taken
+        (the third item says it was).
         """
         with self._meta_guard:
             shared = self._shared
@@ -113,7 +123,7 @@ class RoomAccounting:
                 shared[ROOM_TOKENS] -= 1
             free = self._free()
             if free <= 0 or free < useful:
-                return 0, 0  # the true room is no larger
+                return 0, 0, False  # the true room is no larger
         lock = self._lock
         lock.acquire()
         try:
@@ -122,11 +132,18 @@ class RoomAccounting:
                 taken = shared[TAKEN]
                 free = shared[GIVEN] - taken
                 if free <= 0 or free < useful:
-                    return 0, 0  # another publisher was first
+                    return 0, 0, False  # another publisher was first
                 got = min(want, free)
                 shared[TAKEN] = taken + got
                 self._want_room(useful, -1)
-                return got, self._wakes_due()
+                wakes = self._wakes_due()
+            written = False
+            if frame is not None and got == want and shared[CLOSED] == 0:
+                if len(frame) > ATOMIC:
+                    shared[WRITER] = -pid  # a frame the reader may see half of: a death here breaks the stream
+                write_all(self._writer.fileno(), frame)
+                written = True
+            return got, wakes, written
         finally:
             shared[WRITER] = 0
             lock.release()
