@@ -101,6 +101,28 @@ def test_frames_inside_values_are_handed_over(env: puma.Environment, shape: str,
     pool.close()
 
 
+@pytest.mark.parametrize("batch", [False, True], ids=["one-by-one", "batch"])
+def test_a_restartable_reader_is_never_given_a_dropped_frame(env: puma.Environment, batch: bool) -> None:
+    """A reader its Runner may restart (it keeps a read journal in a process) skips dropped frames too.
+
+    Inside a batch the dropped values keep their places for the journal, which
+    counts a batch's values by place, and are passed without being delivered.
+    """
+    pool = env.frame_pool(4, np.int64, 4, "live", drop_oldest=True)
+    with puma.Runner(env, on_failure=puma.RestartPolicy("one_for_one")) as runner:
+        raw = env.buffer(object, 16, "raw")
+        producer = runner.start(ValueProducer(pool, raw, 10, "alone", 2 if batch else 0))
+        producer.wait_status("refused", timeout=30)  # all ten published: six of them dropped
+        reader = runner.start(FrameConsumer(raw, "restartable-reader"))
+        runner.join()
+    received, total, dropped, _, _ = reader.status("result")
+    assert (received, dropped) == (4, 0)
+    assert total == 6 + 7 + 8 + 9  # the four kept frames, each once
+    stats = pool.statistics()
+    assert (stats.drops, stats.free) == (6, 4)
+    pool.close()
+
+
 def test_the_multicaster_never_delivers_a_dropped_frame(env: puma.Environment) -> None:
     pool = env.frame_pool(4, np.int64, 3, "live-fan", drop_oldest=True)
     total = 30

@@ -59,7 +59,7 @@ from puma._core import current as _current
 from puma._core.errors import BufferCompleted, BufferEmpty, StopRequested, deserialize_error
 from puma._core.waiting import Deadline, Poller
 from puma._frames.frame import dropped_arrivals as _dropped
-from puma._frames.handover import carries_dropped, without_dropped
+from puma._frames.handover import SKIP, carries_dropped, without_dropped
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
@@ -102,6 +102,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         self._owed = 0  # places of values received but not given back yet
         self._release_at = buffer._group
         self._items: deque[Any] = deque()  # values of a batch frame not handed out yet
+        self._skips = False  # _items may hold SKIP (a restartable reader's dropped frames)
         self._ctx = ctx  # the runnable that subscribed, for the periodic look at its commands
         self._data_poller = Poller((self._fd,))
         self._rest_poller = Poller((self._fd, self._end_fd))
@@ -290,8 +291,16 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             payload = pickle.loads(body)
         if kind == BATCH:
             self._give_back(len(payload))
-            # (A restartable reader's journal counts a batch's values by place: it gets every one.)
-            self._items.extend(without_dropped(payload) if _dropped and self._journal is None else payload)
+            if _dropped:
+                if self._journal is None:
+                    payload = without_dropped(payload)
+                else:
+                    # A restartable reader's journal counts a batch's values by place: a value
+                    # holding a dropped frame keeps its place, as SKIP, counted when it is passed.
+                    marked = without_dropped(payload, keep_places=True)
+                    self._skips = self._skips or marked is not payload
+                    payload = marked
+            self._items.extend(payload)
             if self._journal is not None:
                 self._journal_batch(start)
             return _NOTHING
@@ -454,6 +463,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
                 if self._journal is not None:
                     self._batch_taken += 1
                     self._journal.taken(self._batch_at, self._batch_taken)
+                    if value is SKIP:
+                        continue  # held a frame dropped before it arrived: passed, not delivered
                 return value
             if self._ended is not None:
                 raise self._ended
@@ -523,6 +534,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             out.extend(self._items)
             self._items.clear()
         self._settle()
+        if self._skips:
+            out = [value for value in out if value is not SKIP]
         return out
 
     def receive_many(self, max_items: int, timeout: float | None = None) -> list[T]:
@@ -554,4 +567,6 @@ class ProcessSubscription(FrameReading, Subscription[T]):
                     break
             elif result is not _NOTHING:
                 out.append(result)
+        if self._skips:
+            out = [value for value in out if value is not SKIP]  # dropped frames, passed (see _next)
         return out

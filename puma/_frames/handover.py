@@ -215,8 +215,14 @@ def carries_dropped(value: Any) -> bool:
     return _skips(value)
 
 
-def without_dropped(values: list[Any]) -> list[Any]:
-    """A batch unpickled here while :data:`dropped_arrivals` was not empty, less what holds a dropped frame."""
+def without_dropped(values: list[Any], keep_places: bool = False) -> list[Any]:
+    """A batch unpickled here while :data:`dropped_arrivals` was not empty, less what holds a dropped frame.
+
+    ``keep_places``: each such value is replaced by :data:`SKIP` instead, so
+    the others keep their places in the batch (a restartable reader's journal
+    counts a batch's values by place).  ``values`` itself is returned when
+    nothing was dropped.
+    """
     me = get_ident()
     if me not in dropped_arrivals:
         return values
@@ -225,4 +231,6 @@ def without_dropped(values: list[Any]) -> list[Any]:
             dropped_arrivals.remove(me)
         except ValueError:
             break
+    if keep_places:
+        return [SKIP if _skips(value) else value for value in values]
     return [value for value in values if not _skips(value)]
