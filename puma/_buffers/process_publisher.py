@@ -1,10 +1,13 @@
 """The publishing end of a process buffer: places, the one wait for room, frames written under the write lock.
 
 A publisher takes one of the buffer's ``capacity`` free places per value (a
-batch takes all it can use in one step: the count of free places is one
-shared integer under the meta lock, see :mod:`puma._buffers.process`) and
-writes each value (or batch) as one frame of the wire codec
-(:mod:`puma._core.codec`) under the write lock.  A publisher that finds no
+batch takes all it can use in one step; see :mod:`puma._buffers.process_room`
+for the counts of places) and writes each value (or batch) as one frame of
+the wire codec (:mod:`puma._core.codec`) under the write lock.  When no frame
+pool is open in the process (pickling hands nothing over) the value or batch
+is pickled first, and taking its places and writing it are one hold of the
+write lock, at once or when its wait for room ends: 16 publishers of batches
+contend for that lock once per batch, not twice.  A publisher that finds no
 room counts itself as waiting, in the same step, and sleeps on the buffer's
 "room" pipe in its one wait (its runnable's, or the main program's
 :class:`~puma._core.current.OutsideContext`), so a producer held back by a

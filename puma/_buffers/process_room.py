@@ -6,8 +6,10 @@ grows: a place taken and not used is given back through ``GIVEN``), and
 ``GIVEN``, the places ever given back (the capacity to begin with, then
 every value read), written only under the meta lock; ``GIVEN - TAKEN``
 places are free.  Each counter has one lock, so neither update is lost,
-and a single ``publish`` takes its place and writes its frame under the one
-write lock it needs anyway; a batch takes or gives back any number of
+and a ``publish`` or a ``publish_many`` takes its places and writes its
+frame under the one write lock it needs anyway, at once or when its wait
+for room ends (:meth:`RoomAccounting._look_for_room` writes the frame a
+waiter pickled before it slept); a batch takes or gives back any number of
 places in one short step (a semaphore would cost one operation per place:
 14 us for 100 of them here, more than the batch's pickling).  A reading of
 ``TAKEN`` without the write lock may be old, which only makes the free room

@@ -24,7 +24,7 @@ import os
 import threading
 from collections import deque
 from collections.abc import Iterable
-from itertools import repeat
+from itertools import islice, repeat, starmap
 from typing import Any, TypeVar
 
 from puma._buffers.base import Buffer, BufferStatistics, Publisher, StreamHold, Subscription
@@ -530,10 +530,19 @@ class _ThreadSubscription(Subscription[T]):
         b = self._b
         with b._lock:
             items = b._items
-            while items and len(out) < max_items and not b._ended:
-                if type(items[0]) is _Complete:
-                    break  # the next receive handles it
-                out.append(items.popleft())
+            want = min(max_items - 1, len(items))
+            if want and not b._ended:
+                if _Complete not in map(type, islice(items, want)):  # C loops, no call per value
+                    if want == len(items):
+                        out.extend(items)
+                        items.clear()
+                    else:
+                        out.extend(starmap(items.popleft, repeat((), want)))
+                else:
+                    while items and len(out) < max_items:
+                        if type(items[0]) is _Complete:
+                            break  # the next receive handles it
+                        out.append(items.popleft())
             if b._room_waiters:
                 b._make_room()
         if b._frames and len(out) > 1:
