@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import select
 import subprocess
 import sys
 import threading
@@ -633,6 +634,65 @@ def test_room_wakes_only_the_blocked_publishers_it_can_serve() -> None:
         assert sorted(batches) == sorted([100, 101, 102, 103] * 4)
         assert all(len(set(batches[k : k + 4])) == 1 for k in range(0, 16, 4)), batches  # each batch whole
     finally:
+        for thread in threads:
+            thread.join(60)
+        buffer.supervision.release()
+
+
+def _epolls() -> int:
+    """Epoll descriptors open in this process."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]"
+        except OSError:
+            pass  # the listing's own descriptor, closed meanwhile
+    return count
+
+
+@pytest.mark.skipif(not hasattr(select, "EPOLLEXCLUSIVE"), reason="EPOLLEXCLUSIVE is Linux's")
+def test_publishers_sleeping_one_at_a_time_keep_no_epoll_once_their_wait_ends() -> None:
+    """Crowded waiters for room sleep in an epoll kept for the length of their wait, then closed.
+
+    A woken publisher that finds its room taken sleeps again in the same epoll
+    instead of making one per sleep; when the wait ends nothing is left open.
+    """
+    before = _epolls()
+    buffer = puma.ProcessEnvironment("fork").buffer(int, 8, "crowded")
+    all_waiting = threading.Event()
+    want_room = buffer._want_room  # type: ignore[attr-defined]
+
+    def counting_want(useful: int, delta: int) -> None:
+        want_room(useful, delta)
+        if buffer._shared[WAITING] == 4:  # type: ignore[attr-defined]
+            all_waiting.set()
+
+    buffer._want_room = counting_want  # type: ignore[attr-defined]
+    buffer._register_publisher(5)
+    filler = buffer._open_publisher("filler")
+    for i in range(8):
+        filler.publish(i)
+    sub = buffer.subscribe()
+    published = threading.Semaphore(0)
+    leave = threading.Event()
+
+    def publish(i: int) -> None:
+        buffer._open_publisher(f"b-{i}").publish_many([i] * 4, timeout=60)
+        published.release()
+        leave.wait(60)  # alive, its wait's state kept, while the epolls are counted
+
+    threads = [threading.Thread(target=publish, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert all_waiting.wait(60)
+        got = [sub.receive(timeout=60) for _ in range(24)]
+        assert sorted(got) == sorted([*range(8), *[i for i in range(4) for _ in range(4)]])
+        for _ in threads:
+            assert published.acquire(timeout=60)
+        assert _epolls() == before
+    finally:
+        leave.set()
         for thread in threads:
             thread.join(60)
         buffer.supervision.release()

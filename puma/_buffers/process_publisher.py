@@ -131,6 +131,7 @@ class ProcessPublisher(Publisher[T]):
         try:
             ok = ctx.wait((room_fd,), deadline.remaining(), ready, f"room in buffer {b.name!r}")
         finally:
+            ctx.waker.done_waiting()  # the epoll its sleeps kept, if they were exclusive
             if waiting:
                 # Leaving without room (timeout, stop, end), perhaps with a token read: the next
                 # waiters may use what is free.

@@ -119,12 +119,14 @@ def _exclusive_now(fd: int) -> bool:
 class _Poller:
     """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
-    __slots__ = ("_fds", "_poll", "_select", "_writable")
+    __slots__ = ("_epoll", "_epoll_key", "_fds", "_poll", "_select", "_writable")
 
     def __init__(self, fds: Sequence[int], writable: Sequence[int] = ()) -> None:
         self._fds = list(fds)
         self._writable = list(writable)
         self._poll = None
+        self._epoll: Any = None  # the exclusive sleeps' epoll, kept until close_epoll()
+        self._epoll_key: tuple[int, tuple[int, ...]] = (0, ())
         # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
         # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
         self._select = all(fd < _FD_SETSIZE for fd in (*self._fds, *self._writable))
@@ -152,24 +154,47 @@ class _Poller:
         return ready + [fd for fd in writable if fd not in ready] if writable else ready
 
     def _sleep_exclusive(self, exclusive: list[int], timeout: float | None) -> list[int]:
-        """Sleep in an epoll made for this one wait, the one-at-a-time descriptors registered ``EPOLLEXCLUSIVE``.
+        """Sleep in an epoll, the one-at-a-time descriptors registered ``EPOLLEXCLUSIVE``.
 
-        Made and closed each time (a few system calls) rather than kept: an
-        epoll set holds open files, not numbers, so a kept one would go on
-        watching nothing once a descriptor number is closed and used again,
-        and one inherited through ``fork`` would be shared with the parent.
+        The epoll is made at the first such sleep and kept for the next ones
+        until :meth:`close_epoll`, which the waiter calls when its wait ends
+        (a publisher woken for room that another took sleeps again without
+        making a new one).  Not kept longer: an epoll set holds open files, not
+        numbers, so a kept one would go on watching nothing once a descriptor
+        number is closed and used again; and one inherited through ``fork``
+        would be shared with the parent (the key holds the process id).  An
+        idle registration takes no wake-up: the kernel passes an exclusive
+        wake-up on to the next waiter when nobody sleeps in that epoll.
         """
-        with select.epoll() as ep:
-            read_mask = select.EPOLLIN | select.EPOLLPRI
-            writable = set(self._writable)
-            for fd in set(self._fds) - writable:
-                if fd in exclusive:
-                    ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
-                else:
-                    ep.register(fd, read_mask)
-            for fd in writable:
-                ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
-            return [fd for fd, _ev in ep.poll(-1 if timeout is None else timeout)]
+        key = (os.getpid(), tuple(exclusive))
+        ep = self._epoll
+        if ep is None or self._epoll_key != key:
+            self.close_epoll()
+            ep = select.epoll()
+            try:
+                read_mask = select.EPOLLIN | select.EPOLLPRI
+                writable = set(self._writable)
+                for fd in set(self._fds) - writable:
+                    if fd in exclusive:
+                        ep.register(fd, select.EPOLLIN | select.EPOLLEXCLUSIVE)
+                    else:
+                        ep.register(fd, read_mask)
+                for fd in writable:
+                    ep.register(fd, select.EPOLLOUT | (read_mask if fd in self._fds else 0))
+            except BaseException:
+                ep.close()
+                raise
+            self._epoll, self._epoll_key = ep, key
+        return [fd for fd, _ev in ep.poll(-1 if timeout is None else timeout)]
+
+    def close_epoll(self) -> None:
+        """Close the epoll kept for exclusive sleeps, if one was made (at the end of a wait)."""
+        ep = self._epoll
+        if ep is not None:
+            self._epoll = None
+            if self._epoll_key[0] == os.getpid():
+                ep.close()
+            # (one inherited through fork is left to the collector: its number may be in use here)
 
 
 Poller = _Poller
@@ -273,13 +298,22 @@ class Waker:
                 self._rfd, self._wfd = os.pipe()
                 os.set_blocking(self._wfd, False)
                 os.set_blocking(self._rfd, False)
+            if self._poller is not None:
+                self._poller.close_epoll()
             self._poller = poller = _Poller([*key, self._rfd], writable)
             self._poll_key = key
             self._poll_writable = writable
         return poller
 
+    def done_waiting(self) -> None:
+        """A wait that may have slept exclusively has ended: close what it kept for its next sleep."""
+        poller = self._poller
+        if poller is not None:
+            poller.close_epoll()
+
     def close(self) -> None:
         """Release the self-pipe, if one was made."""
+        self.done_waiting()
         with self._cond:
             for fd in (self._rfd, self._wfd):
                 if fd >= 0:
