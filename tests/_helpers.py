@@ -264,11 +264,13 @@ class FillUp(puma.Runnable):
         except puma.BufferFull:
             timed_out = True
         pub.complete()
-        try:
-            pub.publish(0)
-            closed = "no error"
-        except puma.BufferClosedError as exc:
-            closed = str(exc)
+        closed = []
+        for attempt in (lambda: pub.publish(0), lambda: pub.publish_many([0, 1]), lambda: pub.try_publish(0)):
+            try:
+                attempt()
+                closed.append("no error")
+            except puma.BufferClosedError as exc:
+                closed.append(str(exc))
         self.send_status("result", (accepted, timed_out, closed))
         self.wait_for_stop()
 

@@ -63,7 +63,20 @@ def test_full_buffer_refuses_then_times_out_then_closes(env: puma.Environment) -
         runner.stop()
     assert accepted == 4
     assert timed_out
-    assert "already completed" in closed
+    assert all("already completed" in words for words in closed), closed  # publish, publish_many, try_publish
+
+
+def test_a_batch_published_after_completion_is_refused_while_there_is_room(env: puma.Environment) -> None:
+    with puma.Runner(env):
+        roomy = env.buffer(int, 10, "roomy")
+        pub = roomy.publisher()
+        pub.publish_many([1, 2])
+        pub.complete()
+        with pytest.raises(puma.BufferClosedError, match="already completed"):
+            pub.publish_many([3, 4])
+        with pytest.raises(puma.BufferClosedError, match="already completed"):
+            pub.publish(5)
+        assert list(roomy.subscribe()) == [1, 2]  # nothing after the completion went in
 
 
 def test_wrong_type_is_a_clear_type_error(env: puma.Environment) -> None:

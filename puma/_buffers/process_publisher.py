@@ -347,6 +347,9 @@ class ProcessPublisher(Publisher[T]):
         pending = list(values)
         if check is not None and not all(map(isinstance, pending, repeat(check))):  # a C loop
             raise self._b._type_error(next(v for v in pending if not isinstance(v, check)))
+        b = self._b
+        if self._completed or self._shared[CLOSED] or b._released:
+            raise self._closing()  # before the fast path below, which looks only at the room
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         total = len(pending)
