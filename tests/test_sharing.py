@@ -698,6 +698,55 @@ def test_publishers_sleeping_one_at_a_time_keep_no_epoll_once_their_wait_ends() 
         buffer.supervision.release()
 
 
+def test_a_batch_whose_write_fails_after_its_wait_gives_its_places_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the write that ends a wait for room: the places go back and the waiter is counted out."""
+    from puma._buffers import process_room
+
+    buffer = puma.ProcessEnvironment("fork").buffer(int, 4, "interrupted")
+    buffer._register_publisher(2)  # type: ignore[attr-defined]
+    filler = buffer._open_publisher("filler")  # type: ignore[attr-defined]
+    filler.publish_many([0, 1, 2, 3])  # full
+    sub = buffer.subscribe()
+    waiting = threading.Event()
+    want_room = buffer._want_room  # type: ignore[attr-defined]
+
+    def counting_want(useful: int, delta: int) -> None:
+        want_room(useful, delta)
+        if buffer._shared[WAITING] == 1:  # type: ignore[attr-defined]
+            waiting.set()
+
+    real_write = process_room.write_all
+
+    def interrupted_write(fd: int, data: Any) -> None:
+        raise KeyboardInterrupt
+
+    buffer._want_room = counting_want  # type: ignore[attr-defined]
+    monkeypatch.setattr(process_room, "write_all", interrupted_write)
+    raised: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            buffer._open_publisher("batch").publish_many([7, 7], timeout=60)  # type: ignore[attr-defined]
+        except BaseException as exc:
+            raised.append(exc)
+
+    thread = threading.Thread(target=publish)
+    thread.start()
+    try:
+        assert waiting.wait(60)
+        assert [sub.receive(timeout=60) for _ in range(2)] == [0, 1]  # room for the batch: its wait ends
+        thread.join(60)
+        assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
+        monkeypatch.setattr(process_room, "write_all", real_write)
+        assert buffer._shared[WAITING] == 0  # type: ignore[attr-defined]
+        assert buffer.statistics().size == 0  # every place free: its two came back (the reader took the rest)
+        filler.publish_many([8, 9], timeout=5)  # and can be taken
+        assert [sub.receive(timeout=60) for _ in range(4)] == [2, 3, 8, 9]
+    finally:
+        thread.join(60)
+        buffer.supervision.release()
+
+
 def test_room_given_back_twice_before_the_woken_publisher_runs_wakes_it_once() -> None:
     """A token on its way counts: on two cores the woken publisher may not have run yet.
 

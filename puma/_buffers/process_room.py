@@ -128,6 +128,8 @@ class RoomAccounting:
                 return 0, 0, False  # the true room is no larger
         lock = self._lock
         lock.acquire()
+        got = wakes = 0
+        failed = False
         try:
             shared[WRITER] = pid
             with self._meta_guard:
@@ -143,12 +145,20 @@ class RoomAccounting:
             if frame is not None and got == want and shared[CLOSED] == 0:
                 if len(frame) > ATOMIC:
                     shared[WRITER] = -pid  # a frame the reader may see half of: a death here breaks the stream
+                failed = True
                 write_all(self._writer.fileno(), frame)
+                failed = False
                 written = True
             return got, wakes, written
         finally:
             shared[WRITER] = 0
             lock.release()
+            if failed:  # the write raised (Ctrl-C): as if this look had found no room
+                with self._meta_guard:
+                    self._want_room(useful, 1)  # still waiting: the caller's clean-up counts it out
+                if wakes:
+                    self._write_tokens(wakes)
+                self._give_back(got)  # the places it took go back, waking a waiter
 
     def _stop_waiting(self, useful: int) -> int:
         """A waiting publisher leaves without room (timeout, stop, end): tokens to pass on."""
