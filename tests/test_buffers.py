@@ -76,6 +76,8 @@ def test_a_batch_published_after_completion_is_refused_while_there_is_room(env: 
             pub.publish_many([3, 4])
         with pytest.raises(puma.BufferClosedError, match="already completed"):
             pub.publish(5)
+        with pytest.raises(puma.BufferClosedError, match="already completed"):
+            pub.publish_many([])  # an empty one too, everywhere
         assert list(roomy.subscribe()) == [1, 2]  # nothing after the completion went in
 
 

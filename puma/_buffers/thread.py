@@ -396,6 +396,8 @@ class _ThreadPublisher(Publisher[T]):
             found = [_find(v) for v in pending]  # each is looked in before any goes in
             if not any(f is not None for f in found):
                 found = None
+        if self._completed or b._closed:
+            raise self._closing()  # an empty batch too, as in a process buffer
         deadline = Deadline(timeout)  # for the whole call, not for each wait
         start = 0
         while start < len(pending):
