@@ -13,6 +13,7 @@ import gc
 import multiprocessing
 import os
 import re
+import signal
 import threading
 from collections.abc import Iterator
 
@@ -24,6 +25,12 @@ from puma._buffers.process import live_process_buffers
 
 START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
 ENVIRONMENTS = ["thread", *START_METHODS]
+
+# A suite started with Ctrl-C ignored (a background job of a non-interactive shell) passes
+# that on to every program it starts, and Python then installs no KeyboardInterrupt handler:
+# the tests that press Ctrl-C on a demo or a script expect a terminal's default.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def make_env(kind: str) -> puma.Environment:
