@@ -534,17 +534,9 @@ class _ThreadSubscription(Subscription[T]):
             items = b._items
             want = min(max_items - 1, len(items))
             if want and not b._ended:
-                if _Complete not in map(type, islice(items, want)):  # C loops, no call per value
-                    if want == len(items):
-                        out.extend(items)
-                        items.clear()
-                    else:
-                        out.extend(starmap(items.popleft, repeat((), want)))
-                else:
-                    while items and len(out) < max_items:
-                        if type(items[0]) is _Complete:
-                            break  # the next receive handles it
-                        out.append(items.popleft())
+                if _Complete in map(type, islice(items, want)):  # C loops, no call per value
+                    want = list(map(type, islice(items, want))).index(_Complete)  # the next receive takes it
+                out.extend(starmap(items.popleft, repeat((), want)))
             if b._room_waiters:
                 b._make_room()
         if b._frames and len(out) > 1:
