@@ -639,6 +639,20 @@ def test_room_wakes_only_the_blocked_publishers_it_can_serve() -> None:
         buffer.supervision.release()
 
 
+def _when_waiting(buffer: Any, count: int) -> threading.Event:
+    """An event set once ``count`` publishers wait for room in ``buffer`` (its want counts wrapped)."""
+    reached = threading.Event()
+    want_room = buffer._want_room
+
+    def counting_want(useful: int, delta: int) -> None:
+        want_room(useful, delta)
+        if buffer._shared[WAITING] == count:
+            reached.set()
+
+    buffer._want_room = counting_want
+    return reached
+
+
 def _epolls() -> int:
     """Epoll descriptors open in this process."""
     count = 0
@@ -659,15 +673,7 @@ def test_publishers_sleeping_one_at_a_time_keep_no_epoll_once_their_wait_ends() 
     """
     before = _epolls()
     buffer = puma.ProcessEnvironment("fork").buffer(int, 8, "crowded")
-    all_waiting = threading.Event()
-    want_room = buffer._want_room  # type: ignore[attr-defined]
-
-    def counting_want(useful: int, delta: int) -> None:
-        want_room(useful, delta)
-        if buffer._shared[WAITING] == 4:  # type: ignore[attr-defined]
-            all_waiting.set()
-
-    buffer._want_room = counting_want  # type: ignore[attr-defined]
+    all_waiting = _when_waiting(buffer, 4)
     buffer._register_publisher(5)
     filler = buffer._open_publisher("filler")
     for i in range(8):
@@ -707,20 +713,12 @@ def test_a_batch_whose_write_fails_after_its_wait_gives_its_places_back(monkeypa
     filler = buffer._open_publisher("filler")  # type: ignore[attr-defined]
     filler.publish_many([0, 1, 2, 3])  # full
     sub = buffer.subscribe()
-    waiting = threading.Event()
-    want_room = buffer._want_room  # type: ignore[attr-defined]
-
-    def counting_want(useful: int, delta: int) -> None:
-        want_room(useful, delta)
-        if buffer._shared[WAITING] == 1:  # type: ignore[attr-defined]
-            waiting.set()
-
+    waiting = _when_waiting(buffer, 1)
     real_write = process_room.write_all
 
     def interrupted_write(fd: int, data: Any) -> None:
         raise KeyboardInterrupt
 
-    buffer._want_room = counting_want  # type: ignore[attr-defined]
     monkeypatch.setattr(process_room, "write_all", interrupted_write)
     raised: list[BaseException] = []
 
