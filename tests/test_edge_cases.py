@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from _helpers import Collector, Squarer, Stuck, WaitForCommands
+from _helpers import Collector, Producer, Squarer, Stuck, WaitForCommands
 
 import puma
 
@@ -81,6 +82,19 @@ class _Exits(puma.Runnable):
 
     def execute(self) -> None:
         sys.exit(self._code)
+
+
+def test_a_main_program_whose_stderr_is_no_file_still_runs_process_runnables(
+    env: puma.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A notebook's or a test capture's ``sys.stderr`` has no file descriptor: a forked child inherits it."""
+    monkeypatch.setattr(sys, "stderr", io.StringIO())
+    buffer = env.buffer(int, 4, "numbers")
+    with puma.Runner(env) as runner:
+        runner.start(Producer(buffer, 5))
+        collector = runner.start(Collector(buffer))
+        runner.join(timeout=60)
+    assert collector.status("values") == list(range(5))
 
 
 @pytest.mark.parametrize("code", [None, 0])

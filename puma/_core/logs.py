@@ -54,6 +54,7 @@ from typing import Any
 
 from puma._core import current as _context
 from puma._core import messages as msg
+from puma._core.condition import Condition, Event
 
 __all__ = [
     "RunnableFilter",
@@ -157,7 +158,7 @@ class _Marker:
     __slots__ = ("event",)
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event = Event()
 
 
 class _Batches:
@@ -169,7 +170,7 @@ class _Batches:
 
     def __init__(self) -> None:
         self._items: collections.deque[Any] = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         self._getter_waiting = False
         self._putters_waiting = 0
         self.sender_thread: threading.Thread | None = None
@@ -444,12 +445,40 @@ def _handle(item: Any) -> None:
             _report("a child's log record could not be written")
 
 
+class _Pending:
+    """The listener's bounded queue (``put`` waits for room), on a Condition a Ctrl-C cannot leave locked."""
+
+    __slots__ = ("_cond", "_items", "_size")
+
+    def __init__(self, size: int) -> None:
+        self._items: collections.deque[Any] = collections.deque()
+        self._size = size
+        self._cond = Condition()
+
+    def put(self, item: Any) -> None:
+        with self._cond:
+            while len(self._items) >= self._size:
+                self._cond.wait()
+            self._items.append(item)
+            self._cond.notify_all()
+
+    def get(self, block: bool = True) -> Any:
+        with self._cond:
+            while not self._items:
+                if not block:
+                    raise queue.Empty
+                self._cond.wait()
+            item = self._items.popleft()
+            self._cond.notify_all()
+            return item
+
+
 class _Listener(logging.handlers.QueueListener):
     """The parent's listener thread: writes children's records with the parent's handlers."""
 
     def __init__(self) -> None:
-        self.pending: queue.Queue[Any] = queue.Queue(LISTENER_BACKLOG)
-        super().__init__(self.pending)
+        self.pending = _Pending(LISTENER_BACKLOG)
+        super().__init__(self.pending)  # type: ignore[arg-type]  # a queue in all it uses
 
     def start(self) -> None:
         super().start()

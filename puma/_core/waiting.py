@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import select
-import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from puma._core.condition import Condition
 
 __all__ = ["Deadline", "Poller", "Waker"]
 
@@ -224,7 +225,7 @@ class Waker:
     )
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._cond = Condition()
         self._pending = False
         self._fd_waiting = False
         self._rfd = -1
@@ -244,13 +245,22 @@ class Waker:
         # zero timeout or gets the byte.  A byte too many only makes one wait
         # return early, and the waiter drains them all.
         self._pending = True
+        try:
+            self._deliver()
+        except KeyboardInterrupt:
+            # A Ctrl-C cut the delivery short: later wakes take the fast path above, so
+            # this one must still arrive (delivering twice is harmless).
+            self._deliver()
+            raise
+
+    def _deliver(self) -> None:
         if self._fd_waiting:
             if not self._byte_sent:
                 self._byte_sent = True
                 os.write(self._wfd, b"\0")
             return
         with self._cond:
-            self._cond.notify()
+            self._cond.notify_all()
 
     def clear(self) -> None:
         """Forget past wake-ups; call before checking the sources."""

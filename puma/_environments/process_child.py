@@ -143,7 +143,7 @@ def process_main(
 
     def setup() -> None:
         _die_with_parent(parent_pid)
-        faulthandler.enable()
+        _enable_faulthandler()
         _logging.setup_child(log_settings, link, runnable.name)
 
     try:
@@ -151,3 +151,15 @@ def process_main(
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _enable_faulthandler() -> None:
+    """Print the child's Python stack on a crash (segfault, abort), to stderr.
+
+    The ``sys.stderr`` a child inherits may be no file (a notebook's, a test's
+    capture): then the process's own stderr, file descriptor 2.
+    """
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):  # io.UnsupportedOperation is an OSError and a ValueError
+        faulthandler.enable(file=2)

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, overload
 
 from puma._core import current as _context
+from puma._core.condition import new_future
 
 if TYPE_CHECKING:
     from puma._runnable.runnable import Runnable
@@ -58,7 +59,7 @@ class BoundCommand(Generic[P, R]):
         """Send the command and return a future of its result (or exception)."""
         ctx = _context.current()
         if ctx is not None and ctx.runnable is self._runnable:
-            future: Future[R] = Future()
+            future: Future[R] = new_future()
             try:
                 future.set_result(self._function(self._runnable, *args, **kwargs))
             except Exception as exc:  # noqa: BLE001 - delivered through the future

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -19,6 +18,7 @@ from typing import Any
 
 from puma._buffers.base import Buffer
 from puma._core import messages as msg
+from puma._core.condition import Condition, new_future
 from puma._core.errors import CommandError, RunnableNotRunningError, SerializedError, deserialize_error
 from puma._core.waiting import Deadline
 from puma._environments.base import ChildHandle, Environment
@@ -82,8 +82,7 @@ class ChildRecord:
         self.inputs = inputs_of(runnable)  # ids of the buffers it holds but does not publish to
         self._futures: dict[int, Future[Any]] = {}
         self._calls = itertools.count(1)
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._lock = self._cond = Condition()  # a Ctrl-C in a wait cannot leave it locked
 
     def __repr__(self) -> str:
         return f"<ChildRecord {self.name!r} {self.state.value}>"
@@ -129,7 +128,7 @@ class ChildRecord:
     # --- called from user threads ---------------------------------------------------
     def send_command(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Future[Any]:
         """Send the command ``name``; its answer resolves the returned future (through the supervisor)."""
-        future: Future[Any] = Future()
+        future: Future[Any] = new_future()
         handle = self._handle_for(name)
         call_id = self._new_call(name, future)
         try:

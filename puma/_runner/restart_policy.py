@@ -14,7 +14,6 @@ from __future__ import annotations
 import enum
 import logging
 import random
-import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from puma._buffers.base import StreamHold
+from puma._core.condition import Condition
 from puma._core.errors import ChildDiedError, PumaError, StuckRunnableError
 from puma._core.waiting import Deadline
 from puma._runnable.inflight import LEFTOVERS
@@ -226,8 +226,7 @@ class RestartPolicy(FailurePolicy):
         self.redeliver = redeliver
         self.factories = dict(factories or {})
         self._runner: Any = None
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
+        self._lock = self._changed = Condition()  # a Ctrl-C in a wait cannot leave it locked
         self._settled = 0  # crashes whose consequence is in place (see wait_crashes)
         self._unsettled: dict[int, int] = {}  # token -> restarts noted, its new incarnation not in place yet
         self._crashes: list[Crash] = []

@@ -25,6 +25,7 @@ from typing import Any, Literal, TypeVar
 
 from puma._buffers.base import Buffer
 from puma._core import messages as msg
+from puma._core.condition import Condition
 from puma._core.errors import PumaError, RunnableNotRunningError, StuckRunnableError
 from puma._core.waiting import Deadline
 from puma._environments.base import ChildHandle, Environment, Message
@@ -36,7 +37,7 @@ from puma._runner.records import ChildRecord, Lifecycle
 from puma._runner.resources import hold_buffers, join_outputs, leave, let_go_of_buffers
 from puma._runner.snapshot import RunnerSnapshot
 from puma._runner.starting import Filed, admit, start_batch, unfile
-from puma._runner.stopping import stuck_error, track
+from puma._runner.stopping import kill_all, stuck_error, terminate_stuck, track
 from puma._runner.supervisor import KILL_GRACE, Supervisor
 
 __all__ = ["Runner"]
@@ -98,8 +99,7 @@ class Runner:
         self._records: list[ChildRecord] = []
         self._by_token: dict[int, ChildRecord] = {}
         self._tokens = itertools.count(1)
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
+        self._lock = self._cond = Condition()  # a Ctrl-C in a wait cannot leave it locked
         self._stopping = threading.Lock()  # held while a stop of everything is being posted
         self._errors: list[BaseException] = []
         self._reported = 0
@@ -435,26 +435,50 @@ class Runner:
         """Stop every runnable, wait for them (killing the stuck), release what the Runner opened, raise what failed.
 
         Leaving the ``with`` block calls it.  A closed Runner refuses new starts.
+        A Ctrl-C while the runnables stop kills them at once; a Ctrl-C anywhere
+        in it does not cut the shutdown short (it goes on after it).
         """
+        interrupt: KeyboardInterrupt | None = None
+        done = 0  # the steps below, in order; one a Ctrl-C cut short runs again
+        while done < 4:
+            try:
+                if done == 0:
+                    self._stop_everything()
+                    done = 2
+                if done == 1:
+                    self._closed = True
+                    self.stop()  # (those it reached already are not asked twice)
+                    kill_all(self._records)  # Ctrl-C while they stop: no more grace
+                    done = 2
+                if done == 2:
+                    self._terminate_stuck()
+                    done = 3
+                if done == 3:
+                    self._shut_down_supervisor()
+                    self._release()
+                    done = 4
+            except KeyboardInterrupt as ctrl_c:
+                interrupt = ctrl_c
+                done = max(done, 1)
+        if interrupt is not None:
+            raise interrupt
+        self._raise_errors()
+
+    def _stop_everything(self) -> None:
+        """Refuse new starts, stop every runnable and wait ``stop_timeout`` for them to end."""
         with self._lock:
             self._closed = True
-        try:
-            self.stop()
-            if self._supervisor is not None:
-                self._supervisor.call_soon(self._supervisor.close_main_program_inputs)
-            self._wait_all_ended(self._stop_timeout)
-        except KeyboardInterrupt:
-            self._kill_all()  # Ctrl-C while they stop: no more grace
-            raise
-        finally:
-            self._terminate_stuck()
-            supervisor = self._supervisor
-            if supervisor is not None:
-                supervisor.shutdown = True
-                supervisor.waker.wake()
-                supervisor.join(self._stop_timeout)
-            self._release()
-        self._raise_errors()
+        self.stop()
+        if self._supervisor is not None:
+            self._supervisor.call_soon(self._supervisor.close_main_program_inputs)
+        self._wait_all_ended(self._stop_timeout)
+
+    def _shut_down_supervisor(self) -> None:
+        supervisor = self._supervisor
+        if supervisor is not None:
+            supervisor.shutdown = True
+            supervisor.waker.wake()
+            supervisor.join(self._stop_timeout)
 
     def _release(self) -> None:
         """Give back at once what the Runner opened: its children's handles, its buffers, its wake-up pipe."""
@@ -529,32 +553,9 @@ class Runner:
 
     def _terminate_stuck(self, records: list[ChildRecord] | None = None) -> None:
         """Terminate, then kill, children (``records``, or all) still running after their stop timeout; report them."""
-        stuck = [r for r in (self._records if records is None else records) if not r.ended and r.handle is not None]
-        supervisor = self._supervisor
-        if not stuck or supervisor is None:
-            return
-        for record in stuck:
-            record.stuck = True
-            handle = record.handle
-            if handle is not None and not handle.terminate():
-                # It cannot be ended from outside (a thread): report it and leave it running (a daemon).
-                record.unkillable = True
-                supervisor.deliver(record, (msg.FINISHED, self._stuck_error(record), False))
-        if not self._wait_all_ended(KILL_GRACE):
-            for record in stuck:
-                handle = record.handle
-                if not record.ended and handle is not None and not record.unkillable:
-                    record.killed = True
-                    handle.kill()
-            self._wait_all_ended(KILL_GRACE)
-
-    def _kill_all(self) -> None:
-        """End every child that can be ended from outside, now (a second Ctrl-C)."""
-        for record in list(self._records):
-            handle = record.handle
-            if not record.ended and handle is not None:
-                record.stuck = record.killed = True
-                handle.kill()
+        if self._supervisor is not None:
+            chosen = self._records if records is None else records
+            terminate_stuck(chosen, self._supervisor, self._stop_timeout, self._wait_all_ended)
 
     def _stuck_error(self, record: ChildRecord) -> StuckRunnableError:
         return stuck_error(record, self._stop_timeout)

@@ -1,4 +1,4 @@
-"""How a Runner reports runnables that would not end, and what it does at interpreter exit."""
+"""How a Runner ends and reports runnables that would not end, and what it does at interpreter exit."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ import atexit
 import sys
 import traceback
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+from puma._core import messages as msg
 from puma._core.errors import StuckRunnableError
 from puma._runner.records import ChildRecord
-from puma._runner.supervisor import KILL_GRACE
+from puma._runner.supervisor import KILL_GRACE, Supervisor
 
-__all__ = ["stuck_error", "track"]
+__all__ = ["kill_all", "stuck_error", "terminate_stuck", "track"]
 
 
 def stuck_error(record: ChildRecord, stop_timeout: float) -> StuckRunnableError:
@@ -38,6 +40,43 @@ def stuck_error(record: ChildRecord, stop_timeout: float) -> StuckRunnableError:
         f"runnable {record.name!r} (pid {record.pid}) did not end within {stop_timeout} s "
         f"of being asked to stop; it was {how}"
     )
+
+
+def terminate_stuck(
+    records: list[ChildRecord], supervisor: Supervisor, stop_timeout: float, wait_all_ended: Callable[[float], bool]
+) -> None:
+    """Terminate, then kill, those of ``records`` still running after their stop timeout; report them.
+
+    Run again (after a Ctrl-C cut it short), it reports no runnable twice.
+    """
+    stuck = [r for r in records if not r.ended and r.handle is not None]
+    if not stuck:
+        return
+    for record in stuck:
+        if record.unkillable:
+            continue  # reported already
+        record.stuck = True
+        handle = record.handle
+        if handle is not None and not handle.terminate():
+            # It cannot be ended from outside (a thread): report it and leave it running (a daemon).
+            record.unkillable = True
+            supervisor.deliver(record, (msg.FINISHED, stuck_error(record, stop_timeout), False))
+    if not wait_all_ended(KILL_GRACE):
+        for record in stuck:
+            handle = record.handle
+            if not record.ended and handle is not None and not record.unkillable:
+                record.killed = True
+                handle.kill()
+        wait_all_ended(KILL_GRACE)
+
+
+def kill_all(records: list[ChildRecord]) -> None:
+    """End every child that can be ended from outside, now (a second Ctrl-C)."""
+    for record in list(records):
+        handle = record.handle
+        if not record.ended and handle is not None:
+            record.stuck = record.killed = True
+            handle.kill()
 
 
 _live: weakref.WeakSet[Any] = weakref.WeakSet()

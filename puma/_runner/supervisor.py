@@ -37,6 +37,7 @@ from puma._buffers.base import Buffer
 from puma._buffers.supervision import StreamSupervision
 from puma._core import logs as _logging
 from puma._core import messages as msg
+from puma._core.condition import new_future
 from puma._core.errors import ChildDiedError, PumaError, SerializedError, deserialize_error, serialize_error
 from puma._core.waiting import Waker
 from puma._environments.base import Message
@@ -85,7 +86,7 @@ class Supervisor(threading.Thread):
 
     def launch(self, record: ChildRecord, child: Runnable) -> Future[None]:
         """Launch ``child`` from this thread; the future tells the caller how it went."""
-        future: Future[None] = Future()
+        future: Future[None] = new_future()
         self.launches.append((record, child, future))
         self.waker.wake()
         return future
