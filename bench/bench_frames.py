@@ -24,6 +24,12 @@ Rows (forkserver; the same work on both sides of each row):
   through two buffers (borrowed once, handed over each way), against a bare
   ``multiprocessing.Pipe`` ping-pong of 8 bytes (``send_bytes``); microseconds
   per round trip.
+* **hand-over latency, both processes on one CPU**: the same, with the two
+  processes of each side pinned to CPU 0 (``os.sched_setaffinity``): a round
+  trip is then the CPU time of the two hops, without the wake-up of an idle
+  CPU that an idle 2-vCPU machine adds to every hop (and that a bare ``Pipe``,
+  whose writer blocks in its read at once, is spared more often: its round
+  trip swings between about 17 and 60 us from one run to the next here).
 * **an int through the same buffers**: the round trip above with an int
   instead of a frame, for reference: what the two process buffers cost
   themselves.
@@ -169,14 +175,21 @@ def puma_arrays(nbytes: int, count: int) -> float:
     return nbytes * got / spent
 
 
+def _pin(cpu: int | None) -> None:
+    """Run this process on CPU ``cpu`` only (None: wherever the scheduler likes)."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+
+
 class Echo(puma.Runnable):
     """Hands every frame it receives back."""
 
-    def __init__(self, inp: puma.Buffer[Any], out: puma.Buffer[Any]) -> None:
+    def __init__(self, inp: puma.Buffer[Any], out: puma.Buffer[Any], cpu: int | None = None) -> None:
         super().__init__("echo", outputs=[out])
-        self._in, self._out = inp, out
+        self._in, self._out, self._cpu = inp, out, cpu
 
     def execute(self) -> None:
+        _pin(self._cpu)
         with self.publisher(self._out) as pub:
             for frame in self._in.subscribe():
                 pub.publish(frame)
@@ -185,11 +198,19 @@ class Echo(puma.Runnable):
 class Pinger(puma.Runnable):
     """Sends one frame back and forth ``rounds`` times; reports microseconds per round trip."""
 
-    def __init__(self, pool: puma.frames.FramePool, out: puma.Buffer[Any], back: puma.Buffer[Any], rounds: int):
+    def __init__(
+        self,
+        pool: puma.frames.FramePool,
+        out: puma.Buffer[Any],
+        back: puma.Buffer[Any],
+        rounds: int,
+        cpu: int | None = None,
+    ) -> None:
         super().__init__("pinger", outputs=[out])
-        self._pool, self._out, self._back, self._rounds = pool, out, back, rounds
+        self._pool, self._out, self._back, self._rounds, self._cpu = pool, out, back, rounds, cpu
 
     def execute(self) -> None:
+        _pin(self._cpu)
         sub = self._back.subscribe()
         with self.publisher(self._out) as pub:
             frame = self._pool.borrow()
@@ -203,13 +224,13 @@ class Pinger(puma.Runnable):
         self.send_status("us", spent / self._rounds * 1e6)
 
 
-def puma_handover(rounds: int) -> float:
+def puma_handover(rounds: int, cpu: int | None = None) -> float:
     env = puma.ProcessEnvironment("forkserver")
     pool = env.frame_pool((MiB,), np.uint8, 2, "ping")
     with puma.Runner(env) as runner:
         out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
-        runner.start(Echo(out, back))
-        pinger = runner.start(Pinger(pool, out, back, rounds))
+        runner.start(Echo(out, back, cpu))
+        pinger = runner.start(Pinger(pool, out, back, rounds, cpu))
         runner.join()
         us: float = pinger.status("us")
     pool.close()
@@ -219,11 +240,12 @@ def puma_handover(rounds: int) -> float:
 class IntPinger(puma.Runnable):
     """The same round trip with an int instead of a frame: what the buffers themselves cost."""
 
-    def __init__(self, out: puma.Buffer[Any], back: puma.Buffer[Any], rounds: int) -> None:
+    def __init__(self, out: puma.Buffer[Any], back: puma.Buffer[Any], rounds: int, cpu: int | None = None) -> None:
         super().__init__("int-pinger", outputs=[out])
-        self._out, self._back, self._rounds = out, back, rounds
+        self._out, self._back, self._rounds, self._cpu = out, back, rounds, cpu
 
     def execute(self) -> None:
+        _pin(self._cpu)
         sub = self._back.subscribe()
         with self.publisher(self._out) as pub:
             value = 1
@@ -236,18 +258,19 @@ class IntPinger(puma.Runnable):
         self.send_status("us", spent / self._rounds * 1e6)
 
 
-def puma_int_pingpong(rounds: int) -> float:
+def puma_int_pingpong(rounds: int, cpu: int | None = None) -> float:
     env = puma.ProcessEnvironment("forkserver")
     with puma.Runner(env) as runner:
         out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
-        runner.start(Echo(out, back))
-        pinger = runner.start(IntPinger(out, back, rounds))
+        runner.start(Echo(out, back, cpu))
+        pinger = runner.start(IntPinger(out, back, rounds, cpu))
         runner.join()
         us: float = pinger.status("us")
     return us
 
 
-def _pong(conn: Any) -> None:
+def _pong(conn: Any, cpu: int | None = None) -> None:
+    _pin(cpu)
     while True:
         data = conn.recv_bytes()
         if not data:
@@ -255,11 +278,14 @@ def _pong(conn: Any) -> None:
         conn.send_bytes(data)
 
 
-def pipe_pingpong(rounds: int) -> float:
+def pipe_pingpong(rounds: int, cpu: int | None = None) -> float:
+    """Microseconds per round trip of 8 bytes; with ``cpu``, both processes run on that CPU only."""
     ctx = multiprocessing.get_context("forkserver")
     here, there = ctx.Pipe()
-    proc = ctx.Process(target=_pong, args=(there,))
+    proc = ctx.Process(target=_pong, args=(there, cpu))
     proc.start()
+    previous = os.sched_getaffinity(0)
+    _pin(cpu)
     message = b"12345678"
     for _ in range(50):
         here.send_bytes(message)
@@ -269,6 +295,7 @@ def pipe_pingpong(rounds: int) -> float:
         here.send_bytes(message)
         here.recv_bytes()
     spent = now() - start
+    os.sched_setaffinity(0, previous)
     here.send_bytes(b"")
     proc.join()
     here.close()
@@ -402,6 +429,19 @@ def main() -> None:
                 ours=lambda: puma_handover(rounds),
                 theirs=lambda: pipe_pingpong(rounds),
                 baseline="Pipe ping-pong (send_bytes)",
+                runs=args.runs,
+                target=("<=", 2),
+            )
+        )
+    name = "hand-over latency, round trip, both processes on one CPU"
+    if wanted(name):
+        rows.append(
+            compare(
+                name,
+                unit="us",
+                ours=lambda: puma_handover(rounds, cpu=0),
+                theirs=lambda: pipe_pingpong(rounds, cpu=0),
+                baseline="Pipe ping-pong (send_bytes), on one CPU too",
                 runs=args.runs,
                 target=("<=", 2),
             )

@@ -116,6 +116,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         self._raws: tuple[int, list[bytearray]] | None = None
         self._frame_bytes = 64.0  # running mean size of a frame, to read a few values ahead when sharing
         self._next_check = 0.0  # when to look at commands while serving buffered values
+        self._starved = False  # the last refill had to wait for the pipe (see _refill)
         self._end_copy = -1  # this subscription's own descriptor of the end channel (see _fds)
         self._end_finalizer: weakref.finalize | None = None  # type: ignore[type-arg]
 
@@ -417,11 +418,14 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         """No whole frame is buffered: read more, or wait (servicing commands); False on timeout."""
         self._settle()
         ctx = self._ctx
-        looked = False
+        looked = waited = False
         while True:
             if self._ending() is not None or self._head < self._tail:
                 return True
-            if self._fill():
+            # A reader that had to wait last time (values come one at a time) goes straight to
+            # the wait, which returns at once if the pipe is readable: no read that finds nothing.
+            if (waited or not self._starved) and self._fill():
+                self._starved = waited
                 return True
             if not looked and ctx is not None and not ctx.fds and ctx.has_command():
                 try:
@@ -433,6 +437,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             looked = True
             if not self._wait(deadline):
                 return False
+            waited = True
             # The wait looked at commands; what woke it (a value, the stream's end and its
             # error) is taken before the next look.
             self._next_check = time.monotonic() + _COMMAND_CHECK
@@ -441,16 +446,17 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         """The one wait for a value: the pipe readable, the stream ended, or a failure here; False on timeout."""
         b = self._b
         ctx = _current.waiting_context()
-        poller = self._data_poller
         shared = self._shared
 
-        def ready() -> bool:
-            return bool(shared[ENDED]) or b._failure is not None or b._released or bool(poller.poll(0))
+        def ready() -> bool:  # (the pipe readable ends the wait by itself: no poll of it here)
+            return bool(shared[ENDED]) or b._failure is not None or b._released
 
         waker = ctx.waker
         b._wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
         try:
-            return ctx.wait((self._fd, self._end_fd), deadline.remaining(), ready, f"a value of buffer {b.name!r}")
+            return ctx.wait(
+                (self._fd, self._end_fd), deadline.remaining(), ready, f"a value of buffer {b.name!r}", True
+            )
         finally:
             b._wakers.discard(waker)
 

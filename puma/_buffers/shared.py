@@ -116,6 +116,17 @@ _ORPHAN_WAIT = 0.5  # seconds a lock stays taken, with no holder named, before i
 _MOST_END_BYTES = 1 << 15  # an error's pickle larger than this is replaced by a short one (see EndChannel)
 
 
+_pid = os.getpid()  # this process's id, kept: a Guard is taken on every value written
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 class Guard:
     """A process-shared lock that writes its holder's pid into shared memory while held.
 
@@ -131,7 +142,7 @@ class Guard:
 
     def __enter__(self) -> None:
         self._lock.acquire()
-        self._shared[self._slot] = os.getpid()
+        self._shared[self._slot] = _pid
 
     def __exit__(self, *exc: object) -> None:
         self._shared[self._slot] = 0

@@ -52,10 +52,18 @@ class Context(Protocol):
         """Raise :class:`~puma.StopRequested` if a stop has arrived (servicing commands meanwhile)."""
         ...
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
+    def wait(
+        self,
+        fds: tuple[int, ...],
+        timeout: float | None,
+        ready: Callable[[], bool],
+        what: str = "",
+        readable_is_ready: bool = False,
+    ) -> bool:
         """Wait until ``ready()``, servicing commands; False on timeout.
 
         ``what``: what is waited for, in words ("a value of buffer 'raw'"), for diagnosis.
+        ``readable_is_ready``: one of ``fds`` readable ends the wait too.
         """
         ...
 
@@ -131,7 +139,14 @@ class OutsideContext:
     def own(self, exc: BaseException) -> None:
         return None
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
+    def wait(
+        self,
+        fds: tuple[int, ...],
+        timeout: float | None,
+        ready: Callable[[], bool],
+        what: str = "",
+        readable_is_ready: bool = False,
+    ) -> bool:
         deadline = Deadline(timeout)
         waker = self.waker
         while True:
@@ -141,4 +156,5 @@ class OutsideContext:
             remaining = deadline.remaining()
             if remaining is not None and remaining <= 0:
                 return False
-            waker.wait(fds, remaining)
+            if waker.wait(fds, remaining) and readable_is_ready:
+                return True

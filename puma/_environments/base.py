@@ -178,6 +178,14 @@ class MessageLink(abc.ABC):
     def has_message(self) -> bool:
         """True if a message from the parent waits."""
 
+    def has_buffered_message(self) -> bool:
+        """True if a message already taken off :attr:`fds` waits (one a poll of them cannot show).
+
+        The default, :meth:`has_message`, is always right; a link that reads
+        ahead from its descriptors answers from what it holds, without a system call.
+        """
+        return self.has_message()
+
     @abc.abstractmethod
     def receive_all(self) -> list[Message]:
         """Every message from the parent there now."""

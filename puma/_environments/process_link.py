@@ -104,6 +104,9 @@ class ProcessChildLink:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["control"], state["status"], state["reply"])  # type: ignore[misc]
 
+    def has_buffered_message(self) -> bool:
+        return self._reader.whole()
+
     def has_message(self) -> bool:
         if self._reader.whole():
             return True

@@ -48,6 +48,9 @@ class ThreadLink(MessageLink):
     def has_message(self) -> bool:
         return bool(self._inbox)
 
+    def has_buffered_message(self) -> bool:
+        return bool(self._inbox)
+
     def receive_all(self) -> list[Message]:
         inbox = self._inbox
         return [inbox.popleft() for _ in range(len(inbox))]

@@ -32,6 +32,7 @@ class ChildLink(Protocol):
     fds: tuple[int, ...]
 
     def has_message(self) -> bool: ...
+    def has_buffered_message(self) -> bool: ...
     def receive_all(self) -> list[tuple[Any, ...]]: ...
     def send(self, message: tuple[Any, ...]) -> None: ...
     def send_result(self, call_id: int, result: Any, note: str, direct: bool = False) -> None: ...
@@ -114,16 +115,17 @@ class ChildContext:
         """True if a message from the parent waits to be serviced, or a stop seen is not yet acted on."""
         return self.stop_requested or self.link.has_message()
 
-    def service(self, pending: bool = False) -> bool:
+    def service(self, pending: bool = False, look: bool = True) -> bool:
         """Handle every message from the parent there now; return the stop flag.
 
         ``pending``: the caller knows a message is there (its wait said the
-        command pipe is readable), so no need to look.  A process link takes
-        every message there in one read; one that comes later is handled at
-        the next call or wait.
+        command pipe is readable), so no need to look.  ``look=False``: only
+        messages read already count (the caller is about to poll the command
+        pipe).  A process link takes every message there in one read; one
+        that comes later is handled at the next call or wait.
         """
         link = self.link
-        if pending or link.has_message():
+        if pending or (link.has_message() if look else link.has_buffered_message()):
             for message in link.receive_all():
                 kind = message[0]
                 if kind == msg.STOP:
@@ -181,26 +183,38 @@ class ChildContext:
         if self.service(pending):
             raise StopRequested
 
-    def wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], what: str = "") -> bool:
+    def wait(
+        self,
+        fds: tuple[int, ...],
+        timeout: float | None,
+        ready: Callable[[], bool],
+        what: str = "",
+        readable_is_ready: bool = False,
+    ) -> bool:
         """Wait until ``ready()`` is true, servicing commands; False on timeout.
 
         Raises :class:`StopRequested` when a stop arrives first.  ``what``:
         what is waited for, in words, for :meth:`activity`.
+        ``readable_is_ready``: one of ``fds`` readable ends the wait too (so
+        ``ready()`` need not poll them).
         """
         outer = self._waiting
         self._waiting = what or outer or "a value, room or a command"
         try:
-            return self._wait(fds, timeout, ready)
+            return self._wait(fds, timeout, ready, readable_is_ready)
         finally:
             self._waiting = outer
 
-    def _wait(self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool]) -> bool:
+    def _wait(
+        self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], readable_is_ready: bool
+    ) -> bool:
         deadline = Deadline(timeout)
         control = self.fds  # a process runnable's command pipe; () for a thread runnable
         all_fds = control + fds
         waker = self.waker
         service = True
         pending = False
+        look = not control  # the command pipe is in the poll below: no look at it before
         while True:
             waker.clear()
             # What is there is taken before a stop: a stream's end (its error) that reached the
@@ -211,7 +225,8 @@ class ChildContext:
                 return True
             if service:
                 try:
-                    self.check_stop(pending)
+                    if self.service(pending, look):
+                        raise StopRequested
                 except StopRequested:
                     # What came before the stop (a stream's end sent before it) is taken first;
                     # the stop stays requested and is seen at the next look.
@@ -225,7 +240,10 @@ class ChildContext:
             # Commands reach a process runnable only through its command pipe: when
             # only data woke us, there is nothing to service (and no poll to pay).
             pending = bool(control) and control[0] in readable
+            if readable_is_ready and not pending and readable:
+                return True
             service = pending or not readable or not control
+            look = not control or not readable  # woken by the waker, or timed out: look
 
     def _run_command(
         self, call_id: int, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], direct: bool = False
