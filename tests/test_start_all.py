@@ -88,3 +88,24 @@ def test_start_all_returns_every_runnable_running_in_order(env: puma.Environment
         assert all(runner.is_alive(w) for w in started)
         assert runner.start_all([], timeout=60) == []
         runner.stop()
+
+
+@pytest.mark.timeout(60)
+def test_a_supervisor_that_cannot_start_is_an_error_at_the_first_wait_not_a_hang(
+    env: puma.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor thread is started without waiting for it; if it cannot start, the start says so.
+
+    And leaving the ``with`` block ends the child all the same (the leak fixture checks that no
+    process or thread is left), within the stop timeout: nothing hangs for want of a supervisor.
+    """
+    from puma._runner.supervisor import Supervisor
+
+    def cannot_start(self: Supervisor) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(Supervisor, "start", cannot_start)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        with puma.Runner(env, stop_timeout=1) as runner:
+            idle = _Waits("idle")
+            runner.start_blocking(idle)

@@ -343,6 +343,8 @@ class Runner:
         self._wait_running(record, Deadline(self._start_timeout if timeout is None else timeout))
 
     def _wait_running(self, record: ChildRecord, deadline: Deadline) -> None:
+        if self._supervisor is not None:
+            self._supervisor.wait_started(deadline.remaining())  # raises if it could not start
         if not record.wait_started(deadline):
             raise TimeoutError(f"runnable {record.name!r} did not start within {deadline.timeout} s")
         if not record.has_started and record.error is not None:
@@ -402,6 +404,8 @@ class Runner:
         ``timeout``, raises ``TimeoutError`` if runnables are still running then.
         """
         deadline = Deadline(timeout)
+        if self._supervisor is not None:
+            self._supervisor.wait_started()
         while True:
             overdue: list[ChildRecord] = []
             timed_out = False
@@ -478,7 +482,8 @@ class Runner:
         if supervisor is not None:
             supervisor.shutdown = True
             supervisor.waker.wake()
-            supervisor.join(self._stop_timeout)
+            if supervisor.started.wait() and supervisor.start_error is None:
+                supervisor.join(self._stop_timeout)
 
     def _release(self) -> None:
         """Give back at once what the Runner opened: its children's handles, its buffers, its wake-up pipe."""
@@ -505,7 +510,7 @@ class Runner:
         with self._lock:
             if self._supervisor is None:
                 self._supervisor = Supervisor(self)
-                self._supervisor.start()
+                self._supervisor.start_soon()
             return self._supervisor
 
     def _send_stop(self, record: ChildRecord) -> None:

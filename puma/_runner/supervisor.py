@@ -26,6 +26,7 @@ buffers.
 
 from __future__ import annotations
 
+import _thread
 import signal
 import threading
 from collections import deque
@@ -37,7 +38,7 @@ from puma._buffers.base import Buffer
 from puma._buffers.supervision import StreamSupervision
 from puma._core import logs as _logging
 from puma._core import messages as msg
-from puma._core.condition import new_future
+from puma._core.condition import Event, new_future
 from puma._core.errors import ChildDiedError, PumaError, SerializedError, deserialize_error, serialize_error
 from puma._core.waiting import Waker
 from puma._environments.base import Message
@@ -69,6 +70,31 @@ class Supervisor(threading.Thread):
         # an end, a closed command pipe, an abandoned call, the draining set), so a wake
         # per message costs nothing per child.
         self.rewatch = True
+        self.started = Event()
+        self.start_error: BaseException | None = None
+
+    def start_soon(self) -> None:
+        """Start this thread without waiting until it runs (``start()`` waits); :meth:`wait_started` waits.
+
+        A helper thread makes the call that waits, so a Runner's first start
+        does not wait for its supervisor to be scheduled.
+        """
+
+        def start() -> None:
+            try:
+                self.start()
+            except BaseException as exc:  # noqa: BLE001 - kept for wait_started
+                self.start_error = exc
+            finally:
+                self.started.set()
+
+        _thread.start_new_thread(start, ())
+
+    def wait_started(self, timeout: float | None = None) -> None:
+        """Wait (up to ``timeout``) until :meth:`start_soon` has started the thread; raise what starting it raised."""
+        self.started.wait(timeout)
+        if self.start_error is not None:
+            raise self.start_error
 
     # --- requests from other threads --------------------------------------------------
     def call_soon(self, function: Callable[[], None]) -> None:
