@@ -230,7 +230,7 @@ class ChildContext:
                 except StopRequested:
                     # What came before the stop (a stream's end sent before it) is taken first;
                     # the stop stays requested and is seen at the next look.
-                    if ready():
+                    if ready() or (readable_is_ready and waker.wait(fds, 0)):
                         return True
                     raise
             remaining = deadline.remaining()
@@ -240,8 +240,8 @@ class ChildContext:
             # Commands reach a process runnable only through its command pipe: when
             # only data woke us, there is nothing to service (and no poll to pay).
             pending = bool(control) and control[0] in readable
-            if readable_is_ready and not pending and readable:
-                return True
+            if readable_is_ready and any(fd not in control for fd in readable):
+                return True  # what came is taken before any command that came with it
             service = pending or not readable or not control
             look = not control or not readable  # woken by the waker, or timed out: look
 
