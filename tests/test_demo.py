@@ -110,7 +110,8 @@ def test_demo_ctrl_c_stops_everything_and_reports_the_real_count(env: str, to: s
     stderr_path = tmp_path / "stderr"
     with stderr_path.open("w") as stderr:
         proc = subprocess.Popen(
-            [sys.executable, str(DEMO), *args, "--count", str(count)],
+            # -X faulthandler: should it hang, SIGABRT makes it print where every thread is
+            [sys.executable, "-X", "faulthandler", str(DEMO), *args, "--count", str(count)],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -126,7 +127,12 @@ def test_demo_ctrl_c_stops_everything_and_reports_the_real_count(env: str, to: s
                 os.kill(proc.pid, signal.SIGINT)
             else:
                 os.killpg(proc.pid, signal.SIGINT)
-            rest, _ = proc.communicate(timeout=60)
+            try:
+                rest, _ = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGABRT)  # the stacks of its threads, to stderr
+                proc.wait(10)
+                pytest.fail(f"the demo hung after Ctrl-C; its threads:\n{stderr_path.read_text()[-6000:]}")
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
