@@ -22,6 +22,7 @@ import pytest
 
 import puma
 from puma._buffers.process import live_process_buffers
+from puma._core import signals as _signals
 
 START_METHODS = [m for m in ("fork", "forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
 ENVIRONMENTS = ["thread", *START_METHODS]
@@ -31,6 +32,10 @@ ENVIRONMENTS = ["thread", *START_METHODS]
 # the tests that press Ctrl-C on a demo or a script expect a terminal's default.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The main thread's first sleep in puma makes the pipes that let a signal wake it (once per
+# process, kept for its life): made here, they are not counted as a test's new descriptors.
+_signals.main_sleeper()
 
 
 def make_env(kind: str) -> puma.Environment:

@@ -34,10 +34,11 @@ from typing import Any
 
 from puma._batch.options import Options, crosses, crossing_pid, progress_bar
 from puma._batch.records import BatchError, Failure, Interrupted, ItemTimeout, WorkerDied, short_repr
-from puma._batch.seats import Chunk, Seat, contiguous, drain_pipe
+from puma._batch.seats import Chunk, Seat, contiguous
 from puma._batch.worker import SLOTS_PER_WORKER, BatchWorker, Marks
 from puma._buffers.base import Buffer
 from puma._core import current as _current
+from puma._core import signals as _signals
 from puma._core.errors import (
     BufferClosedError,
     BufferCompleted,
@@ -92,8 +93,7 @@ class Engine:
         self._bar: Any = None
         self._shown = 0  # inputs the progress bar shows as done
         self._ctrl_c = False  # Ctrl-C was pressed while the loop ran
-        self._signal_pipe: tuple[int, int] | None = None  # written by the C signal handler (set_wakeup_fd)
-        self._old_wakeup: int | None = None
+        self._old_wakeup: int | None = None  # the wake-up descriptor puma's replaced while the loop runs
         if options.max_in_flight is not None:
             self._bound = options.max_in_flight
         elif self._total is not None:
@@ -151,8 +151,9 @@ class Engine:
 
         A KeyboardInterrupt raised at any bytecode could leave a buffer or the
         Runner half-way through a change; the flag is seen after the one wait.
-        The signal may reach any thread, so it also writes to a pipe that wait
-        watches (``signal.set_wakeup_fd``).  The first press puts the default
+        The signal may reach any thread, so it also writes to puma's wake-up
+        pipe, which the one wait watches on the main thread (``signal.set_wakeup_fd``,
+        taken over from the program for the while).  The first press puts the default
         handler back, so a second press interrupts at once.
         """
         if threading.current_thread() is not threading.main_thread():
@@ -160,17 +161,13 @@ class Engine:
         if on:
             if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
                 return  # the program has its own handler: leave Ctrl-C to it
-            if self._signal_pipe is None:
-                self._signal_pipe = os.pipe()
-                for fd in self._signal_pipe:
-                    os.set_blocking(fd, False)
             signal.signal(signal.SIGINT, self._on_ctrl_c)
-            self._old_wakeup = signal.set_wakeup_fd(self._signal_pipe[1], warn_on_full_buffer=False)
+            self._old_wakeup = _signals.claim()
             return
         if signal.getsignal(signal.SIGINT) == self._on_ctrl_c:
             signal.signal(signal.SIGINT, signal.default_int_handler)
         if self._old_wakeup is not None:
-            signal.set_wakeup_fd(self._old_wakeup)
+            _signals.give_back(self._old_wakeup)
             self._old_wakeup = None
 
     def _on_ctrl_c(self, signum: int, frame: object) -> None:
@@ -245,10 +242,6 @@ class Engine:
                     if left and not isinstance(errors, KeyboardInterrupt):
                         raise
         finally:
-            if self._signal_pipe is not None:
-                for fd in self._signal_pipe:
-                    os.close(fd)
-                self._signal_pipe = None
             if self._marks is not None:
                 self._marks.close()
                 self._marks = None
@@ -363,11 +356,7 @@ class Engine:
         ready = [s for s in seats if s.sub.ready()]
         if not ready and not self._ctrl_c:
             fds = tuple(fd for s in seats for fd in s.sub._fds())
-            if self._old_wakeup is not None and self._signal_pipe is not None:
-                fds += (self._signal_pipe[0],)
-            woken = waker.wait(fds, self._until_overdue())
-            if self._signal_pipe is not None and self._signal_pipe[0] in woken:
-                drain_pipe(self._signal_pipe[0])
+            waker.wait(fds, self._until_overdue())  # (a Ctrl-C wakes it: see _catch_ctrl_c)
             ready = [s for s in seats if s.sub.ready()]
         for seat in ready:
             self._drain(seat)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Sequence
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 from puma._batch.worker import BatchWorker
 from puma._buffers.base import Publisher, Subscription
 
-__all__ = ["Chunk", "Seat", "contiguous", "drain_pipe"]
+__all__ = ["Chunk", "Seat", "contiguous"]
 
 
 class Chunk:
@@ -48,12 +47,3 @@ def contiguous(indices: Sequence[int]) -> Sequence[int]:
         if indices[-1] == span[-1] and indices == list(span):
             return span
     return indices
-
-
-def drain_pipe(fd: int) -> None:
-    """Read a non-blocking pipe empty."""
-    try:
-        while os.read(fd, 256):
-            pass
-    except BlockingIOError:
-        pass

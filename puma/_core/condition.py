@@ -25,6 +25,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+from puma._core import signals as _signals
+
 __all__ = ["Condition", "Event", "new_future"]
 
 T = TypeVar("T")
@@ -48,13 +50,22 @@ class Condition(_thread.RLock):  # type: ignore[misc]  # final in the stubs, sub
         """Give the lock back, sleep until notified or ``timeout`` s, take the lock again; True if notified."""
         if not self._is_owned():  # type: ignore[attr-defined]
             raise RuntimeError("cannot wait on un-acquired lock")
-        waiter = _thread.allocate_lock()
-        waiter.acquire()
+        # On the main thread the waiter is a pipe that a signal's wake-up also reaches (see
+        # puma._core.signals): a Ctrl-C that another thread noted still wakes this sleep.
+        sleeper = _signals.main_sleeper() if timeout is None or timeout > 0 else None
+        waiter: Any
+        if sleeper is None:
+            waiter = _thread.allocate_lock()
+            waiter.acquire()
+        else:
+            waiter = sleeper.waiter()
         self._waiters.append(waiter)
         notified = False
         try:
             self.release()  # inside the try: a Ctrl-C right after it still takes the lock back below
-            if timeout is None:
+            if sleeper is not None:
+                notified = sleeper.sleep(waiter, timeout)
+            elif timeout is None:
                 notified = waiter.acquire()
             elif timeout > 0:
                 notified = waiter.acquire(True, timeout)
@@ -78,7 +89,7 @@ class Condition(_thread.RLock):  # type: ignore[misc]  # final in the stubs, sub
                 try:
                     self._waiters.remove(waiter)
                 except ValueError:
-                    pass  # notified after the timeout: harmless
+                    pass  # notified after the timeout: harmless (a pipe's byte is drained at a next sleep)
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters (the lock must be held)."""
