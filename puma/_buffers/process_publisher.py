@@ -238,7 +238,7 @@ class ProcessPublisher(Publisher[T]):
         if not (self._completed or shared[CLOSED]) and shared[GIVEN] - shared[TAKEN] > 0:
             # The usual case: room, and a small value written under the one write lock, which
             # takes its place too.
-            if _frames.pools:
+            if _frames.open_pools:
                 self._publish_handing_over(value, timeout)
                 return
             # No frame pool is open in this process, so pickling hands nothing over: the value
@@ -356,7 +356,7 @@ class ProcessPublisher(Publisher[T]):
         while start < total:
             want = total - start
             data: bytes | None = None
-            if not _frames.pools:
+            if not _frames.open_pools:
                 # Nothing in it is handed over (no frame pool is open here): the rest of the batch
                 # is pickled before the lock, and taking its places and writing it is one hold
                 # of the write lock, now or when the wait for room ends.

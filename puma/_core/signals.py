@@ -129,8 +129,11 @@ _sleeper: Sleeper | None = None
 _state = 0  # 0: not looked at yet in this process; 1: puma's pipe is the wake-up descriptor; -1: not used
 
 
+_main_ident = threading.main_thread().ident
+
+
 def _main_thread() -> bool:
-    return _thread.get_ident() == threading.main_thread().ident
+    return _thread.get_ident() == _main_ident
 
 
 def _set_up() -> Sleeper | None:
@@ -156,7 +159,7 @@ def _set_up() -> Sleeper | None:
 
 def wakeup_fd() -> int:
     """On the main thread, the read end of the pipe a signal writes to; -1 elsewhere (or if not puma's)."""
-    if not _main_thread():
+    if _state < 0 or _thread.get_ident() != _main_ident:
         return -1
     if _state == 0:
         _set_up()
@@ -211,7 +214,8 @@ def give_back(old: int) -> None:
 
 
 def _after_fork_in_child() -> None:
-    global _sleeper, _state
+    global _main_ident, _sleeper, _state
+    _main_ident = _thread.get_ident()  # the thread that forked is the child's main thread
     sleeper = _sleeper
     _sleeper = None
     if sleeper is not None:

@@ -146,7 +146,7 @@ class _Poller:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
         if _EXCLUSIVE and (timeout is None or timeout > 0):
             # Looked up at each wait: a descriptor number may be closed and used again.
-            exclusive = [fd for fd in self._fds if _exclusive_now(fd)]
+            exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE and _exclusive_now(fd)]
             if exclusive:
                 return self._sleep_exclusive(exclusive, timeout)
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):

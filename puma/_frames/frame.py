@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import weakref
 from _thread import get_ident
+from multiprocessing.context import get_spawning_popen as _spawning
 from typing import TYPE_CHECKING, Any
 
 from puma._frames.errors import FrameDropped, FrameOwnershipError
-from puma._frames.registry import pool_by_ref
+from puma._frames.registry import open_pools, pool_by_ref
 
 if TYPE_CHECKING:
     from puma._frames.array import FrameArray
@@ -147,10 +148,15 @@ class Frame:
     def __reduce__(self) -> Any:
         # Published into a process buffer: only this handle travels; the receiver's frame is new.
         pool = self._pool
-        ref = pool._handle_ref() or pool  # the pool's key (and how to open it), or the pool while a child starts
+        reduced = pool._reduced
+        # The usual case: the pool's key and how to open it (the pool itself while a child starts).
+        ref = reduced[1] if reduced is not None and _spawning() is None else pool._handle_ref() or pool
         if self._state == LIVE and self._kind == WRITABLE:
             gen = pool._hand_over(self._index, self._gen, WRITABLE)
-            self._invalidate(HANDED)
+            if self._array is None:
+                self._state = HANDED  # never mapped: no view to make read-only
+            else:
+                self._invalidate(HANDED)
             return (_received, (ref, self._index, gen, WRITABLE))
         frame = self._published()
         frame._state = HANDED
@@ -226,12 +232,13 @@ class Frame:
 def _received(pool: Any, index: int, gen: int, kind: int) -> Frame:
     """A frame arriving in this process: claimed now, while its handle is unpickled."""
     if type(pool) is tuple:
-        pool = pool_by_ref(*pool)
-    frame = Frame(pool, index, gen, kind, PENDING)
-    frame._claim()
-    if frame._state == DROPPED:
-        dropped_arrivals.append(get_ident())  # the subscription unpickling it skips its value
-    return frame
+        ref = open_pools.get(pool[0])
+        found = None if ref is None else ref()
+        pool = found if found is not None and not found._closed else pool_by_ref(*pool)
+    if pool._claim(index, gen, kind):
+        return Frame(pool, index, gen, kind, LIVE)
+    dropped_arrivals.append(get_ident())  # the subscription unpickling it skips its value
+    return Frame(pool, index, gen, kind, DROPPED)
 
 
 def published(value: Any) -> Any:
