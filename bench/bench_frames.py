@@ -30,6 +30,11 @@ Rows (forkserver; the same work on both sides of each row):
   CPU that an idle 2-vCPU machine adds to every hop (and that a bare ``Pipe``,
   whose writer blocks in its read at once, is spared more often: its round
   trip swings between about 17 and 60 us from one run to the next here).
+* **hand-over latency, each process on a CPU of its own**: the same, the
+  two processes of each side pinned to CPUs 0 and 1: every hop wakes the
+  other CPU, on both sides.  The unpinned row above lands on either
+  placement, and not always on the same one for both sides: these two rows
+  compare like with like.
 * **an int through the same buffers**: the round trip above with an int
   instead of a frame, for reference: what the two process buffers cost
   themselves.
@@ -224,13 +229,17 @@ class Pinger(puma.Runnable):
         self.send_status("us", spent / self._rounds * 1e6)
 
 
-def puma_handover(rounds: int, cpu: int | None = None) -> float:
+Cpus = tuple[int, int] | None  # (the pinger's CPU, the echo's CPU); None: wherever the scheduler likes
+
+
+def puma_handover(rounds: int, cpus: Cpus = None) -> float:
     env = puma.ProcessEnvironment("forkserver")
     pool = env.frame_pool((MiB,), np.uint8, 2, "ping")
+    mine, theirs = cpus or (None, None)
     with puma.Runner(env) as runner:
         out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
-        runner.start(Echo(out, back, cpu))
-        pinger = runner.start(Pinger(pool, out, back, rounds, cpu))
+        runner.start(Echo(out, back, theirs))
+        pinger = runner.start(Pinger(pool, out, back, rounds, mine))
         runner.join()
         us: float = pinger.status("us")
     pool.close()
@@ -258,12 +267,13 @@ class IntPinger(puma.Runnable):
         self.send_status("us", spent / self._rounds * 1e6)
 
 
-def puma_int_pingpong(rounds: int, cpu: int | None = None) -> float:
+def puma_int_pingpong(rounds: int, cpus: Cpus = None) -> float:
     env = puma.ProcessEnvironment("forkserver")
+    mine, theirs = cpus or (None, None)
     with puma.Runner(env) as runner:
         out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
-        runner.start(Echo(out, back, cpu))
-        pinger = runner.start(IntPinger(out, back, rounds, cpu))
+        runner.start(Echo(out, back, theirs))
+        pinger = runner.start(IntPinger(out, back, rounds, mine))
         runner.join()
         us: float = pinger.status("us")
     return us
@@ -278,14 +288,15 @@ def _pong(conn: Any, cpu: int | None = None) -> None:
         conn.send_bytes(data)
 
 
-def pipe_pingpong(rounds: int, cpu: int | None = None) -> float:
-    """Microseconds per round trip of 8 bytes; with ``cpu``, both processes run on that CPU only."""
+def pipe_pingpong(rounds: int, cpus: Cpus = None) -> float:
+    """Microseconds per round trip of 8 bytes; with ``cpus``, this process and its peer run on those CPUs."""
     ctx = multiprocessing.get_context("forkserver")
     here, there = ctx.Pipe()
-    proc = ctx.Process(target=_pong, args=(there, cpu))
+    mine, theirs = cpus or (None, None)
+    proc = ctx.Process(target=_pong, args=(there, theirs))
     proc.start()
     previous = os.sched_getaffinity(0)
-    _pin(cpu)
+    _pin(mine)
     message = b"12345678"
     for _ in range(50):
         here.send_bytes(message)
@@ -439,9 +450,22 @@ def main() -> None:
             compare(
                 name,
                 unit="us",
-                ours=lambda: puma_handover(rounds, cpu=0),
-                theirs=lambda: pipe_pingpong(rounds, cpu=0),
+                ours=lambda: puma_handover(rounds, cpus=(0, 0)),
+                theirs=lambda: pipe_pingpong(rounds, cpus=(0, 0)),
                 baseline="Pipe ping-pong (send_bytes), on one CPU too",
+                runs=args.runs,
+                target=("<=", 2),
+            )
+        )
+    name = "hand-over latency, round trip, each process on a CPU of its own"
+    if wanted(name) and len(os.sched_getaffinity(0)) >= 2:
+        rows.append(
+            compare(
+                name,
+                unit="us",
+                ours=lambda: puma_handover(rounds, cpus=(0, 1)),
+                theirs=lambda: pipe_pingpong(rounds, cpus=(0, 1)),
+                baseline="Pipe ping-pong (send_bytes), one process per CPU too",
                 runs=args.runs,
                 target=("<=", 2),
             )

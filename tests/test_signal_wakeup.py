@@ -50,6 +50,29 @@ def test_a_condition_wait_on_the_main_thread_wakes_for_a_ctrl_c_another_thread_r
 
 
 @pytest.mark.timeout(20)
+def test_a_signal_handler_that_only_sets_a_flag_still_ends_a_main_thread_wait() -> None:
+    """The wait returns (a spurious wake-up), so the waiter's loop sees what the handler did."""
+    cond = Condition()
+    seen: list[int] = []
+
+    def other() -> None:
+        with cond:
+            _ctrl_c_in_this_thread()
+
+    old = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        thread = threading.Thread(target=other)
+        with cond:
+            thread.start()
+            while not seen:
+                cond.wait()  # without the wake-up: asleep for ever, the flag set
+        thread.join(10)
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert seen == [signal.SIGINT]
+
+
+@pytest.mark.timeout(20)
 def test_a_wait_on_descriptors_on_the_main_thread_wakes_for_a_ctrl_c_another_thread_received() -> None:
     read_end, write_end = os.pipe()
     waker = Waker()

@@ -23,7 +23,8 @@ sleep of the main thread in puma watches such a pipe too:
 
 A sleep woken by a signal empties the pipe and returns to Python code, where
 the handler runs (and raises ``KeyboardInterrupt``); after a handler that does
-not raise, the waiter sleeps again.  A child made by ``fork`` drops the
+not raise, the wait returns as a spurious wake-up does, so a handler that sets
+a flag is seen by the waiter's loop.  A child made by ``fork`` drops the
 parent's pipes (they would be shared with it) and makes its own at first use.
 A process that ignores SIGINT (puma's process children) has no Python handler
 to wake for and makes none.
@@ -96,12 +97,14 @@ class Sleeper:
         return PipeWaiter(self)
 
     def sleep(self, waiter: PipeWaiter, timeout: float | None) -> bool:
-        """Sleep until ``waiter`` is released (True) or ``timeout`` s pass (False).
+        """Sleep until ``waiter`` is released (True), ``timeout`` s pass or a signal comes (False).
 
-        A signal ends the poll; its handler runs when this returns to Python
-        code, and the sleep goes on if the handler did not raise.  A sleep
-        inside a handler that interrupted another (both on the main thread)
-        may take the other's byte: each looks at its own waiter's flag.
+        A signal's handler runs as this returns to Python code (raising
+        ``KeyboardInterrupt`` for a Ctrl-C); one that does not raise, say one
+        that sets a flag, ends the sleep all the same: a spurious wake-up, so
+        the caller looks at its state again.  A sleep inside a handler that
+        interrupted another (both on the main thread) may take the other's
+        byte: each looks at its own waiter's flag.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         ms: int | None = None
@@ -111,8 +114,12 @@ class Sleeper:
                 if left <= 0:
                     return waiter.released
                 ms = int(left * 1000 + 0.999)
+            signalled = False
             for fd, _events in self.poll.poll(ms):
-                drain(fd)
+                drain(fd)  # (the handler runs at this call)
+                signalled = signalled or fd == self.sig_r
+            if signalled:
+                return waiter.released
         return True
 
     def close(self) -> None:
