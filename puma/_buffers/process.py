@@ -188,7 +188,8 @@ class ProcessBuffer(RoomAccounting, Buffer[T]):
 
     def _broken_error(self) -> BufferClosedError:
         return BufferClosedError(
-            f"buffer {self.name!r} is broken: a process died in the middle of writing or reading a value"
+            f"buffer {self.name!r} is broken: a process died (or a second Ctrl-C stopped it) in the middle of writing "
+            "or reading a value"
         )
 
     def _ended_error(self) -> BufferClosedError:
@@ -279,6 +280,12 @@ class ProcessBuffer(RoomAccounting, Buffer[T]):
         """The error the stream ended with (None: it completed).  Once ENDED is set."""
         with self._meta_guard:  # the declaring process writes the channel holding it
             return self._end.error(self._shared)
+
+    def _broke_mid_frame(self) -> None:
+        """This process stopped half-way through writing a frame (a second Ctrl-C): the stream ends for every reader."""
+        self._declare_drain(self._broken_error())
+        for waker in list(self._wakers):
+            waker.wake()
 
     def _declare_drain(self, error: BaseException) -> None:
         """End the stream for every reader with ``error``, after the whole values still in the pipe."""

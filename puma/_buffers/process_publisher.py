@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import select
 import struct
 from collections.abc import Iterable
 from itertools import repeat
@@ -38,7 +37,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers import process_large as _large
 from puma._buffers.base import Publisher
-from puma._buffers.shared import CLOSED, COMPLETED, GIVEN, TAKEN, WRITER
+from puma._buffers.shared import CLOSED, COMPLETED, GIVEN, TAKEN, WRITER, write_whole
 from puma._core import codec
 from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
@@ -59,7 +58,6 @@ COMPLETE = 2  # a publisher's completion: None or its serialized error
 OOB = 3  # a value (or batch) whose large buffers follow the frame raw: counts, sizes, inner kind, pickle
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
-_ATOMIC = select.PIPE_BUF  # a pipe write of at most this many bytes is all or nothing
 
 
 class ProcessPublisher(Publisher[T]):
@@ -167,21 +165,11 @@ class ProcessPublisher(Publisher[T]):
         pid = self._pid
         broken = False
         if not oob:
-            if len(data) <= codec.INLINE:
-                frame = codec.frame(kind, data)
-                with self._lock:
-                    broken = shared[CLOSED] == 2  # nothing may follow a half-written frame
-                    if not broken:
-                        shared[WRITER] = pid if len(frame) <= _ATOMIC else -pid
-                        codec.write_all(fd, frame)
-                        shared[WRITER] = 0
-            else:
-                with self._lock:
-                    broken = shared[CLOSED] == 2
-                    if not broken:
-                        shared[WRITER] = -pid
-                        codec.write_frame(fd, kind, data)
-                        shared[WRITER] = 0
+            parts = codec.frame_parts(kind, data)
+            with self._lock:
+                broken = shared[CLOSED] == 2  # nothing may follow a half-written frame
+                if not broken:
+                    write_whole(fd, shared, pid, parts, self._b._broke_mid_frame)
         else:
             raws = [buf.raw() for buf in oob]
             if _large.wants_arena(raws) and self._write_shared(raws, kind, data):
@@ -189,15 +177,11 @@ class ProcessPublisher(Publisher[T]):
             # Out of band: a frame holding the buffers' sizes, the inner kind and the pickle; then
             # each raw buffer straight from the array's memory.
             meta = struct.pack(f"!I{len(raws)}QB", len(raws), *(r.nbytes for r in raws), kind)
+            parts = (codec.frame(OOB, meta + data), *(raw for raw in raws if raw.nbytes))
             with self._lock:
                 broken = shared[CLOSED] == 2
                 if not broken:
-                    shared[WRITER] = -pid
-                    codec.write_all(fd, codec.frame(OOB, meta + data))
-                    for raw in raws:
-                        if raw.nbytes:
-                            codec.write_all(fd, raw)
-                    shared[WRITER] = 0
+                    write_whole(fd, shared, pid, parts, self._b._broke_mid_frame)
         if broken:
             raise self._b._broken_error()
 
@@ -217,9 +201,7 @@ class ProcessPublisher(Publisher[T]):
         with self._lock:
             broken = shared[CLOSED] == 2
             if not broken:
-                shared[WRITER] = pid if len(frame) <= _ATOMIC else -pid
-                codec.write_all(self._fd, frame)
-                shared[WRITER] = 0
+                write_whole(self._fd, shared, pid, (frame,), self._b._broke_mid_frame)
         if broken:
             self._b._arena.abandon(refs)
             raise self._b._broken_error()
@@ -278,9 +260,7 @@ class ProcessPublisher(Publisher[T]):
             if shared[GIVEN] - taken < count or shared[CLOSED]:
                 return False
             shared[TAKEN] = taken + count
-            if len(frame) > _ATOMIC:
-                shared[WRITER] = -pid
-            codec.write_all(self._fd, frame)
+            write_whole(self._fd, shared, pid, (frame,), self._b._broke_mid_frame)
             return True
         finally:
             shared[WRITER] = 0
@@ -307,10 +287,7 @@ class ProcessPublisher(Publisher[T]):
                     refund = True
                     raise
                 if not oob and len(data) <= codec.INLINE:
-                    frame = codec.frame(ITEM, data)
-                    if len(frame) > _ATOMIC:
-                        shared[WRITER] = -pid
-                    codec.write_all(self._fd, frame)
+                    write_whole(self._fd, shared, pid, (codec.frame(ITEM, data),), self._b._broke_mid_frame)
                     return
         finally:
             shared[WRITER] = 0

@@ -33,7 +33,7 @@ so a sleeper is not woken twice before it has run.  Where the platform has
 from __future__ import annotations
 
 import os
-import select
+from collections.abc import Callable
 from typing import Any
 
 from puma._buffers.shared import (
@@ -48,12 +48,10 @@ from puma._buffers.shared import (
     WRITER,
     Guard,
     want_slot,
+    write_whole,
 )
-from puma._core.codec import write_all
 
 __all__ = ["RoomAccounting"]
-
-ATOMIC = select.PIPE_BUF  # a pipe write of at most this many bytes is all or nothing
 
 
 class RoomAccounting:
@@ -65,6 +63,7 @@ class RoomAccounting:
     _room_reader: Any
     _room_writer: Any
     _writer: Any
+    _broke_mid_frame: Callable[[], None]
 
     def _free(self) -> int:
         """Places free now (read without the locks: a hint, never smaller than the truth)."""
@@ -143,10 +142,8 @@ class RoomAccounting:
                 wakes = self._wakes_due()
             written = False
             if frame is not None and got == want and shared[CLOSED] == 0:
-                if len(frame) > ATOMIC:
-                    shared[WRITER] = -pid  # a frame the reader may see half of: a death here breaks the stream
                 failed = True
-                write_all(self._writer.fileno(), frame)
+                write_whole(self._writer.fileno(), shared, pid, (frame,), self._broke_mid_frame)
                 failed = False
                 written = True
             return got, wakes, written

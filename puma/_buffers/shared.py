@@ -34,10 +34,13 @@ import math
 import os
 import pickle
 import socket
+from collections.abc import Callable, Sequence
+from select import PIPE_BUF
 from typing import Any
 
 from puma._core import codec
 from puma._core.errors import BufferClosedError, SerializedError, deserialize_error, serialize_error
+from puma._core.signals import CtrlCDeferred
 
 __all__ = [
     "BROKEN",
@@ -67,6 +70,7 @@ __all__ = [
     "Guard",
     "free_locks_of",
     "want_slot",
+    "write_whole",
 ]
 
 # --- the slots ------------------------------------------------------------------------------
@@ -147,6 +151,39 @@ class Guard:
     def __exit__(self, *exc: object) -> None:
         self._shared[self._slot] = 0
         self._lock.release()
+
+
+def write_whole(fd: int, shared: Any, pid: int, parts: Sequence[Any], broke: Callable[[], None]) -> None:
+    """Write one frame, ``parts`` one after the other, holding the write lock: never half of it unnoticed.
+
+    A frame in one part of at most ``PIPE_BUF`` bytes is one write, all or
+    nothing.  Any other is marked as being written (the pid negated in
+    ``WRITER``: a death now breaks the stream, see :func:`free_locks_of`); a
+    first Ctrl-C meanwhile takes effect once it is whole; and a failure
+    half-way (a second Ctrl-C) breaks the stream before it is raised, and
+    ``broke()`` ends it for every reader: they get a clear error instead of
+    half a frame.
+    """
+    if len(parts) == 1 and len(parts[0]) <= PIPE_BUF:
+        shared[WRITER] = pid
+        codec.write_all(fd, parts[0])
+        shared[WRITER] = 0
+        return
+    with CtrlCDeferred():  # (the deferred Ctrl-C is raised as this ends: the frame is whole by then)
+        try:
+            shared[WRITER] = -pid
+            for part in parts:
+                codec.write_all(fd, part)
+        except BrokenPipeError:
+            raise  # every reader is gone: nothing will read what was written
+        except BaseException:
+            shared[BROKEN] = 1
+            if not shared[CLOSED]:
+                shared[CLOSED] = 2  # before the lock is let go: no publisher writes after the break
+            broke()
+            raise
+        finally:
+            shared[WRITER] = 0
 
 
 def free_locks_of(pid: int, shared: Any, locks: tuple[tuple[Any, int], ...]) -> bool:

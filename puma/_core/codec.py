@@ -29,6 +29,7 @@ __all__ = [
     "MESSAGE",
     "FrameReader",
     "frame",
+    "frame_parts",
     "header",
     "parse_header",
     "write_all",
@@ -77,6 +78,13 @@ def write_all(fd: int, data: Any) -> None:
         view = memoryview(data).cast("B")
         while written < len(view):
             written += os.write(fd, view[written:])
+
+
+def frame_parts(kind: int, payload: bytes | bytearray | memoryview) -> tuple[Any, ...]:
+    """A frame as the pieces :func:`write_frame` writes: whole when small, else header then payload."""
+    if len(payload) <= INLINE:
+        return (frame(kind, payload),)
+    return (header(len(payload) + 1) + _KIND[kind], payload)
 
 
 def write_frame(fd: int, kind: int, payload: bytes | bytearray | memoryview) -> None:

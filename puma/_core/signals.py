@@ -47,7 +47,7 @@ try:
 except ImportError:  # an implementation without CPython's _signal module
     _getsignal = signal.getsignal
 
-__all__ = ["PipeWaiter", "Sleeper", "claim", "drain", "give_back", "main_sleeper", "wakeup_fd"]
+__all__ = ["CtrlCDeferred", "PipeWaiter", "Sleeper", "claim", "drain", "give_back", "main_sleeper", "wakeup_fd"]
 
 _HAS_POLL = hasattr(select, "poll")
 _SIGINT = int(signal.SIGINT)
@@ -180,6 +180,50 @@ def main_sleeper() -> Sleeper | None:
     if not _main_thread():
         return None
     return _sleeper if _state else _set_up()
+
+
+class CtrlCDeferred:
+    """``with CtrlCDeferred():`` on the main thread: a first Ctrl-C in the block takes effect as it ends.
+
+    For a frame written in several parts: a ``KeyboardInterrupt`` between two
+    of them would leave half a frame in the pipe.  The program's SIGINT
+    handler (Python's, which raises ``KeyboardInterrupt``, or its own) is
+    called when the block ends, as if the Ctrl-C had come then; a second
+    Ctrl-C in the block calls it at once (a write that cannot end, into a
+    pipe nobody reads, must not make Ctrl-C useless).  Elsewhere, and where
+    SIGINT has no Python handler, it does nothing.
+    """
+
+    __slots__ = ("_old", "_pressed")
+
+    def __init__(self) -> None:
+        self._old: Any = None
+        self._pressed: tuple[int, Any] | None = None
+
+    def __enter__(self) -> CtrlCDeferred:
+        if _thread.get_ident() == _main_ident:
+            old = signal.getsignal(signal.SIGINT)
+            if callable(old):
+                signal.signal(signal.SIGINT, self._on_ctrl_c)
+                self._old = old
+        return self
+
+    def _on_ctrl_c(self, signum: int, frame: Any) -> None:
+        if self._pressed is not None:
+            self._old(signum, frame)  # the second: at once
+        self._pressed = (signum, frame)
+
+    def __exit__(self, *exc: object) -> None:
+        old = self._old
+        if old is None:
+            return
+        self._old = None
+        signal.signal(signal.SIGINT, old)
+        pressed = self._pressed
+        if pressed is not None:
+            self._pressed = None
+            if exc[0] is None:
+                old(*pressed)  # the Ctrl-C deferred, now: KeyboardInterrupt (or the program's handler)
 
 
 def drain(fd: int) -> None:
