@@ -33,9 +33,9 @@ ENVIRONMENTS = ["thread", *START_METHODS]
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-# The main thread's first sleep in puma makes the pipes that let a signal wake it (once per
-# process, kept for its life): made here, they are not counted as a test's new descriptors.
-_signals.main_sleeper()
+# The main thread's first sleep in puma starts the watcher that lets a signal wake it (once per
+# process, for its life: its pipe and thread are not a test's leak).
+_signals.watching()
 
 
 def make_env(kind: str) -> puma.Environment:
@@ -114,7 +114,11 @@ def no_leaks() -> Iterator[None]:
             for proc in alive:
                 proc.kill()
             pytest.fail(f"test left child processes running: {[p.pid for p in alive]}")
-    leftover = [t for t in threading.enumerate() if t.name.startswith("puma") and t.is_alive()]
+    leftover = [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("puma") and t.name != _signals.WATCHER_NAME and t.is_alive()
+    ]
     for thread in leftover:
         thread.join(5)
     leftover = [t.name for t in leftover if t.is_alive()]

@@ -130,26 +130,19 @@ def _notify_soon(cond: Condition) -> None:
     threading.Timer(0.001, notify).start()
 
 
-@pytest.fixture(params=["lock", "pipe"])
+@pytest.fixture(params=["other-thread", "main-thread"])
 def waiter(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """How a Condition's waiter sleeps: on a lock (other threads), or on the main thread's pipes.
+    """Where a Condition's waiter sleeps: another thread, or the main thread (a signal may release it).
 
-    The scenarios run in a thread of their own (see :func:`_in_a_thread`): for "pipe", that
-    thread is given a sleeper of its own as if it were the main thread.
+    The scenarios run in a thread of their own (see :func:`_in_a_thread`): for "main-thread",
+    that thread is treated as the main thread, which names its waiter for the signal watcher.
     """
-    if request.param == "lock":
-        yield "lock"
-        return
-    sleeper = _signals.Sleeper()
-    monkeypatch.setattr(_signals, "main_sleeper", lambda: sleeper)
-    yield "pipe"
+    if request.param == "main-thread":
+        monkeypatch.setattr(_signals, "main_thread", lambda: True)
+        monkeypatch.setattr(_signals, "watching", lambda: True)
+    yield request.param
     monkeypatch.undo()
-    # Left behind by an interrupted sleep at worst: a byte, which the next sleep drains.
-    assert not sleeper.sleep(sleeper.waiter(), 0.001)
-    other = sleeper.waiter()
-    threading.Timer(0.001, other.release).start()
-    assert sleeper.sleep(other, 10)
-    sleeper.close()
+    _signals.on_signal(None)  # (what an interrupt at the first bytecode of on_signal(None) leaves: harmless)
 
 
 @pytest.mark.timeout(120)

@@ -50,28 +50,22 @@ class Condition(_thread.RLock):  # type: ignore[misc]  # final in the stubs, sub
         """Give the lock back, sleep until notified or ``timeout`` s, take the lock again; True if notified."""
         if not self._is_owned():  # type: ignore[attr-defined]
             raise RuntimeError("cannot wait on un-acquired lock")
-        # On the main thread the waiter is a pipe that a signal's wake-up also reaches (see
-        # puma._core.signals): a Ctrl-C that another thread noted still wakes this sleep.
-        sleeper = _signals.main_sleeper() if timeout is None or timeout > 0 else None
-        waiter: Any
-        if sleeper is None:
-            waiter = _thread.allocate_lock()
-            waiter.acquire()
-        else:
-            waiter = sleeper.waiter()
+        waiter = _thread.allocate_lock()
+        waiter.acquire()
         self._waiters.append(waiter)
-        notified = False
+        # On the main thread a signal noted by any thread releases the waiter too (see
+        # puma._core.signals): a Ctrl-C another thread received still wakes this sleep.
+        main = _signals.main_thread() and _signals.watching()
         try:
+            if main:
+                _signals.on_signal(waiter.release)
             self.release()  # inside the try: a Ctrl-C right after it still takes the lock back below
-            if sleeper is not None:
-                notified = sleeper.sleep(waiter, timeout)
-            elif timeout is None:
-                notified = waiter.acquire()
+            if timeout is None:
+                waiter.acquire()
             elif timeout > 0:
-                notified = waiter.acquire(True, timeout)
+                waiter.acquire(True, timeout)
             else:
-                notified = waiter.acquire(False)
-            return notified
+                waiter.acquire(False)
         finally:
             # Take the lock back, even through a Ctrl-C landing between the check and the
             # acquire (a loop inside one try: no point where an interrupt escapes unlocked).
@@ -83,13 +77,17 @@ class Condition(_thread.RLock):  # type: ignore[misc]  # final in the stubs, sub
                     break
                 except KeyboardInterrupt as exc:
                     interrupted = exc
+            # A notify takes its waiters off the list: one still there timed out, or a signal woke it.
+            try:
+                self._waiters.remove(waiter)
+                notified = False
+            except ValueError:
+                notified = True
+            if main:
+                _signals.on_signal(None)  # last: an interrupt here leaves it set, which is harmless
             if interrupted is not None:
                 raise interrupted
-            if not notified:
-                try:
-                    self._waiters.remove(waiter)
-                except ValueError:
-                    pass  # notified after the timeout: harmless (a pipe's byte is drained at a next sleep)
+        return notified
 
     def notify(self, n: int = 1) -> None:
         """Wake up to ``n`` waiters (the lock must be held)."""

@@ -10,34 +10,30 @@ microseconds between its last check and its sleep, would be acted on only at
 the next signal: a program that ignores the first Ctrl-C.
 
 The C handler also writes a byte to the *wake-up descriptor*
-(``signal.set_wakeup_fd``), and a byte in a pipe cannot be missed.  So every
-sleep of the main thread in puma watches such a pipe too:
+(``signal.set_wakeup_fd``), and a byte in a pipe cannot be missed.  puma makes
+a pipe of its own that descriptor (unless the program set one: then that one
+is left alone, and so is the race), and a thread of its own, the watcher,
+blocks reading it.  Each sleep of the main thread in puma first names what
+wakes it (:func:`on_signal`: a Condition's waiter lock, a Waker's ``wake``),
+and the watcher calls that when a byte comes.  The sleep then ends as a
+spurious wake-up does; the handler runs as the main thread goes back to Python
+code (raising ``KeyboardInterrupt`` for a Ctrl-C), and a handler that only
+sets a flag is seen by the waiter's loop.  Notifying a sleeper stays what it
+was (a lock released): the watcher only adds wake-ups.
 
-* :func:`wakeup_fd` makes puma's pipe the wake-up descriptor, unless the
-  program set one of its own (then that one is left alone, and so is the
-  race), and gives its read end: :class:`~puma._core.waiting.Waker` adds it to
-  its poll on the main thread and :func:`drain` empties it.
-* :func:`main_sleeper` is what a :class:`~puma._core.condition.Condition` wait
-  uses on the main thread in place of a waiter lock: the notifier writes a byte
-  to a second pipe, and the sleep polls both.
-
-A sleep woken by a signal empties the pipe and returns to Python code, where
-the handler runs (and raises ``KeyboardInterrupt``); after a handler that does
-not raise, the wait returns as a spurious wake-up does, so a handler that sets
-a flag is seen by the waiter's loop.  A child made by ``fork`` drops the
-parent's pipes (they would be shared with it) and makes its own at first use.
-A process that ignores SIGINT (puma's process children) has no Python handler
-to wake for and makes none.
+The watcher starts with the main thread's first sleep in puma.  A process that
+ignores SIGINT (puma's process children) has no Python handler to wake for and
+starts none; a child made by ``fork`` drops the parent's pipe and starts its
+own watcher when it needs one.
 """
 
 from __future__ import annotations
 
 import _thread
 import os
-import select
 import signal
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -47,139 +43,81 @@ try:
 except ImportError:  # an implementation without CPython's _signal module
     _getsignal = signal.getsignal
 
-__all__ = ["CtrlCDeferred", "PipeWaiter", "Sleeper", "claim", "drain", "give_back", "main_sleeper", "wakeup_fd"]
+__all__ = ["CtrlCDeferred", "claim", "give_back", "main_thread", "on_signal", "watching"]
 
-_HAS_POLL = hasattr(select, "poll")
 _SIGINT = int(signal.SIGINT)
 _SIG_IGN = int(signal.SIG_IGN)
-
-
-class PipeWaiter:
-    """A :class:`~puma._core.condition.Condition` waiter whose release writes to the sleeper's pipe.
-
-    ``released`` is the truth; the byte only wakes the poll (a byte left over
-    from an earlier sleep just makes a sleep look again).
-    """
-
-    __slots__ = ("_sleeper", "released")
-
-    def __init__(self, sleeper: Sleeper) -> None:
-        self._sleeper = sleeper
-        self.released = False
-
-    def release(self) -> None:
-        """Wake the sleep this waiter is for (a Condition's notify calls it, holding its lock)."""
-        if self.released:
-            raise RuntimeError("release unlocked lock")
-        self.released = True
-        sleeper = self._sleeper
-        if sleeper.open:  # (a waiter inherited through fork belongs to the parent: nothing to wake)
-            os.write(sleeper.note_w, b"\0")
-
-
-class Sleeper:
-    """The main thread's sleep: a notify writes to one pipe, a signal to the other, one poll watches both."""
-
-    __slots__ = ("note_r", "note_w", "open", "poll", "sig_r", "sig_w")
-
-    def __init__(self) -> None:
-        self.note_r, self.note_w = os.pipe()
-        self.sig_r, self.sig_w = os.pipe()
-        for fd in (self.note_r, self.note_w, self.sig_r, self.sig_w):
-            os.set_blocking(fd, False)
-        self.poll = select.poll()
-        self.poll.register(self.note_r, select.POLLIN)
-        self.poll.register(self.sig_r, select.POLLIN)
-        self.open = True
-
-    def waiter(self) -> PipeWaiter:
-        """A new waiter for one sleep (the Condition keeps it until it notifies or the sleep ends)."""
-        return PipeWaiter(self)
-
-    def sleep(self, waiter: PipeWaiter, timeout: float | None) -> bool:
-        """Sleep until ``waiter`` is released (True), ``timeout`` s pass or a signal comes (False).
-
-        A signal's handler runs as this returns to Python code (raising
-        ``KeyboardInterrupt`` for a Ctrl-C); one that does not raise, say one
-        that sets a flag, ends the sleep all the same: a spurious wake-up, so
-        the caller looks at its state again.  A sleep inside a handler that
-        interrupted another (both on the main thread) may take the other's
-        byte: each looks at its own waiter's flag.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        ms: int | None = None
-        while not waiter.released:
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return waiter.released
-                ms = int(left * 1000 + 0.999)
-            signalled = False
-            for fd, _events in self.poll.poll(ms):
-                drain(fd)  # (the handler runs at this call)
-                signalled = signalled or fd == self.sig_r
-            if signalled:
-                return waiter.released
-        return True
-
-    def close(self) -> None:
-        """Close the pipes (this process's; after fork, the inherited numbers are closed too)."""
-        self.open = False
-        for fd in (self.note_r, self.note_w, self.sig_r, self.sig_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-
-
-_sleeper: Sleeper | None = None
-_state = 0  # 0: not looked at yet in this process; 1: puma's pipe is the wake-up descriptor; -1: not used
-
+WATCHER_NAME = "puma-signal-watcher"
 
 _main_ident = threading.main_thread().ident
+_pipe: tuple[int, int] | None = None  # (read end, write end) of the wake-up pipe, in this process
+_state = 0  # 0: not looked at yet here; 1: puma's pipe is the wake-up descriptor; -1: not watching
+_wake: Callable[[], None] | None = None  # what wakes the main thread's current sleep
 
 
-def _main_thread() -> bool:
+def main_thread() -> bool:
+    """True on the main thread of this process."""
     return _thread.get_ident() == _main_ident
 
 
-def _set_up() -> Sleeper | None:
-    """Make the pipes and the wake-up descriptor on the main thread's first sleep here."""
-    global _sleeper, _state
-    _state = -1
-    if not _HAS_POLL or _getsignal(_SIGINT) == _SIG_IGN:
-        return None
-    sleeper = Sleeper()
-    try:
-        old = signal.set_wakeup_fd(sleeper.sig_w, warn_on_full_buffer=False)
-    except ValueError:  # not the main interpreter
-        sleeper.close()
-        return None
-    if old != -1:
-        signal.set_wakeup_fd(old)  # the program watches signals itself: its descriptor stays
-        _sleeper = sleeper  # the notify pipe still serves the Condition waits
-        return sleeper
-    _sleeper = sleeper
-    _state = 1
-    return sleeper
-
-
-def wakeup_fd() -> int:
-    """On the main thread, the read end of the pipe a signal writes to; -1 elsewhere (or if not puma's)."""
-    if _state < 0 or _thread.get_ident() != _main_ident:
-        return -1
+def watching() -> bool:
+    """On the main thread: start watching for signals if need be; True if a signal will wake its sleeps."""
     if _state == 0:
         _set_up()
-    if _state == 1 and _sleeper is not None:
-        return _sleeper.sig_r
-    return -1
+    return _state == 1
 
 
-def main_sleeper() -> Sleeper | None:
-    """The main thread's :class:`Sleeper`; None off the main thread (or where signals need none)."""
-    if not _main_thread():
-        return None
-    return _sleeper if _state else _set_up()
+def on_signal(wake: Callable[[], None] | None) -> None:
+    """Name what ends the main thread's coming sleep when a signal comes (None once it has ended)."""
+    global _wake
+    _wake = wake
+
+
+def _set_up() -> None:
+    global _pipe, _state
+    _state = -1
+    if _thread.get_ident() != _main_ident or _getsignal(_SIGINT) == _SIG_IGN:
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)  # the C handler never blocks
+    try:
+        old = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    except ValueError:  # not the main interpreter
+        os.close(read_end)
+        os.close(write_end)
+        return
+    _pipe = (read_end, write_end)
+    if old != -1:
+        signal.set_wakeup_fd(old)  # the program watches signals itself: its descriptor stays
+        return
+    _start_watcher()
+    _state = 1
+
+
+_watcher: list[threading.Thread] = []  # the watcher of this process, once started
+
+
+def _start_watcher() -> None:
+    if not _watcher and _pipe is not None:
+        thread = threading.Thread(target=_watch, args=(_pipe[0],), name=WATCHER_NAME, daemon=True)
+        thread.start()
+        _watcher.append(thread)
+
+
+def _watch(read_end: int) -> None:
+    """The watcher: each signal noted by the C handler wakes the main thread's sleep, if it sleeps."""
+    while True:
+        try:
+            if not os.read(read_end, 256):
+                return
+        except OSError:
+            return
+        wake = _wake
+        if wake is not None:
+            try:
+                wake()
+            except RuntimeError:
+                pass  # a waiter lock released already (notified meanwhile)
 
 
 class CtrlCDeferred:
@@ -226,15 +164,6 @@ class CtrlCDeferred:
                 old(*pressed)  # the Ctrl-C deferred, now: KeyboardInterrupt (or the program's handler)
 
 
-def drain(fd: int) -> None:
-    """Read a non-blocking pipe empty."""
-    try:
-        while len(os.read(fd, 256)) == 256:
-            pass
-    except BlockingIOError:
-        pass
-
-
 def claim() -> int:
     """Make puma's pipe the wake-up descriptor even if the program set one; the old one, for :func:`give_back`.
 
@@ -244,11 +173,11 @@ def claim() -> int:
     global _state
     if _state == 0:
         _set_up()
-    sleeper = _sleeper
-    if sleeper is None:
+    if _pipe is None:
         return -1
-    old = signal.set_wakeup_fd(sleeper.sig_w, warn_on_full_buffer=False)
-    if old != sleeper.sig_w:
+    old = signal.set_wakeup_fd(_pipe[1], warn_on_full_buffer=False)
+    if old != _pipe[1]:
+        _start_watcher()
         _state = 1
     return old
 
@@ -256,26 +185,28 @@ def claim() -> int:
 def give_back(old: int) -> None:
     """Put back the wake-up descriptor :func:`claim` replaced."""
     global _state
-    sleeper = _sleeper
-    if sleeper is None or old == sleeper.sig_w:
+    if _pipe is None or old in (-1, _pipe[1]):
         return
-    if old != -1:
-        signal.set_wakeup_fd(old)
-        _state = -1
+    signal.set_wakeup_fd(old)
+    _state = -1
 
 
 def _after_fork_in_child() -> None:
-    global _main_ident, _sleeper, _state
+    global _main_ident, _pipe, _state, _wake
     _main_ident = _thread.get_ident()  # the thread that forked is the child's main thread
-    sleeper = _sleeper
-    _sleeper = None
-    if sleeper is not None:
+    pipe, _pipe, _wake = _pipe, None, None
+    _watcher.clear()  # (threads do not survive fork)
+    if pipe is not None:
         if _state == 1:
             try:
                 signal.set_wakeup_fd(-1)
             except ValueError:
                 pass
-        sleeper.close()
+        for fd in pipe:
+            try:
+                os.close(fd)  # the parent's: its watcher reads it
+            except OSError:
+                pass
     _state = 0
 
 

@@ -222,7 +222,6 @@ class Waker:
         "_poll_writable",
         "_poller",
         "_rfd",
-        "_signal_fd",
         "_wfd",
     )
 
@@ -236,7 +235,6 @@ class Waker:
         self._poll_key: tuple[int, ...] = ()
         self._poll_writable: Sequence[int] = ()
         self._poller: _Poller | None = None
-        self._signal_fd = -1
 
     def wake(self) -> None:
         """Wake the waiter (now, or at its next wait). Safe from any thread."""
@@ -286,18 +284,20 @@ class Waker:
                     self._cond.wait(timeout)
             return []
         poller = self._poller
-        signal_fd = _signals.wakeup_fd()  # on the main thread: a signal noted by any thread wakes it
-        if fds != self._poll_key or writable != self._poll_writable or poller is None or signal_fd != self._signal_fd:
-            poller = self._new_poller(tuple(fds), tuple(writable), signal_fd)
+        if fds != self._poll_key or writable != self._poll_writable or poller is None:
+            poller = self._new_poller(tuple(fds), tuple(writable))
+        # On the main thread a signal noted by any thread wakes this wait (see puma._core.signals).
+        main = _signals.main_thread() and _signals.watching()
         # No lock on this path (see wake): announce the wait, then look at _pending.
         self._fd_waiting = True
         try:
+            if main:
+                _signals.on_signal(self.wake)
             ready = poller.poll(0.0 if self._pending else timeout)
         finally:
             self._fd_waiting = False
-        if signal_fd >= 0 and signal_fd in ready:
-            _signals.drain(signal_fd)  # the handler runs on the way out (a KeyboardInterrupt for a Ctrl-C)
-            ready = [fd for fd in ready if fd != signal_fd]
+            if main:
+                _signals.on_signal(None)
         rfd = self._rfd
         if rfd in ready:
             self._byte_sent = False
@@ -309,7 +309,7 @@ class Waker:
             return [fd for fd in ready if fd != rfd]
         return ready
 
-    def _new_poller(self, key: tuple[int, ...], writable: tuple[int, ...], signal_fd: int) -> _Poller:
+    def _new_poller(self, key: tuple[int, ...], writable: tuple[int, ...]) -> _Poller:
         with self._cond:
             if self._rfd < 0:
                 self._rfd, self._wfd = os.pipe()
@@ -317,9 +317,7 @@ class Waker:
                 os.set_blocking(self._rfd, False)
             if self._poller is not None:
                 self._poller.close_epoll()
-            extra = [self._rfd] if signal_fd < 0 else [self._rfd, signal_fd]
-            self._poller = poller = _Poller([*key, *extra], writable)
-            self._signal_fd = signal_fd
+            self._poller = poller = _Poller([*key, self._rfd], writable)
             self._poll_key = key
             self._poll_writable = writable
         return poller
