@@ -714,12 +714,12 @@ def test_a_batch_whose_write_fails_after_its_wait_gives_its_places_back(monkeypa
     filler.publish_many([0, 1, 2, 3])  # full
     sub = buffer.subscribe()
     waiting = _when_waiting(buffer, 1)
-    real_write = process_room.write_all
+    real_write = process_room.write_whole
 
-    def interrupted_write(fd: int, data: Any) -> None:
-        raise KeyboardInterrupt
+    def interrupted_write(*args: Any) -> None:
+        raise KeyboardInterrupt  # as a Ctrl-C before the first byte is written
 
-    monkeypatch.setattr(process_room, "write_all", interrupted_write)
+    monkeypatch.setattr(process_room, "write_whole", interrupted_write)
     raised: list[BaseException] = []
 
     def publish() -> None:
@@ -735,7 +735,7 @@ def test_a_batch_whose_write_fails_after_its_wait_gives_its_places_back(monkeypa
         assert [sub.receive(timeout=60) for _ in range(2)] == [0, 1]  # room for the batch: its wait ends
         thread.join(60)
         assert len(raised) == 1 and isinstance(raised[0], KeyboardInterrupt)
-        monkeypatch.setattr(process_room, "write_all", real_write)
+        monkeypatch.setattr(process_room, "write_whole", real_write)
         assert buffer._shared[WAITING] == 0  # type: ignore[attr-defined]
         assert buffer.statistics().size == 0  # every place free: its two came back (the reader took the rest)
         filler.publish_many([8, 9], timeout=5)  # and can be taken

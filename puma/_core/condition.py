@@ -78,11 +78,10 @@ class Condition(_thread.RLock):  # type: ignore[misc]  # final in the stubs, sub
                 except KeyboardInterrupt as exc:
                     interrupted = exc
             # A notify takes its waiters off the list: one still there timed out, or a signal woke it.
-            try:
+            # (A membership test, not a caught ValueError: the usual path raises nothing.)
+            notified = waiter not in self._waiters
+            if not notified:
                 self._waiters.remove(waiter)
-                notified = False
-            except ValueError:
-                notified = True
             if main:
                 _signals.on_signal(None)  # last: an interrupt here leaves it set, which is harmless
             if interrupted is not None:

@@ -78,7 +78,10 @@ def _set_up() -> None:
     _state = -1
     if _thread.get_ident() != _main_ident or _getsignal(_SIGINT) == _SIG_IGN:
         return
-    read_end, write_end = os.pipe()
+    try:
+        read_end, write_end = os.pipe()
+    except OSError:  # out of descriptors: waits work as before, without the watcher
+        return
     os.set_blocking(write_end, False)  # the C handler never blocks
     try:
         old = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
@@ -90,18 +93,25 @@ def _set_up() -> None:
     if old != -1:
         signal.set_wakeup_fd(old)  # the program watches signals itself: its descriptor stays
         return
-    _start_watcher()
-    _state = 1
+    if _start_watcher():
+        _state = 1
+    else:
+        signal.set_wakeup_fd(-1)
 
 
 _watcher: list[threading.Thread] = []  # the watcher of this process, once started
 
 
-def _start_watcher() -> None:
+def _start_watcher() -> bool:
+    """Start this process's watcher if it is not running; False if no thread can be started."""
     if not _watcher and _pipe is not None:
         thread = threading.Thread(target=_watch, args=(_pipe[0],), name=WATCHER_NAME, daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:  # "can't start new thread"
+            return False
         _watcher.append(thread)
+    return bool(_watcher)
 
 
 def _watch(read_end: int) -> None:
@@ -176,8 +186,7 @@ def claim() -> int:
     if _pipe is None:
         return -1
     old = signal.set_wakeup_fd(_pipe[1], warn_on_full_buffer=False)
-    if old != _pipe[1]:
-        _start_watcher()
+    if old != _pipe[1] and _start_watcher():
         _state = 1
     return old
 
