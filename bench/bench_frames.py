@@ -431,45 +431,26 @@ def main() -> None:
         )
         row.notes.append(f"frames/s: {row.ours.median / MiB:.0f} (target >= 10000)")
         rows.append(row)
-    name = "hand-over latency, round trip"
-    if wanted(name):
-        rows.append(
-            compare(
-                name,
-                unit="us",
-                ours=lambda: puma_handover(rounds),
-                theirs=lambda: pipe_pingpong(rounds),
-                baseline="Pipe ping-pong (send_bytes)",
-                runs=args.runs,
-                target=("<=", 2),
+    placements: list[tuple[str, Cpus, str]] = [
+        ("", None, ""),
+        (", both processes on one CPU", (0, 0), ", on one CPU too"),
+    ]
+    if len(os.sched_getaffinity(0)) >= 2:
+        placements.append((", each process on a CPU of its own", (0, 1), ", one process per CPU too"))
+    for suffix, cpus, baseline_suffix in placements:
+        name = "hand-over latency, round trip" + suffix
+        if wanted(name):
+            rows.append(
+                compare(
+                    name,
+                    unit="us",
+                    ours=lambda cpus=cpus: puma_handover(rounds, cpus),
+                    theirs=lambda cpus=cpus: pipe_pingpong(rounds, cpus),
+                    baseline="Pipe ping-pong (send_bytes)" + baseline_suffix,
+                    runs=args.runs,
+                    target=("<=", 2),
+                )
             )
-        )
-    name = "hand-over latency, round trip, both processes on one CPU"
-    if wanted(name):
-        rows.append(
-            compare(
-                name,
-                unit="us",
-                ours=lambda: puma_handover(rounds, cpus=(0, 0)),
-                theirs=lambda: pipe_pingpong(rounds, cpus=(0, 0)),
-                baseline="Pipe ping-pong (send_bytes), on one CPU too",
-                runs=args.runs,
-                target=("<=", 2),
-            )
-        )
-    name = "hand-over latency, round trip, each process on a CPU of its own"
-    if wanted(name) and len(os.sched_getaffinity(0)) >= 2:
-        rows.append(
-            compare(
-                name,
-                unit="us",
-                ours=lambda: puma_handover(rounds, cpus=(0, 1)),
-                theirs=lambda: pipe_pingpong(rounds, cpus=(0, 1)),
-                baseline="Pipe ping-pong (send_bytes), one process per CPU too",
-                runs=args.runs,
-                target=("<=", 2),
-            )
-        )
     name = "an int through the same two buffers, round trip"
     if wanted(name):
         rows.append(

@@ -11,8 +11,10 @@ error.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -58,17 +60,26 @@ def _ctrl_c_to_main() -> None:
     signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
 
 
+@contextlib.contextmanager
+def _one_value_in_the_pipe(
+    env: puma.ProcessEnvironment,
+) -> Iterator[tuple[puma.Publisher[bytes], puma.Buffer[int], LateReader]]:
+    """A Runner with a late reader, and a first value written into its pipe: the next one will wait."""
+    data = env.buffer(bytes, 4, "data")
+    go = env.buffer(int, 1, "go")
+    reader = LateReader(data, go)
+    with puma.Runner(env) as runner:
+        runner.start_blocking(reader)
+        pub = data.publisher()
+        pub.publish(bytes([1]) * SIZE)  # fits in the pipe
+        yield pub, go, reader
+
+
 @pytest.mark.timeout(60)
 def test_a_ctrl_c_in_the_middle_of_a_write_takes_effect_once_the_value_is_whole(
     process_env: puma.ProcessEnvironment,
 ) -> None:
-    data = process_env.buffer(bytes, 4, "data")
-    go = process_env.buffer(int, 1, "go")
-    reader = LateReader(data, go)
-    with puma.Runner(process_env) as runner:
-        runner.start_blocking(reader)
-        pub = data.publisher()
-        pub.publish(bytes([1]) * SIZE)  # fits in the pipe
+    with _one_value_in_the_pipe(process_env) as (pub, go, reader):
         go_pub = go.publisher()
 
         def press_then_let_it_read() -> None:
@@ -90,13 +101,7 @@ def test_a_ctrl_c_in_the_middle_of_a_write_takes_effect_once_the_value_is_whole(
 def test_a_second_ctrl_c_ends_a_stuck_write_at_once_and_breaks_the_stream(
     process_env: puma.ProcessEnvironment,
 ) -> None:
-    data = process_env.buffer(bytes, 4, "data")
-    go = process_env.buffer(int, 1, "go")
-    reader = LateReader(data, go)
-    with puma.Runner(process_env) as runner:
-        runner.start_blocking(reader)
-        pub = data.publisher()
-        pub.publish(bytes([1]) * SIZE)
+    with _one_value_in_the_pipe(process_env) as (pub, go, reader):
         presses = _later(0.3, lambda: [_ctrl_c_to_main(), threading.Event().wait(0.2), _ctrl_c_to_main()])
         with pytest.raises(KeyboardInterrupt):
             pub.publish(bytes([2]) * SIZE)  # nobody reads: only the second Ctrl-C ends it
