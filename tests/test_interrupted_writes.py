@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import puma
+from puma._core.signals import CtrlCDeferred
 
 SIZE = 60_000  # one value fills most of a 64 KiB pipe: the second one waits for the reader
 
@@ -112,3 +113,49 @@ def test_a_second_ctrl_c_ends_a_stuck_write_at_once_and_breaks_the_stream(
             pub.publish(bytes([3]))
     assert got[0] == (1, SIZE, True)
     assert got[-1][0] == "error" and "broken" in got[-1][1]
+
+
+# --- the deferral itself, on the main thread ---------------------------------------------------
+@pytest.mark.timeout(10)
+def test_a_first_ctrl_c_in_a_deferred_block_is_raised_as_the_block_ends() -> None:
+    done: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with CtrlCDeferred():
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, at once, and only notes it
+            done.append("the rest of the block ran")
+    assert done == ["the rest of the block ran"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.timeout(10)
+def test_a_second_ctrl_c_in_a_deferred_block_is_raised_at_once() -> None:
+    done: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        with CtrlCDeferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            done.append("not reached")
+    assert done == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.timeout(10)
+def test_the_programs_own_handler_is_called_when_the_deferred_block_ends() -> None:
+    calls: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: calls.append(signum))
+    try:
+        with CtrlCDeferred():
+            signal.raise_signal(signal.SIGINT)
+            assert calls == []
+        assert calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+@pytest.mark.timeout(10)
+def test_a_deferred_ctrl_c_still_comes_when_the_block_fails() -> None:
+    with pytest.raises(KeyboardInterrupt) as caught:
+        with CtrlCDeferred():
+            signal.raise_signal(signal.SIGINT)
+            raise BrokenPipeError("the reader went away")
+    assert isinstance(caught.value.__context__, BrokenPipeError)

@@ -157,9 +157,11 @@ class CtrlCDeferred:
         return self
 
     def _on_ctrl_c(self, signum: int, frame: Any) -> None:
-        if self._pressed is not None:
-            self._old(signum, frame)  # the second: at once
-        self._pressed = (signum, frame)
+        if self._pressed is None:
+            self._pressed = (signum, frame)  # the first: when the block ends
+            return
+        self._pressed = None
+        self._old(signum, frame)  # the second: at once (it stands for both)
 
     def __exit__(self, *exc: object) -> None:
         old = self._old
@@ -169,9 +171,10 @@ class CtrlCDeferred:
         signal.signal(signal.SIGINT, old)
         pressed = self._pressed
         if pressed is not None:
+            # The Ctrl-C deferred, now: KeyboardInterrupt (or the program's handler), also when the
+            # block failed otherwise (the user asked to stop; that failure becomes its context).
             self._pressed = None
-            if exc[0] is None:
-                old(*pressed)  # the Ctrl-C deferred, now: KeyboardInterrupt (or the program's handler)
+            old(*pressed)
 
 
 def claim() -> int:
