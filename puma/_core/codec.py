@@ -33,7 +33,6 @@ __all__ = [
     "header",
     "parse_header",
     "write_all",
-    "write_frame",
 ]
 
 SIZE = struct.Struct("!i")
@@ -81,19 +80,10 @@ def write_all(fd: int, data: Any) -> None:
 
 
 def frame_parts(kind: int, payload: bytes | bytearray | memoryview) -> tuple[Any, ...]:
-    """A frame as the pieces :func:`write_frame` writes: whole when small, else header then payload."""
+    """A frame as the pieces to write: whole when small, else header then payload (never copied onto it)."""
     if len(payload) <= INLINE:
         return (frame(kind, payload),)
     return (header(len(payload) + 1) + _KIND[kind], payload)
-
-
-def write_frame(fd: int, kind: int, payload: bytes | bytearray | memoryview) -> None:
-    """Write one frame: in one ``write`` when small, else header then payload."""
-    if len(payload) <= INLINE:
-        write_all(fd, frame(kind, payload))
-    else:
-        write_all(fd, header(len(payload) + 1) + _KIND[kind])
-        write_all(fd, payload)
 
 
 class FrameReader:

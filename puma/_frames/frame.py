@@ -153,10 +153,7 @@ class Frame:
         ref = reduced[1] if reduced is not None and _spawning() is None else pool._handle_ref() or pool
         if self._state == LIVE and self._kind == WRITABLE:
             gen = pool._hand_over(self._index, self._gen, WRITABLE)
-            if self._array is None:
-                self._state = HANDED  # never mapped: no view to make read-only
-            else:
-                self._invalidate(HANDED)
+            self._invalidate(HANDED)
             return (_received, (ref, self._index, gen, WRITABLE))
         frame = self._published()
         frame._state = HANDED
