@@ -40,6 +40,7 @@ from typing import Any
 
 from puma._core import codec
 from puma._core.errors import BufferClosedError, SerializedError, deserialize_error, serialize_error
+from puma._core.forking import refresh_in_children
 from puma._core.signals import CtrlCDeferred
 
 __all__ = [
@@ -123,12 +124,20 @@ _MOST_END_BYTES = 1 << 15  # an error's pickle larger than this is replaced by a
 _pid = os.getpid()  # this process's id, kept: a Guard is taken on every value written
 
 
+_pid_kept = False
+
+
 def _forked() -> None:
     global _pid
     _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_forked)
+def _keep_pid() -> None:
+    """The first Guard in this process: _pid is refreshed now, and in every child forked from now on."""
+    global _pid_kept
+    _pid_kept = True
+    _forked()
+    refresh_in_children(_forked)
 
 
 class Guard:
@@ -143,6 +152,8 @@ class Guard:
         self._lock = lock
         self._shared = shared
         self._slot = slot
+        if not _pid_kept:
+            _keep_pid()
 
     def __enter__(self) -> None:
         self._lock.acquire()

@@ -100,6 +100,7 @@ class Arena:
         self.closed = False
         self._finalizer = weakref.finalize(self, _close_fd, fd)  # an arena dropped without close()
         _registry.arenas[key] = self
+        _registry.track(_after_fork_in_child)
 
     @classmethod
     def create(cls, key: str) -> Arena:
@@ -388,9 +389,7 @@ def _close_fd(fd: int) -> None:
 
 
 def _after_fork_in_child() -> None:
+    """In a forked child (registered when the first arena is made in a process)."""
     for arena in list(_registry.arenas.values()):
         arena._lock = _FileLock(arena.fd)  # a lock held by another thread at the fork is nobody's here
         arena._thread_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 from puma._core.errors import PumaError
+from puma._core.forking import refresh_in_children
 
 __all__ = [
     "SHM_PATH",
@@ -125,8 +126,9 @@ def _anonymous() -> bool:
 #: Tests set it to use named segments where memfd exists.
 _FORCE_NAMED = False
 
-#: The process whose Runner owns the named segments made here (this process, unless a Runner started it).
-_segment_owner = os.getpid()
+#: The process whose Runner owns the named segments made here (None: this process, unless a Runner
+#: started it).  Reset in forked children once either is set (see :mod:`puma._core.forking`).
+_segment_owner: int | None = None
 #: Named segments this process made and has not unlinked yet.
 _made_here: set[str] = set()
 
@@ -135,12 +137,15 @@ def set_segment_owner(pid: int) -> None:
     """This process was started by the Runner in process ``pid``: the named segments made here are its."""
     global _segment_owner
     _segment_owner = pid
+    refresh_in_children(_forked)
 
 
 def segment_name() -> str:
     """A new named segment's name, for the Runner that owns it (see the module's text)."""
-    name = f"puma-{_segment_owner}-{os.urandom(6).hex()}"
+    owner = os.getpid() if _segment_owner is None else _segment_owner
+    name = f"puma-{owner}-{os.urandom(6).hex()}"
     _made_here.add(name)
+    refresh_in_children(_forked)
     return name
 
 
@@ -164,11 +169,8 @@ def release_children_segments() -> list[str]:
 
 def _forked() -> None:
     global _segment_owner
-    _segment_owner = os.getpid()  # until a Runner that started it says otherwise
+    _segment_owner = None  # this process, until a Runner that started it says otherwise
     _made_here.clear()
-
-
-os.register_at_fork(after_in_child=_forked)
 
 
 class Memory:

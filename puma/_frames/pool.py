@@ -152,6 +152,7 @@ class FramePool:
         else:
             self._setup_local()
         _here[self._key] = self
+        _registry.track(_after_fork_in_child)
 
     # --- set-up in each process --------------------------------------------------------------
     def _setup_local(self) -> None:
@@ -586,15 +587,14 @@ def _attach(spec: tuple[Any, ...], fds: Any, where: tuple[int, ...], name: str |
     pool._shared_memory = memory
     pool._setup_shared(tokens_r, tokens_w)
     _here[key] = pool
+    _registry.track(_after_fork_in_child)
     return pool
 
 
 def _after_fork_in_child() -> None:
+    """In a forked child (registered when the first pool opens in a process)."""
     for pool in list(_here.values()):  # a lock held by another thread at the fork is nobody's here
         if pool._shared_memory is not None:
             pool._lock = _FileLock(pool._shared_memory.fd)
         else:
             pool._lock = threading.RLock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

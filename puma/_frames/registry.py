@@ -6,7 +6,10 @@ import os
 import pickle
 import threading
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from puma._core.forking import refresh_in_children
 
 if TYPE_CHECKING:
     from puma._frames.arena import Arena
@@ -22,6 +25,7 @@ __all__ = [
     "pool_by_ref",
     "pools",
     "sending",
+    "track",
 ]
 
 #: Every pool open in this process, by key (the same key in every process that has it).
@@ -54,12 +58,17 @@ def buffer_tag(key: str) -> int:
     return (h >> 2) or 1
 
 
-def _forked() -> None:
+def refresh_pid() -> None:
+    """Set :data:`pid` to this process's (see :func:`track_pid`)."""
     global pid
     pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_forked)
+def track(refresh: Callable[[], None]) -> None:
+    """A pool or arena is used here: :data:`pid`, and what ``refresh`` resets, are kept right in forked children."""
+    refresh_pid()
+    refresh_in_children(refresh_pid)
+    refresh_in_children(refresh)
 
 
 def pool_by_ref(key: str, how: bytes) -> FramePool:

@@ -231,13 +231,12 @@ class Runner:
         if env.launch_needs_lasting_thread and threading.current_thread() is not threading.main_thread():
             self._ensure_supervisor().launch(record, child).result()  # a thread that lives as long as the child
             return
-        # Launched here: the main thread (for a process, the fastest start), or any thread for a
-        # thread child.  The supervisor starts after a fork: a Runner's first child does not wait.
+        # Launched here (from the main thread, a process starts fastest); the supervisor starts first
+        supervisor = self._ensure_supervisor() if watch else None
         handle = self._launch_now(record, child, claim)
         try:
-            if not watch:
-                return
-            self._ensure_supervisor().watch()
+            if supervisor is not None and not record.start_claimed:  # (a claimed start is watched after)
+                supervisor.watch()
         except BaseException:
             _abandon(handle)
             raise
@@ -343,8 +342,9 @@ class Runner:
         self._wait_running(record, Deadline(self._start_timeout if timeout is None else timeout))
 
     def _wait_running(self, record: ChildRecord, deadline: Deadline) -> None:
-        if self._supervisor is not None:
-            self._supervisor.wait_started(deadline.remaining())  # raises if it could not start
+        supervisor = self._supervisor  # (a child that runs is not kept waiting on its thread's start)
+        if supervisor is not None and (not record.has_started or supervisor.start_error is not None):
+            supervisor.wait_started(deadline.remaining())  # raises if it could not start
         if not record.wait_started(deadline):
             raise TimeoutError(f"runnable {record.name!r} did not start within {deadline.timeout} s")
         if not record.has_started and record.error is not None:

@@ -77,7 +77,12 @@ class Supervisor(threading.Thread):
         """Start this thread without waiting until it runs (``start()`` waits); :meth:`wait_started` waits.
 
         A helper thread makes the call that waits, so a Runner's first start
-        does not wait for its supervisor to be scheduled.
+        does not wait for its supervisor to be scheduled.  The Runner starts
+        it before its first fork (it gets going meanwhile instead of competing
+        with the new child's start-up on a small machine), and a
+        ``start_blocking`` whose child runs returns without waiting for it;
+        ``join``, ``stop`` and the waits for a start that has not come wait,
+        and raise what starting it raised.
         """
 
         def start() -> None:
