@@ -59,7 +59,7 @@ def buffer_tag(key: str) -> int:
 
 
 def refresh_pid() -> None:
-    """Set :data:`pid` to this process's (see :func:`track_pid`)."""
+    """Set :data:`pid` to this process's (see :func:`track`)."""
     global pid
     pid = os.getpid()
 
