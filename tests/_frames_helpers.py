@@ -34,6 +34,21 @@ class FrameProducer(puma.Runnable):
         self.send_status("refused", refused)
 
 
+class MixedFrameProducer(puma.Runnable):
+    """Publishes ``count`` frames, frame i filled with i: the even ones alone, the odd ones inside a tuple."""
+
+    def __init__(self, pool: FramePool, out: puma.Buffer[Any], count: int) -> None:
+        super().__init__("mixed-producer", outputs=[out])
+        self._pool, self._out, self._count = pool, out, count
+
+    def execute(self) -> None:
+        with self.publisher(self._out) as pub:
+            for i in range(self._count):
+                frame = self._pool.borrow(timeout=30)
+                frame.array[...] = i
+                pub.publish(frame if i % 2 == 0 else (frame, "inside"))
+
+
 class FrameConsumer(puma.Runnable):
     """Receives frames: checks each in place, writes the writable ones, reports totals."""
 

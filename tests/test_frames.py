@@ -20,6 +20,7 @@ from _frames_helpers import (
     FrameConsumer,
     FrameHolder,
     FrameProducer,
+    MixedFrameProducer,
     PoolMaker,
     RegionWriter,
     ReleasesSoon,
@@ -28,7 +29,7 @@ from _frames_helpers import (
 
 import puma
 from puma._frames import memory as _memory
-from puma.frames import FrameOwnershipError, FramePool, SharedMemoryTooSmall
+from puma.frames import Frame, FrameOwnershipError, FramePool, SharedMemoryTooSmall
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -245,6 +246,43 @@ def test_frames_are_handed_over_through_a_buffer_in_place(env: puma.Environment)
     assert producer.status("refused") == 36  # the array, a view, and frame.array, after each hand-over
     stats = pool.statistics()
     assert (stats.free, stats.borrows, stats.in_flight) == (3, 12, 0)
+    pool.close()
+
+
+def test_frames_alone_and_inside_values_arrive_in_order_and_in_place(env: puma.Environment) -> None:
+    """A frame published alone travels as a small handle of its own; one inside a value, in the value's pickle.
+
+    Both kinds, mixed in one buffer, arrive in the order published, writable and in place.
+    """
+    pool = env.frame_pool(SHAPE, np.int32, 4, "mixed")
+    with puma.Runner(env) as runner:
+        raw = env.buffer(object, 3, "raw")
+        runner.start(MixedFrameProducer(pool, raw, 10))
+        seen = []
+        for value in raw.subscribe():
+            frame, label = (value, "alone") if isinstance(value, Frame) else value
+            with frame:
+                assert frame.array.flags.writeable
+                frame.array[...] += 1
+                seen.append((label, int(frame.array[0, 0]), int(frame.array[-1, -1])))
+        runner.join()
+    assert seen == [("alone" if i % 2 == 0 else "inside", i + 1, i + 1) for i in range(10)]
+    assert _free(pool) == 4
+    pool.close()
+
+
+def test_a_frame_whose_handle_takes_more_than_one_atomic_pipe_write_crosses_whole(
+    process_env: puma.ProcessEnvironment,
+) -> None:
+    """A handle names its pool: a pool named with more than ``PIPE_BUF`` bytes makes a handle written in parts."""
+    pool = process_env.frame_pool(SHAPE, np.int32, 2, "camera-" + "x" * 5000)
+    with puma.Runner(process_env) as runner:
+        raw = process_env.buffer(object, 2, "raw")
+        runner.start(FrameProducer(pool, raw, 6))
+        consumer = runner.start(FrameConsumer(raw))
+        runner.join()
+    assert consumer.status("result") == (6, sum(range(6)), 0, 0, 0)
+    assert _free(pool) == 2
     pool.close()
 
 

@@ -106,6 +106,8 @@ def test_join_ends_with_the_ctrl_c_the_supervisor_thread_received(
     runner = puma.Runner(env)
     with pytest.raises(KeyboardInterrupt), runner:
         runner.start_blocking(worker)
+        assert runner._supervisor is not None
+        runner._supervisor.wait_started(10)  # (start_blocking returns once the child runs, perhaps before)
         supervisor = next(t for t in threading.enumerate() if t.name == "puma-supervisor")
         threading.Timer(0.05, signal.pthread_kill, (supervisor.ident, signal.SIGINT)).start()
         runner.join()

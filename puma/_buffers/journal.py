@@ -61,9 +61,10 @@ from typing import TYPE_CHECKING, Any
 
 from puma._buffers import process_large as _large
 from puma._buffers.process_large import SHARED
-from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
+from puma._buffers.process_publisher import BATCH, COMPLETE, HANDED, ITEM, OOB
 from puma._buffers.shared import BROKEN, READER
 from puma._core import codec
+from puma._frames.frame import received_handle
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
@@ -443,6 +444,8 @@ def _payload(
         if body[_large.inner_kind_at(body)] == ITEM and (p, 0) < done:
             return ITEM, None
         return None if arena is None else _large.load(arena, body, copy=True)
+    if kind == HANDED:
+        return ITEM, received_handle(body)
     return kind, pickle.loads(body)
 
 

@@ -33,6 +33,7 @@ import pickle
 import struct
 from collections.abc import Iterable
 from itertools import repeat
+from select import PIPE_BUF
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers import process_large as _large
@@ -43,11 +44,12 @@ from puma._core import current as _current
 from puma._core.errors import BufferClosedError, BufferFull, SerializedError, serialize_error
 from puma._core.waiting import Deadline
 from puma._frames import registry as _frames
+from puma._frames.frame import Frame
 
 if TYPE_CHECKING:
     from puma._buffers.process import ProcessBuffer
 
-__all__ = ["BATCH", "COMPLETE", "ITEM", "OOB", "ProcessPublisher"]
+__all__ = ["BATCH", "COMPLETE", "HANDED", "ITEM", "OOB", "ProcessPublisher"]
 
 T = TypeVar("T")
 
@@ -56,8 +58,10 @@ ITEM = 0  # one value
 BATCH = 1  # a list of values, taking one place each
 COMPLETE = 2  # a publisher's completion: None or its serialized error
 OOB = 3  # a value (or batch) whose large buffers follow the frame raw: counts, sizes, inner kind, pickle
+HANDED = 5  # one frame of a frame pool, handed over: its handle (puma._frames.frame.Frame._handle), no pickle
 
 _HIGHEST = pickle.HIGHEST_PROTOCOL
+_HEAD = codec.HEAD
 
 
 class ProcessPublisher(Publisher[T]):
@@ -149,6 +153,15 @@ class ProcessPublisher(Publisher[T]):
         sending.tag = self._tag  # a frame handed over in this pickle notes the buffer it went into
         try:
             return pickle.dumps(value, _HIGHEST, buffer_callback=oob.append)
+        finally:
+            sending.tag = 0
+
+    def _handle(self, frame: Frame) -> bytes | None:
+        """``frame``'s handle (it is handed over to this buffer), or None if it must be pickled."""
+        sending = _frames.sending
+        sending.tag = self._tag  # the chunk notes the buffer it went into
+        try:
+            return frame._handle()
         finally:
             sending.tag = 0
 
@@ -280,12 +293,24 @@ class ProcessPublisher(Publisher[T]):
             taken = shared[TAKEN]
             if shared[GIVEN] - taken > 0 and shared[CLOSED] == 0:
                 shared[TAKEN] = taken + 1
+                handle = None
                 try:
-                    data = self._pickle(value, oob)
+                    if type(value) is Frame:  # a frame alone: its handle, without pickle
+                        handle = self._handle(value)  # type: ignore[arg-type]  # (T, a Frame here)
+                    if handle is None:
+                        data = self._pickle(value, oob)
                 except BaseException:
                     # The place goes back as a reader's would (TAKEN only grows), waking a waiter.
                     refund = True
                     raise
+                if handle is not None:
+                    frame = _HEAD.pack(len(handle) + 1, HANDED) + handle
+                    if len(frame) <= PIPE_BUF:  # the usual few hundred bytes: one write, all or nothing
+                        codec.write_all(self._fd, frame)
+                    else:
+                        write_whole(self._fd, shared, pid, (frame,), self._b._broke_mid_frame)
+                    return
+                assert data is not None
                 if not oob and len(data) <= codec.INLINE:
                     write_whole(self._fd, shared, pid, (codec.frame(ITEM, data),), self._b._broke_mid_frame)
                     return

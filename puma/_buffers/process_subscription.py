@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from puma._buffers import process_large as _large
 from puma._buffers.base import Subscription
 from puma._buffers.journal import Journal
-from puma._buffers.process_publisher import BATCH, COMPLETE, ITEM, OOB
+from puma._buffers.process_publisher import BATCH, COMPLETE, HANDED, ITEM, OOB
 from puma._buffers.process_reading import FrameReading
 from puma._buffers.shared import (
     END_CLEAN,
@@ -59,6 +59,7 @@ from puma._core import current as _current
 from puma._core.errors import BufferCompleted, BufferEmpty, StopRequested, deserialize_error
 from puma._core.waiting import Deadline, Poller
 from puma._frames.frame import dropped_arrivals as _dropped
+from puma._frames.frame import received_handle
 from puma._frames.handover import SKIP, carries_dropped, without_dropped
 
 if TYPE_CHECKING:
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
 __all__ = ["ProcessSubscription"]
 
 T = TypeVar("T")
+
+_ONE_VALUE = frozenset((ITEM, HANDED))  # kinds of a frame holding one value: a pickle, or a frame's handle
 
 _NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
 _NEED: Any = object()  # no whole frame is buffered: read the pipe
@@ -105,6 +108,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         self._skips = False  # _items may hold SKIP (a restartable reader's dropped frames)
         self._ctx = ctx  # the runnable that subscribed, for the periodic look at its commands
         self._data_poller = Poller((self._fd,))
+        self._wait_fds = (self._fd, self._end_fd)
+        self._waiting_for = f"a value of buffer {buffer.name!r}"  # what its wait is, in words (see activity)
         self._rest_poller = Poller((self._fd, self._end_fd))
         # Bytes read from the pipe: whole frames from _head to _tail (see _fill).
         self._buf = bytearray(_READ_BUFFER)
@@ -277,9 +282,9 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         body = self._view[start + head + 1 : stop]
         if self._journal is not None:
             self._journal.taken(start, 1)
-        if kind == ITEM:
+        if kind in _ONE_VALUE:
             try:
-                value = pickle.loads(body)
+                value = pickle.loads(body) if kind == ITEM else received_handle(body)
             finally:
                 self._give_back(1)
             # A frame dropped before it arrived (a drop-oldest pool) is not delivered.
@@ -442,23 +447,21 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             # error) is taken before the next look.
             self._next_check = time.monotonic() + _COMMAND_CHECK
 
+    def _stream_over(self) -> bool:
+        """The stream ended, failed here or was released (the pipe readable ends a wait by itself: not polled here)."""
+        b = self._b
+        return bool(self._shared[ENDED]) or b._failure is not None or b._released
+
     def _wait(self, deadline: Deadline) -> bool:
         """The one wait for a value: the pipe readable, the stream ended, or a failure here; False on timeout."""
-        b = self._b
         ctx = _current.waiting_context()
-        shared = self._shared
-
-        def ready() -> bool:  # (the pipe readable ends the wait by itself: no poll of it here)
-            return bool(shared[ENDED]) or b._failure is not None or b._released
-
         waker = ctx.waker
-        b._wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
+        wakers = self._b._wakers
+        wakers.add(waker)  # fail_readers_here and release wake it (a main-program reader has no commands)
         try:
-            return ctx.wait(
-                (self._fd, self._end_fd), deadline.remaining(), ready, f"a value of buffer {b.name!r}", True
-            )
+            return ctx.wait(self._wait_fds, deadline.remaining(), self._stream_over, self._waiting_for, True)
         finally:
-            b._wakers.discard(waker)
+            wakers.discard(waker)
 
     def receive(self, timeout: float | None = None) -> T:
         self._commands()
@@ -505,11 +508,13 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             if self._ended is None and start < self._tail:
                 buf = self._buf
                 size: int = unpack(buf, start)[0]
-                if size >= 0 and buf[start + 4] == ITEM:
+                kind = buf[start + 4]
+                if size >= 0 and kind in _ONE_VALUE:
                     stop = start + 4 + size
                     self._head = stop
                     try:
-                        value: T = loads(self._view[start + 5 : stop])
+                        body = self._view[start + 5 : stop]
+                        value: T = loads(body) if kind == ITEM else received_handle(body)  # type: ignore[assignment]
                     finally:
                         owed = self._owed + 1
                         if owed >= self._release_at:

@@ -84,6 +84,7 @@ class Deadline:
 #: nothing alive).
 _EXCLUSIVE: dict[int, weakref.WeakMethod[Callable[[], bool]] | None] = {}
 _HAS_EXCLUSIVE = hasattr(select, "EPOLLEXCLUSIVE")
+_exclusive_version = 0  # changes whenever _EXCLUSIVE does (a poller's look-up of its members is kept until then)
 
 
 def wake_one_at_a_time(fd: int, on: bool = True, crowded: Callable[[], bool] | None = None) -> None:
@@ -101,10 +102,12 @@ def wake_one_at_a_time(fd: int, on: bool = True, crowded: Callable[[], bool] | N
     sleeps in its usual poll: an epoll made for one sleep costs a few system
     calls, worth paying only when a write would otherwise wake many.
     """
+    global _exclusive_version
     if on and _HAS_EXCLUSIVE:
         _EXCLUSIVE[fd] = None if crowded is None else weakref.WeakMethod(crowded)
     else:
         _EXCLUSIVE.pop(fd, None)
+    _exclusive_version += 1
 
 
 def _exclusive_now(fd: int) -> bool:
@@ -121,7 +124,7 @@ def _exclusive_now(fd: int) -> bool:
 class _Poller:
     """Readability of a fixed set of file descriptors (and writability of some), one system call per wait."""
 
-    __slots__ = ("_epoll", "_epoll_key", "_fds", "_poll", "_select", "_writable")
+    __slots__ = ("_epoll", "_epoll_key", "_exclusive", "_exclusive_seen", "_fds", "_poll", "_select", "_writable")
 
     def __init__(self, fds: Sequence[int], writable: Sequence[int] = ()) -> None:
         self._fds = list(fds)
@@ -129,6 +132,8 @@ class _Poller:
         self._poll = None
         self._epoll: Any = None  # the exclusive sleeps' epoll, kept until close_epoll()
         self._epoll_key: tuple[int, tuple[int, ...]] = (0, ())
+        self._exclusive: list[int] = []  # its descriptors marked one-at-a-time, as of _exclusive_seen
+        self._exclusive_seen = -1
         # poll() counts its timeout in whole milliseconds (rounded up); select() in microseconds.
         # A timed wait (a tick deadline) uses select when every descriptor fits in an fd_set.
         self._select = all(fd < _FD_SETSIZE for fd in (*self._fds, *self._writable))
@@ -145,10 +150,15 @@ class _Poller:
     def poll(self, timeout: float | None) -> list[int]:
         """The ready descriptors: readable (or hung up), or writable for those watched so; at most ``timeout`` s."""
         if _EXCLUSIVE and (timeout is None or timeout > 0):
-            # Looked up at each wait: a descriptor number may be closed and used again.
-            exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE and _exclusive_now(fd)]
-            if exclusive:
-                return self._sleep_exclusive(exclusive, timeout)
+            # Looked up again whenever the marks change: a descriptor number may be closed and
+            # used again.
+            if self._exclusive_seen != _exclusive_version:
+                self._exclusive = [fd for fd in self._fds if fd in _EXCLUSIVE]
+                self._exclusive_seen = _exclusive_version
+            if self._exclusive:
+                exclusive = [fd for fd in self._exclusive if _exclusive_now(fd)]
+                if exclusive:
+                    return self._sleep_exclusive(exclusive, timeout)
         if self._poll is not None and (timeout is None or timeout <= 0 or not self._select):
             ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
             return [fd for fd, _ev in self._poll.poll(ms)]

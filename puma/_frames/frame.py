@@ -5,6 +5,8 @@ No numpy at import: buffers check for frames, and a program that uses none never
 
 from __future__ import annotations
 
+import multiprocessing.context
+import struct
 import weakref
 from _thread import get_ident
 from multiprocessing.context import get_spawning_popen as _spawning
@@ -17,7 +19,15 @@ if TYPE_CHECKING:
     from puma._frames.array import FrameArray
     from puma._frames.pool import FramePool
 
-__all__ = ["Frame", "FrameDropped", "FrameOwnershipError", "dropped_arrivals", "fan_out", "published"]
+__all__ = [
+    "Frame",
+    "FrameDropped",
+    "FrameOwnershipError",
+    "dropped_arrivals",
+    "fan_out",
+    "published",
+    "received_handle",
+]
 
 # A frame's states in this process.
 PENDING = 0  # handed over to this process (or thread), not claimed yet: claimed on first use
@@ -29,6 +39,10 @@ DROPPED = 4  # a live source's newer frame took its chunk before it was received
 # What a frame gives its holder.
 WRITABLE = 0  # one holder, may write
 SHARE = 1  # one of several readers (fan-out): read-only
+
+# Where get_spawning_popen() looks (a thread-local of multiprocessing), read directly on the
+# hand-over path; None on an implementation without it (get_spawning_popen is called then).
+_mp_tls = getattr(multiprocessing.context, "_tls", None)
 
 #: The threads (their idents) whose unpickling of a frame's handle just found it dropped: a
 #: subscription that finds its thread here skips the value (see puma._frames.handover).
@@ -159,6 +173,32 @@ class Frame:
         frame._state = HANDED
         return (_received, (ref, frame._index, frame._gen, frame._kind))
 
+    def _handle(self) -> bytes | None:
+        """This frame handed over as a handle's bytes (see :func:`received_handle`); None to pickle it instead.
+
+        What :meth:`__reduce__` does for a frame published alone into a
+        process buffer, without pickle: its pool's key and how to open it,
+        then the chunk's index, generation and kind.  None while a child
+        process starts, or for a pool made for threads (pickling it says why).
+        """
+        pool = self._pool
+        if pool._closed or (_spawning() if _mp_tls is None else getattr(_mp_tls, "spawning_popen", None)) is not None:
+            return None
+        reduced = pool._reduced
+        ref = reduced[1] if reduced is not None else pool._handle_ref()
+        if ref is None:
+            return None
+        prefix = _prefixes.get(ref)
+        if prefix is None:
+            prefix = _prefix(ref)
+        if self._state == LIVE and self._kind == WRITABLE:
+            gen = pool._hand_over(self._index, self._gen, WRITABLE)
+            self._invalidate(HANDED)
+            return prefix + _HANDLE_TAIL.pack(self._index, gen, WRITABLE)
+        frame = self._published()
+        frame._state = HANDED
+        return prefix + _HANDLE_TAIL.pack(frame._index, frame._gen, frame._kind)
+
     def __del__(self) -> None:
         if self._state in (LIVE, PENDING):
             try:
@@ -235,6 +275,38 @@ def _received(pool: Any, index: int, gen: int, kind: int) -> Frame:
     if pool._claim(index, gen, kind):
         return Frame(pool, index, gen, kind, LIVE)
     dropped_arrivals.append(get_ident())  # the subscription unpickling it skips its value
+    return Frame(pool, index, gen, kind, DROPPED)
+
+
+# A frame's handle without pickle: the key's length, the key, how to open the pool (a pickle,
+# loaded only by a process that does not have it open), then index, generation and kind.
+_KEY_SIZE = struct.Struct("!H")
+_HANDLE_TAIL = struct.Struct("!qqB")
+_prefixes: dict[tuple[str, bytes], bytes] = {}  # each pool's part of its handles, made once
+
+
+def _prefix(ref: tuple[str, bytes]) -> bytes:
+    key = ref[0].encode()
+    prefix = _KEY_SIZE.pack(len(key)) + key + ref[1]
+    if len(_prefixes) >= 64:  # pools come and go: keep the recent ones
+        _prefixes.clear()
+    _prefixes[ref] = prefix
+    return prefix
+
+
+def received_handle(body: Any) -> Frame:
+    """The frame whose handle (made by :meth:`Frame._handle`) is ``body``: claimed here, or dropped meanwhile."""
+    (size,) = _KEY_SIZE.unpack_from(body, 0)
+    key = bytes(body[2 : 2 + size]).decode()
+    tail = len(body) - _HANDLE_TAIL.size
+    index, gen, kind = _HANDLE_TAIL.unpack_from(body, tail)
+    ref = open_pools.get(key)
+    pool = None if ref is None else ref()
+    if pool is None or pool._closed:
+        pool = pool_by_ref(key, bytes(body[2 + size : tail]))
+    if pool._claim(index, gen, kind):
+        return Frame(pool, index, gen, kind, LIVE)
+    dropped_arrivals.append(get_ident())  # the subscription reading it skips its value
     return Frame(pool, index, gen, kind, DROPPED)
 
 

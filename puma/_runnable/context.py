@@ -208,10 +208,11 @@ class ChildContext:
     def _wait(
         self, fds: tuple[int, ...], timeout: float | None, ready: Callable[[], bool], readable_is_ready: bool
     ) -> bool:
-        deadline = Deadline(timeout)
+        deadline = None if timeout is None else Deadline(timeout)
         control = self.fds  # a process runnable's command pipe; () for a thread runnable
         all_fds = control + fds
         waker = self.waker
+        link = self.link
         service = True
         pending = False
         look = not control  # the command pipe is in the poll below: no look at it before
@@ -223,7 +224,16 @@ class ChildContext:
             # that makes ``ready()`` true also wakes this waker: nothing is missed.)
             if ready():
                 return True
-            if service:
+            # (service() would find nothing to do unless one of these holds: the usual wait of
+            # a process runnable for its next value skips the call)
+            if service and (
+                pending
+                or look
+                or self.stop_requested
+                or self._deferred
+                or self._where_asked
+                or link.has_buffered_message()
+            ):
                 try:
                     if self.service(pending, look):
                         raise StopRequested
@@ -233,15 +243,19 @@ class ChildContext:
                     if ready() or (readable_is_ready and waker.wait(fds, 0)):
                         return True
                     raise
-            remaining = deadline.remaining()
+            remaining = None if deadline is None else deadline.remaining()
             if remaining is not None and remaining <= 0:
                 return False
             readable = waker.wait(all_fds, remaining)
             # Commands reach a process runnable only through its command pipe: when
             # only data woke us, there is nothing to service (and no poll to pay).
             pending = bool(control) and control[0] in readable
-            if readable_is_ready and any(fd not in control for fd in readable):
-                return True  # what came is taken before any command that came with it
+            if readable_is_ready and readable:
+                if len(readable) == 1:
+                    if readable[0] not in control:
+                        return True  # what came is taken before any command that came with it
+                elif any(fd not in control for fd in readable):
+                    return True
             service = pending or not readable or not control
             look = not control or not readable  # woken by the waker, or timed out: look
 
