@@ -23,7 +23,9 @@ Rows (forkserver; the same work on both sides of each row):
 * **hand-over latency**: one frame goes back and forth between two processes
   through two buffers (borrowed once, handed over each way), against a bare
   ``multiprocessing.Pipe`` ping-pong of 8 bytes (``send_bytes``); microseconds
-  per round trip.
+  per round trip.  Both sides are two child processes started by the fork
+  server one after the other (the echoing one first) while the main process
+  waits: puma's two runnables, and two bare ``Process`` children.
 * **hand-over latency, both processes on one CPU**: the same, with the two
   processes of each side pinned to CPU 0 (``os.sched_setaffinity``): a round
   trip is then the CPU time of the two hops, without the wake-up of an idle
@@ -34,7 +36,10 @@ Rows (forkserver; the same work on both sides of each row):
   two processes of each side pinned to CPUs 0 and 1: every hop wakes the
   other CPU, on both sides.  The unpinned row above lands on either
   placement, and not always on the same one for both sides: these two rows
-  compare like with like.
+  compare like with like.  Under the unpinned row a note says, for each
+  side, in how many runs its pair ended on two CPUs (each process's last CPU,
+  read from ``/proc``): the ratio compares like with like only when both
+  sides ran alike.
 * **an int through the same buffers**: the round trip above with an int
   instead of a frame, for reference: what the two process buffers cost
   themselves.
@@ -51,6 +56,7 @@ import multiprocessing
 import os
 import re
 import signal
+import statistics
 import sys
 import time
 from typing import Any
@@ -180,6 +186,46 @@ def puma_arrays(nbytes: int, count: int) -> float:
     return nbytes * got / spent
 
 
+def _cpu_of(pid: int | str = "self") -> int:
+    """The CPU the process ``pid`` last ran on (Linux: /proc/PID/stat field 39); -1 where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[36])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+#: How many CPUs each side's pair ran on at the end of each hand-over sample (see _placement_note).
+PLACED: dict[str, list[int]] = {"puma": [], "pipe": []}
+
+
+def _placed(side: str, *cpus: int) -> None:
+    if -1 not in cpus:
+        PLACED[side].append(len(set(cpus)))
+
+
+def _placement_note(row: Any = None) -> str:
+    """Where the pairs of the samples just taken ran, in words (and the ratio of the runs alike); forget them."""
+    words = []
+    for side, label in (("puma", "puma's pair"), ("pipe", "the Pipe's pair")):
+        counts = PLACED[side]
+        if counts:
+            words.append(f"{label} on two CPUs in {sum(c == 2 for c in counts)} of {len(counts)} runs")
+    alike = []
+    if (
+        row is not None
+        and row.theirs is not None
+        and len(PLACED["puma"]) == len(PLACED["pipe"]) == len(row.ours.samples)
+    ):
+        pairs = zip(row.ours.samples, row.theirs.samples, PLACED["puma"], PLACED["pipe"], strict=True)
+        alike = [a / b for a, b, p, q in pairs if p == q and b > 0]
+    if alike:
+        words.append(f"ratio of the {len(alike)} runs whose pairs ran alike: {statistics.median(alike):.2f}x (median)")
+    PLACED["puma"].clear()
+    PLACED["pipe"].clear()
+    return "placement at the end of each run: " + "; ".join(words) if words else ""
+
+
 def _pin(cpu: int | None) -> None:
     """Run this process on CPU ``cpu`` only (None: wherever the scheduler likes)."""
     if cpu is not None:
@@ -198,6 +244,7 @@ class Echo(puma.Runnable):
         with self.publisher(self._out) as pub:
             for frame in self._in.subscribe():
                 pub.publish(frame)
+        self.send_status("cpu", _cpu_of())
 
 
 class Pinger(puma.Runnable):
@@ -225,8 +272,10 @@ class Pinger(puma.Runnable):
                 pub.publish(frame)
                 frame = sub.receive()
             spent = now() - start
+            cpu = _cpu_of()
             frame.release()
         self.send_status("us", spent / self._rounds * 1e6)
+        self.send_status("cpu", cpu)
 
 
 Cpus = tuple[int, int] | None  # (the pinger's CPU, the echo's CPU); None: wherever the scheduler likes
@@ -238,10 +287,11 @@ def puma_handover(rounds: int, cpus: Cpus = None) -> float:
     mine, theirs = cpus or (None, None)
     with puma.Runner(env) as runner:
         out, back = env.buffer(object, 2, "out"), env.buffer(object, 2, "back")
-        runner.start(Echo(out, back, theirs))
+        echo = runner.start(Echo(out, back, theirs))
         pinger = runner.start(Pinger(pool, out, back, rounds, mine))
         runner.join()
         us: float = pinger.status("us")
+        _placed("puma", pinger.status("cpu"), echo.status("cpu"))
     pool.close()
     return us
 
@@ -280,38 +330,54 @@ def puma_int_pingpong(rounds: int, cpus: Cpus = None) -> float:
 
 
 def _pong(conn: Any, cpu: int | None = None) -> None:
+    """Sends back every message; on the empty one, the CPU it last ran on, and ends."""
     _pin(cpu)
     while True:
         data = conn.recv_bytes()
         if not data:
+            conn.send_bytes(str(_cpu_of()).encode())
             return
         conn.send_bytes(data)
 
 
-def pipe_pingpong(rounds: int, cpus: Cpus = None) -> float:
-    """Microseconds per round trip of 8 bytes; with ``cpus``, this process and its peer run on those CPUs."""
-    ctx = multiprocessing.get_context("forkserver")
-    here, there = ctx.Pipe()
-    mine, theirs = cpus or (None, None)
-    proc = ctx.Process(target=_pong, args=(there, theirs))
-    proc.start()
-    previous = os.sched_getaffinity(0)
-    _pin(mine)
+def _ping(conn: Any, report: Any, rounds: int, cpu: int | None = None) -> None:
+    """The timed side of the bare ping-pong: reports (us per round trip, its CPU, its peer's CPU)."""
+    _pin(cpu)
     message = b"12345678"
     for _ in range(50):
-        here.send_bytes(message)
-        here.recv_bytes()
+        conn.send_bytes(message)
+        conn.recv_bytes()
     start = now()
     for _ in range(rounds):
-        here.send_bytes(message)
-        here.recv_bytes()
+        conn.send_bytes(message)
+        conn.recv_bytes()
     spent = now() - start
-    os.sched_setaffinity(0, previous)
-    here.send_bytes(b"")
-    proc.join()
-    here.close()
-    there.close()
-    return spent / rounds * 1e6
+    mine = _cpu_of()
+    conn.send_bytes(b"")
+    report.send((spent / rounds * 1e6, mine, int(conn.recv_bytes())))
+
+
+def pipe_pingpong(rounds: int, cpus: Cpus = None) -> float:
+    """Microseconds per round trip of 8 bytes between two child processes, as puma's two runnables are.
+
+    Both are started by the fork server, the echoing one first, while this
+    process waits, as a Runner does; with ``cpus``, they run on those CPUs.
+    """
+    ctx = multiprocessing.get_context("forkserver")
+    here, there = ctx.Pipe()
+    results, report = ctx.Pipe(duplex=False)
+    mine, theirs = cpus or (None, None)
+    pong = ctx.Process(target=_pong, args=(there, theirs))
+    pong.start()
+    ping = ctx.Process(target=_ping, args=(here, report, rounds, mine))
+    ping.start()
+    us, cpu, peer = results.recv()
+    ping.join()
+    pong.join()
+    for conn in (here, there, results, report):
+        conn.close()
+    _placed("pipe", cpu, peer)
+    return float(us)
 
 
 class Holder(puma.Runnable):
@@ -440,17 +506,19 @@ def main() -> None:
     for suffix, cpus, baseline_suffix in placements:
         name = "hand-over latency, round trip" + suffix
         if wanted(name):
-            rows.append(
-                compare(
-                    name,
-                    unit="us",
-                    ours=lambda cpus=cpus: puma_handover(rounds, cpus),
-                    theirs=lambda cpus=cpus: pipe_pingpong(rounds, cpus),
-                    baseline="Pipe ping-pong (send_bytes)" + baseline_suffix,
-                    runs=args.runs,
-                    target=("<=", 2),
-                )
+            row = compare(
+                name,
+                unit="us",
+                ours=lambda cpus=cpus: puma_handover(rounds, cpus),
+                theirs=lambda cpus=cpus: pipe_pingpong(rounds, cpus),
+                baseline="Pipe ping-pong (send_bytes)" + baseline_suffix,
+                runs=args.runs,
+                target=("<=", 2),
             )
+            note = _placement_note(row)
+            if cpus is None and note:
+                row.notes.append(note)
+            rows.append(row)
     name = "an int through the same two buffers, round trip"
     if wanted(name):
         rows.append(
@@ -463,6 +531,7 @@ def main() -> None:
                 runs=args.runs,
             )
         )
+        _placement_note()  # (only the frame rows report where their pairs ran)
     if wanted("kill cycles"):
         row, _ = kill_cycles(cycles)
         print(f". {row.name}", file=sys.stderr)

@@ -156,15 +156,6 @@ class ProcessPublisher(Publisher[T]):
         finally:
             sending.tag = 0
 
-    def _handle(self, frame: Frame) -> bytes | None:
-        """``frame``'s handle (it is handed over to this buffer), or None if it must be pickled."""
-        sending = _frames.sending
-        sending.tag = self._tag  # the chunk notes the buffer it went into
-        try:
-            return frame._handle()
-        finally:
-            sending.tag = 0
-
     def _write(self, value: Any, kind: int) -> None:
         """Pickle ``value`` and write it as one frame (plus its out-of-band buffers), under the write lock."""
         oob: list[pickle.PickleBuffer] = []
@@ -295,8 +286,8 @@ class ProcessPublisher(Publisher[T]):
                 shared[TAKEN] = taken + 1
                 handle = None
                 try:
-                    if type(value) is Frame:  # a frame alone: its handle, without pickle
-                        handle = self._handle(value)  # type: ignore[arg-type]  # (T, a Frame here)
+                    if type(value) is Frame:  # a frame alone: its handle (it notes this buffer), without pickle
+                        handle = value._handle(self._tag)  # type: ignore[attr-defined]  # (T: a Frame here)
                     if handle is None:
                         data = self._pickle(value, oob)
                 except BaseException:

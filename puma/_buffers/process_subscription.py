@@ -69,6 +69,7 @@ __all__ = ["ProcessSubscription"]
 
 T = TypeVar("T")
 
+_NO_DEADLINE = Deadline(None)  # (a deadline without a limit never changes: one for every wait)
 _ONE_VALUE = frozenset((ITEM, HANDED))  # kinds of a frame holding one value: a pickle, or a frame's handle
 
 _NOTHING: Any = object()  # a frame was handled but gave no value (a batch, a completion)
@@ -199,7 +200,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
                 journal.begin()
                 journal.reading()
             try:
-                count = os.readv(self._fd, [self._view[:limit]])
+                count = os.readv(self._fd, [self._view if limit == len(buf) else self._view[:limit]])
             except BlockingIOError:
                 if journal is not None:
                     journal.wrote(0, self._view[:0])
@@ -230,7 +231,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         unpack = _SIZE.unpack_from
         p = self._head
         frames = 0
-        completions: list[Any] = []
+        completions: list[Any] | None = None
         while p < self._tail:
             if self._tail - p >= 5 and (size := unpack(self._buf, p)[0]) >= 0:  # the usual 4-byte header
                 head = 4
@@ -246,6 +247,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             kind = self._buf[p + head]
             frames += 1
             if kind == COMPLETE:
+                if completions is None:
+                    completions = []
                 completions.append(pickle.loads(self._view[p + head + 1 : end]))
             elif kind == _large.SHARED:
                 _large.claim(self._b._arena, self._view[p + head + 1 : end])  # a reader killed now gives them back
@@ -480,7 +483,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             result = self._next()
             if result is _NEED:
                 if deadline is None:
-                    deadline = Deadline(timeout)
+                    deadline = _NO_DEADLINE if timeout is None else Deadline(timeout)
                 if not self._refill(deadline):
                     raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
                 continue

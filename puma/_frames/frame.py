@@ -173,7 +173,7 @@ class Frame:
         frame._state = HANDED
         return (_received, (ref, frame._index, frame._gen, frame._kind))
 
-    def _handle(self) -> bytes | None:
+    def _handle(self, tag: int) -> bytes | None:
         """This frame handed over as a handle's bytes (see :func:`received_handle`); None to pickle it instead.
 
         What :meth:`__reduce__` does for a frame published alone into a
@@ -192,10 +192,10 @@ class Frame:
         if prefix is None:
             prefix = _prefix(ref)
         if self._state == LIVE and self._kind == WRITABLE:
-            gen = pool._hand_over(self._index, self._gen, WRITABLE)
+            gen = pool._hand_over(self._index, self._gen, WRITABLE, tag)
             self._invalidate(HANDED)
             return prefix + _HANDLE_TAIL.pack(self._index, gen, WRITABLE)
-        frame = self._published()
+        frame = self._published(tag)
         frame._state = HANDED
         return prefix + _HANDLE_TAIL.pack(frame._index, frame._gen, frame._kind)
 
@@ -245,13 +245,13 @@ class Frame:
                 view.flags.writeable = False
         self._views.clear()
 
-    def _published(self) -> Frame:
-        """Hand the frame over for publishing: the frame object the receiver gets, unclaimed."""
+    def _published(self, tag: int | None = None) -> Frame:
+        """Hand the frame over for publishing (into buffer ``tag``): the frame object the receiver gets, unclaimed."""
         if self._state == PENDING:
             return self  # passing through (fan-out shares, a frame not yet claimed): still in flight
         if self._state != LIVE:
             raise FrameOwnershipError(f"cannot publish: {self._why()}")
-        gen = self._pool._hand_over(self._index, self._gen, self._kind)
+        gen = self._pool._hand_over(self._index, self._gen, self._kind, tag)
         self._invalidate(HANDED)
         return Frame(self._pool, self._index, gen, self._kind, PENDING)
 

@@ -424,8 +424,8 @@ class FramePool:
             return False
         return bool(header[base + READERS] <= 0)
 
-    def _hand_over(self, index: int, gen: int, kind: int) -> int:
-        """The holder publishes the frame: it is in flight now; its new generation."""
+    def _hand_over(self, index: int, gen: int, kind: int, tag: int | None = None) -> int:
+        """The holder publishes the frame (into buffer ``tag``, else the one pickling it); its new generation."""
         header = self._header
         base = HEAD + W * index
         me = _registry.pid
@@ -434,7 +434,7 @@ class FramePool:
             # held or in flight (the free list is rebuilt from free chunks only): no lock needed.
             if header[base + GEN] != gen or header[base + OWNER] != me:
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
-            header[base + TAG] = _registry.sending.tag
+            header[base + TAG] = _registry.sending.tag if tag is None else tag
             header[base + OWNER] = IN_FLIGHT
             header[base + GEN] = gen + 1
             return gen + 1
@@ -447,7 +447,7 @@ class FramePool:
                         header[base + SHARES + k] = -1  # a reader passes its share on
                         return gen
                 raise FrameOwnershipError(f"frame {index} of pool {self._name!r} is no longer held here")
-            header[base + TAG] = _registry.sending.tag
+            header[base + TAG] = _registry.sending.tag if tag is None else tag
             header[base + OWNER] = IN_FLIGHT
             header[H_SEQ] += 1
             header[base + SEQ] = header[H_SEQ]
