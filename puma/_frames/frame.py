@@ -300,14 +300,7 @@ def received_handle(body: Any) -> Frame:
     key = bytes(body[2 : 2 + size]).decode()
     tail = len(body) - _HANDLE_TAIL.size
     index, gen, kind = _HANDLE_TAIL.unpack_from(body, tail)
-    ref = open_pools.get(key)
-    pool = None if ref is None else ref()
-    if pool is None or pool._closed:
-        pool = pool_by_ref(key, bytes(body[2 + size : tail]))
-    if pool._claim(index, gen, kind):
-        return Frame(pool, index, gen, kind, LIVE)
-    dropped_arrivals.append(get_ident())  # the subscription reading it skips its value
-    return Frame(pool, index, gen, kind, DROPPED)
+    return _received((key, bytes(body[2 + size : tail])), index, gen, kind)
 
 
 def published(value: Any) -> Any:
