@@ -109,3 +109,65 @@ def test_a_supervisor_that_cannot_start_is_an_error_at_the_first_wait_not_a_hang
         with puma.Runner(env, stop_timeout=1) as runner:
             idle = _Waits("idle")
             runner.start_blocking(idle)
+
+
+@pytest.mark.timeout(120)
+def test_a_launch_that_fails_half_way_through_start_all_starts_those_before_and_files_none_after(
+    env: puma.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every handle is made before any child starts: one that cannot be made (out of file
+    descriptors, say) still leaves the runnables before it running, and nothing of those after."""
+    made = []
+    launch = type(env).launch
+
+    def third_fails(self: puma.Environment, child: puma.Runnable, *args: object) -> object:
+        if len(made) == 2:
+            raise OSError(24, "Too many open files")
+        made.append(child.name)
+        return launch(self, child, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(type(env), "launch", third_fails)
+    runnables = [_Waits(f"w-{i}") for i in range(5)]
+    with puma.Runner(env) as runner:
+        with pytest.raises(OSError, match="Too many open files"):
+            runner.start_all(runnables, timeout=60)
+        assert [r.name for r in runner.runnables] == ["w-0", "w-1"]
+        for runnable in runnables[:2]:
+            runner.wait_until_running(runnable, timeout=60)
+        monkeypatch.setattr(type(env), "launch", launch)
+        assert runner.start_all(runnables[2:], timeout=60) == runnables[2:]  # never filed: they start now
+        runner.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_start_that_fails_half_way_through_start_all_closes_the_handles_made_after_it(
+    env: puma.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that cannot start (the fork refused) takes back itself and the handles made for
+    those after it: their pipes are closed (the leak fixture counts descriptors), none is filed."""
+    launch = type(env).launch
+    handles: list[object] = []
+
+    def third_cannot_start(self: puma.Environment, *args: object) -> object:
+        handle = launch(self, *args)  # type: ignore[arg-type]
+        handles.append(handle)
+        if len(handles) == 3:
+
+            def refuse() -> None:
+                raise OSError(11, "Resource temporarily unavailable")
+
+            handle.start = refuse  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(type(env), "launch", third_cannot_start)
+    runnables = [_Waits(f"w-{i}") for i in range(5)]
+    with puma.Runner(env) as runner:
+        with pytest.raises(OSError, match="Resource temporarily unavailable"):
+            runner.start_all(runnables, timeout=60)
+        assert len(handles) == 5  # every handle was made before the first start
+        assert [r.name for r in runner.runnables] == ["w-0", "w-1"]
+        for runnable in runnables[:2]:
+            runner.wait_until_running(runnable, timeout=60)
+        runner.stop()
+    for handle in handles[2:]:
+        handle.close()  # (closed already: closing again is harmless)

@@ -4,14 +4,16 @@ The parent configures stdlib ``logging`` as usual (``puma.logging`` has
 one-call set-ups).  The path of a record logged in a process runnable:
 
 1. **Child.**  When the process starts, :func:`setup_child` applies a snapshot
-   of the parent's logger levels (:func:`child_settings`), drops any handler
-   inherited through fork, and puts one :class:`_ChildHandler` (a
-   ``logging.handlers.QueueHandler``) on the root logger.  Records filtered out
+   of the parent's logger levels (:func:`child_settings`), or, in a forked
+   child that inherited them, drops the handlers it inherited, and puts one
+   :class:`_ChildHandler` (a ``logging.handlers.QueueHandler``) on the root
+   logger (a forked child's is made by the parent before the fork:
+   :func:`for_forked_child`).  Records filtered out
    by level never leave the child.  The handler's ``prepare`` turns a record
    into a plain, picklable dict: message merged with its arguments, traceback
    formatted into ``exc_text``, the runnable's name added, extra attributes
    that are not plain data turned into strings.
-2. **Child, sender thread.**  The handler's "queue" is a :class:`_Batches`
+2. **Child, sender thread.**  The handler's "queue" is a ``Batches``
    queue; a ``logging.handlers.QueueListener`` (:class:`_Sender`) takes
    everything pending at once and writes it to the child's status pipe as one
    message ``(LOG, pickled list of dicts)``.  A busy child thus sends a few
@@ -41,6 +43,7 @@ adds ``%(runnable)s`` to records for formatters.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import logging.handlers
 import os
@@ -49,18 +52,21 @@ import queue
 import sys
 import threading
 import traceback
-from collections.abc import Callable
 from typing import Any
 
 from puma._core import current as _context
 from puma._core import messages as msg
-from puma._core.condition import Condition, Event
+from puma._core.condition import Condition
+from puma._core.log_queue import Batches as _Batches
+from puma._core.log_queue import Marker as _Marker
 
 __all__ = [
+    "ForkedChildLogging",
     "RunnableFilter",
     "child_settings",
     "dispatch",
     "flush_child",
+    "for_forked_child",
     "listener_running",
     "setup_child",
     "start_listener",
@@ -70,8 +76,6 @@ __all__ = [
 
 #: Most records a child sends in one pipe message.
 BATCH_RECORDS = 512
-#: Records a child may have pending (not yet written to its pipe) before logging waits.
-CHILD_BACKLOG = 4096
 #: Messages (batches or single records) the parent's listener may have pending before the supervisor waits.
 LISTENER_BACKLOG = 16
 
@@ -152,85 +156,6 @@ def _plain(value: Any) -> Any:
         return f"<unprintable {kind.__qualname__}>"
 
 
-class _Marker:
-    """Put on a queue behind records: set once everything before it is handled."""
-
-    __slots__ = ("event",)
-
-    def __init__(self) -> None:
-        self.event = Event()
-
-
-class _Batches:
-    """The child's QueueHandler "queue": ``get`` returns everything pending at once.
-
-    ``put_nowait`` waits (back-pressure) while :data:`CHILD_BACKLOG` records are
-    pending, except in the sender's own thread, which must never wait on itself.
-    """
-
-    def __init__(self) -> None:
-        self._items: collections.deque[Any] = collections.deque()
-        self._cond = Condition()
-        self._getter_waiting = False
-        self._putters_waiting = 0
-        self.sender_thread: threading.Thread | None = None
-        self.starter: Callable[[], None] | None = None  # starts the sender on the first record
-        self._start_lock = threading.Lock()
-        self.busy = False  # the sender holds records taken from here and not yet written
-
-    def idle(self) -> bool:
-        """True if every record put so far is written (nothing pending, nothing in the sender's hands)."""
-        return not self._items and not self.busy
-
-    def put_nowait(self, item: Any) -> None:
-        if self.starter is not None:
-            with self._start_lock:
-                starter, self.starter = self.starter, None
-            if starter is not None:
-                starter()  # a child that never logs never starts the thread
-        items = self._items
-        if len(items) >= CHILD_BACKLOG and threading.current_thread() is not self.sender_thread:
-            with self._cond:
-                self._putters_waiting += 1
-                try:
-                    while len(items) >= CHILD_BACKLOG:
-                        self._cond.wait()
-                finally:
-                    self._putters_waiting -= 1
-        items.append(item)
-        if self._getter_waiting:  # wake the sender once, not on every record while it gets going
-            with self._cond:
-                if self._getter_waiting:
-                    self._getter_waiting = False
-                    self._cond.notify_all()
-
-    put = put_nowait
-
-    def get(self, block: bool = True) -> Any:
-        """Every pending item, as a list; the sentinel (None) alone when it comes first."""
-        items = self._items
-        with self._cond:
-            while True:
-                self._getter_waiting = True  # before looking: a put after the look sees it
-                if items:
-                    break
-                if not block:
-                    self._getter_waiting = False
-                    raise queue.Empty
-                self._cond.wait()
-            self._getter_waiting = False
-            if items[0] is None:
-                items.popleft()
-                return None
-            self.busy = True  # before taking: idle() must never see an empty queue and an idle sender
-            batch = []
-            while items and items[0] is not None:
-                batch.append(items.popleft())
-            if self._putters_waiting:
-                self._cond.notify_all()
-        return batch
-
-
 class _ChildHandler(logging.handlers.QueueHandler):
     """The one handler of a child process's root logger; ``runnable`` names the records' runnable.
 
@@ -242,6 +167,17 @@ class _ChildHandler(logging.handlers.QueueHandler):
         super().__init__(batches)
         self._runnable = runnable
         self._main_thread = threading.get_ident()  # where execute() runs
+
+    def createLock(self) -> None:  # noqa: N802 - logging's name
+        """A lock of its own, not registered for logging's after-fork reset.
+
+        A forked child's handler is made in the parent (:func:`for_forked_child`):
+        registered there, every child forked after it would reset it too, each
+        a page written for nothing.  Nothing can hold it across a fork: the
+        child's process does not use it before it forked, and a process forked
+        from the child drops it (``_after_fork_in_child``).
+        """
+        self.lock = threading.RLock()
 
     def prepare(self, record: logging.LogRecord) -> Any:  # the dict, not a record: see _Listener
         """A picklable copy of ``record`` as a dict, with ``runnable``; the original is left intact."""
@@ -320,50 +256,74 @@ _child_sender: _Sender | None = None
 _child_handler: _ChildHandler | None = None
 
 
-def setup_child(settings: dict[str, Any] | None, link: Any, name: str) -> None:
+class ForkedChildLogging:
+    """A forked child's logging, made by the parent just before the fork (see :func:`for_forked_child`)."""
+
+    __slots__ = ("batches", "handler", "loggers")
+
+    def __init__(self, batches: _Batches, handler: _ChildHandler, loggers: list[logging.Logger]) -> None:
+        self.batches = batches
+        self.handler = handler
+        self.loggers = loggers  # those with handlers to drop, or that do not propagate
+
+
+def for_forked_child(runnable: str) -> ForkedChildLogging:
+    """In the parent, just before forking a child: the child's handler, and what the child must undo.
+
+    A forked child inherits the parent's levels, disabled flags and
+    ``logging.disable`` as they are; it only has to drop the handlers it
+    inherited (they are the parent's files) and let every record propagate to
+    its one handler.  Everything is looked up and made here, in the parent: in
+    the child each object first written and each function first run costs a
+    copy-on-write page, and a child that never logs touches almost nothing.
+    """
+    _register_fork_hook()  # forgets the parent's listener in the child
+    floor = logging.lastResort.level if logging.lastResort is not None else logging.NOTSET
+    loggers: list[logging.Logger] = []
+    for logger in [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]:
+        if isinstance(logger, logging.Logger) and (logger.handlers or not logger.propagate):
+            for handler in logger.handlers:
+                floor = min(floor, handler.level)
+            loggers.append(logger)
+    batches = _Batches()
+    child_handler = _ChildHandler(batches, runnable)
+    child_handler.setLevel(floor)
+    return ForkedChildLogging(batches, child_handler, loggers)
+
+
+def setup_child(settings: dict[str, Any] | ForkedChildLogging, link: Any, name: str) -> None:
     """In a child process: send every record to the parent, with the parent's levels.
 
-    ``settings`` None: the child was forked, and the logging set-up it inherited is the parent's.
+    ``settings``: what :func:`for_forked_child` made for a forked child, else
+    the parent's levels (:func:`child_settings`).
     """
     global _child_batches, _child_handler
+    if isinstance(settings, ForkedChildLogging):
+        for logger in settings.loggers:
+            logger.handlers = []  # not closed: they are the parent's files
+            logger.propagate = True
+        batches, handler = settings.batches, settings.handler
+        handler._main_thread = threading.get_ident()
+        batches.starter = functools.partial(_start_sender, batches, link)
+        logging.root.handlers = [handler]
+        _child_batches, _child_handler = batches, handler
+        return
     _register_fork_hook()
     _forget_listener()
-    if settings is None:
-        floor = _forked_child_loggers()
-    else:
-        _apply_levels(settings)
-        floor = settings.get("floor", logging.NOTSET)
+    _apply_levels(settings)
     batches = _Batches()
     handler = _ChildHandler(batches, name)
-    handler.setLevel(floor)
-
-    def start_sender() -> None:  # made with the first record: a child that never logs never makes it
-        global _child_sender
-        _child_sender = _Sender(batches, link)
-        _child_sender.start()
-
-    batches.starter = start_sender
+    handler.setLevel(settings.get("floor", logging.NOTSET))
+    batches.starter = functools.partial(_start_sender, batches, link)
     logging.getLogger().addHandler(handler)
     _child_batches, _child_handler = batches, handler
 
 
-def _forked_child_loggers() -> int:
-    """In a forked child: drop the parent's handlers, every record propagates; the lowest level they wrote.
-
-    The levels, the disabled flags and ``logging.disable`` are the parent's
-    already, and nothing else is written: each object written after a fork
-    is a page copied.
-    """
-    floor = logging.lastResort.level if logging.lastResort is not None else logging.NOTSET
-    for logger in [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]:
-        if isinstance(logger, logging.Logger):
-            if logger.handlers:
-                for handler in list(logger.handlers):
-                    floor = min(floor, handler.level)
-                    logger.removeHandler(handler)  # not closed: they are the parent's files
-            if not logger.propagate:
-                logger.propagate = True
-    return floor
+def _start_sender(batches: _Batches, link: Any) -> None:
+    """Start the child's sender thread: with the first record (a child that never logs never has one)."""
+    global _child_sender
+    _child_sender = _Sender(batches, link)
+    _child_sender.start()
 
 
 def _apply_levels(settings: dict[str, Any]) -> None:

@@ -50,9 +50,19 @@ class ProcessHandle(ChildHandle):
     claimable = True
 
     def __init__(
-        self, process: Any, link: ProcessLink, on_change: Callable[[], None], end_tree: bool, start_method: str
+        self,
+        process: Any,
+        link: ProcessLink,
+        on_change: Callable[[], None],
+        end_tree: bool,
+        start_method: str,
+        *,
+        kept: Any = None,
     ) -> None:
         super().__init__(None)
+        # What the child was given, kept until the handle closes: freed right after its fork, it
+        # would be written between two forks of a start_all (see puma._runner.starting).
+        self._kept = kept
         self._from_fork_server = start_method == "forkserver"
         self._end_tree = end_tree
         self._process = process
@@ -211,6 +221,7 @@ class ProcessHandle(ChildHandle):
             if self._closed:
                 return
             self._closed = True
+            self._kept = None
             self._link.close()
             process = self._process
             if getattr(process, "_popen", None) is not None and process.exitcode is not None:
@@ -371,15 +382,16 @@ class ProcessEnvironment(Environment):
     ) -> ChildHandle:
         prctl()  # resolved here, so a forked child does not pay for it
         link = ProcessLink(self._context)
-        # A forked child inherits the runnable as it is, and the logging set-up it takes its
-        # levels from (it reads them itself: no work here); others get the runnable sealed (see
-        # Sealed) and a snapshot of the levels.
+        # A forked child inherits the runnable as it is, and its log handler is made here (see
+        # for_forked_child); others get the runnable sealed (see Sealed) and a snapshot of the
+        # levels.
         forked = self._start_method == "fork"
         sent = child if forked else Sealed(child)
+        logs = _logging.for_forked_child(child.name) if forked else _logging.child_settings()
         process = self._context.Process(
             target=process_main,
-            args=(sent, link.child_ends, token, None if forked else _logging.child_settings(), os.getpid()),
+            args=(sent, link.child_ends, token, logs, os.getpid()),
             kwargs={"name": child.name, "own_group": self._end_tree},
             name=f"puma:{child.name}",
         )
-        return ProcessHandle(process, link, on_change, self._end_tree, self._start_method)
+        return ProcessHandle(process, link, on_change, self._end_tree, self._start_method, kept=logs)

@@ -116,7 +116,8 @@ def process_main(
     starts join, so the Runner can end the whole tree with it.
     """
     _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
-    _memory.set_segment_owner(parent_pid)  # named shared memory made here is the Runner's (not on Linux)
+    if _memory.makes_named_segments():  # (not on Linux)
+        _memory.set_segment_owner(parent_pid)  # named shared memory made here is the Runner's
     if own_group:
         try:
             os.setpgid(0, 0)

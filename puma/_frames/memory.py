@@ -34,6 +34,7 @@ __all__ = [
     "SharedMemoryTooSmall",
     "close_shared",
     "free_shared_memory",
+    "makes_named_segments",
     "open_shared",
     "release_children_segments",
     "segment_name",
@@ -121,6 +122,11 @@ def _cgroup_room() -> int | None:
 
 def _anonymous() -> bool:
     return hasattr(os, "memfd_create") and not _FORCE_NAMED
+
+
+def makes_named_segments() -> bool:
+    """True where the segments made here are named (and so need an owner: :func:`set_segment_owner`)."""
+    return not _anonymous()
 
 
 #: Tests set it to use named segments where memfd exists.

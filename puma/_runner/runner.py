@@ -33,10 +33,10 @@ from puma._environments.thread import ThreadEnvironment
 from puma._runnable.runnable import Runnable
 from puma._runner import snapshot as _snapshot
 from puma._runner.policy import FailurePolicy, policy_for
-from puma._runner.records import ChildRecord, Lifecycle
+from puma._runner.records import ChildRecord
 from puma._runner.resources import hold_buffers, join_outputs, leave, let_go_of_buffers
 from puma._runner.snapshot import RunnerSnapshot
-from puma._runner.starting import Filed, admit, start_batch, unfile
+from puma._runner.starting import Filed, admit, make_handle, start_batch, start_handle, unfile
 from puma._runner.stopping import kill_all, stuck_error, terminate_stuck, track
 from puma._runner.supervisor import KILL_GRACE, Supervisor
 
@@ -243,17 +243,8 @@ class Runner:
 
     def _launch_now(self, record: ChildRecord, child: Runnable, claim: bool = False) -> ChildHandle:
         """Launch ``child`` from this thread and file its handle (the supervisor watches it from then on)."""
-        handle = record.environment.launch(child, record.token, lambda m: self._deliver(record, m), self._watch)
-        record.handle = handle
-        record.start_claimed = claim and handle.claimable
-        record.move_to(Lifecycle.STARTING)  # before the start: a thread child may report STARTED at once
-        try:
-            handle.start()
-        except BaseException:
-            record.handle = None
-            raise
-        record.pid = handle.pid
-        record.launched = True
+        handle = make_handle(self, record, child, claim)
+        start_handle(record, handle)
         return handle
 
     def _deliver(self, record: ChildRecord, message: Message) -> None:
@@ -443,6 +434,7 @@ class Runner:
         in it does not cut the shutdown short (it goes on after it).
         """
         interrupt: KeyboardInterrupt | None = None
+        supervisor = self._supervisor  # (released below)
         done = 0  # the steps below, in order; one a Ctrl-C cut short runs again
         while done < 4:
             try:
@@ -466,6 +458,9 @@ class Runner:
                 done = max(done, 1)
         if interrupt is not None:
             raise interrupt
+        if supervisor is not None and not supervisor.start_error_raised:
+            # A child may have run before the supervisor's thread failed to start: no wait saw it.
+            supervisor.wait_started(self._stop_timeout)
         self._raise_errors()
 
     def _stop_everything(self) -> None:

@@ -7,8 +7,11 @@ Launching runnables one by one interleaves the parent's work for the next
 runnable (checking it, cloning and probing it, filing its record) with the
 forks, so each fork makes that work fault again and each child keeps the
 pages it touched.  Here every runnable is checked, prepared and filed first,
-and the launches (pipes, process object, fork) then follow one another with as
-little in between as can be; the supervisor is woken once, after the last.
+then every child's handle is made (its pipes, its process object), and the
+starts (the forks) then follow one another with as little in between as can
+be; the supervisor is woken once, after the last.  A page the parent writes
+between two forks is one more private page in every child; a page it writes
+before the first or after the last stays shared among the children.
 
 What one runnable that cannot start does is the same as one start after
 another: the runnables before it are launched, the error propagates, and
@@ -17,19 +20,21 @@ nothing after it is started.  Ctrl-C before the launches leaves none started.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers.base import Buffer
 from puma._runnable.runnable import Runnable
+from puma._runner.records import Lifecycle
 from puma._runner.resources import leave
 
 if TYPE_CHECKING:
-    from puma._environments.base import Environment
+    from puma._environments.base import ChildHandle, Environment
     from puma._runner.records import ChildRecord
 
-__all__ = ["Filed", "admit", "start_batch", "unfile"]
+__all__ = ["Filed", "admit", "make_handle", "start_batch", "start_handle", "unfile"]
 
 R = TypeVar("R", bound=Runnable)
 
@@ -66,21 +71,95 @@ def start_batch(runner: Any, runnables: Iterable[R], environment: Environment | 
 
 
 def _launch(runner: Any, filed: list[Filed], launched: list[Any]) -> None:
-    """Launch each filed runnable in order; one that fails takes back itself and those after it."""
+    """Launch each filed runnable in order; one that fails takes back itself and those after it.
+
+    Every handle (its pipes, its process object) is made first, then the
+    children are started one after another: between two forks the parent runs
+    only the start itself, so the pages the children share stay shared.
+    """
     records: list[ChildRecord] = []
     try:
-        for i, each in enumerate(filed):
-            try:
-                runner._launch_filed(each, False, False)
-            except BaseException:
-                for rest in reversed(filed[i + 1 :]):
-                    unfile(runner, rest)
-                raise
-            records.append(each.record)
-            launched.append(each.record.runnable)
+        if threading.current_thread() is not threading.main_thread() and any(
+            each.record.environment.launch_needs_lasting_thread for each in filed
+        ):
+            _launch_one_by_one(runner, filed, launched, records)  # each through the supervisor's thread
+        else:
+            _launch_in_two_steps(runner, filed, launched, records)
     finally:
         if records:
             admit(runner, records)
+
+
+def _launch_one_by_one(runner: Any, filed: list[Filed], launched: list[Any], records: list[ChildRecord]) -> None:
+    for i, each in enumerate(filed):
+        try:
+            runner._launch_filed(each, False, False)
+        except BaseException:
+            for rest in reversed(filed[i + 1 :]):
+                unfile(runner, rest)
+            raise
+        records.append(each.record)
+        launched.append(each.record.runnable)
+
+
+def _launch_in_two_steps(runner: Any, filed: list[Filed], launched: list[Any], records: list[ChildRecord]) -> None:
+    made: list[tuple[Filed, ChildHandle]] = []
+    failure: Exception | None = None
+    try:
+        for i, each in enumerate(filed):
+            try:
+                runner._policy.starting(each.record, each.child)
+                made.append((each, make_handle(runner, each.record, each.child)))
+            except Exception as exc:  # noqa: BLE001 - raised below, once those made before it start
+                for rest in reversed(filed[i:]):
+                    unfile(runner, rest)
+                failure = exc
+                break
+    except BaseException:  # Ctrl-C before any start: none is started
+        for each, handle in reversed(made):
+            _discard(runner, each, handle)
+        for rest in reversed(filed[len(made) :]):
+            unfile(runner, rest)
+        raise
+    for j, (each, handle) in enumerate(made):
+        try:
+            start_handle(each.record, handle)
+        except BaseException:
+            unfile(runner, each)
+            for rest, rest_handle in reversed(made[j + 1 :]):
+                _discard(runner, rest, rest_handle)
+            raise
+        records.append(each.record)
+        launched.append(each.record.runnable)
+    if failure is not None:
+        raise failure
+
+
+def make_handle(runner: Any, record: ChildRecord, child: Runnable, claim: bool = False) -> ChildHandle:
+    """Make and file ``child``'s handle (its pipes, its process object), without starting it."""
+    handle = record.environment.launch(child, record.token, lambda m: runner._deliver(record, m), runner._watch)
+    record.handle = handle
+    record.start_claimed = claim and handle.claimable
+    record.move_to(Lifecycle.STARTING)  # before the start: a thread child may report STARTED at once
+    return handle
+
+
+def start_handle(record: ChildRecord, handle: ChildHandle) -> None:
+    """Start the child of a handle made by :func:`make_handle`; the supervisor may watch it from then on."""
+    try:
+        handle.start()
+    except BaseException:
+        record.handle = None
+        raise
+    record.pid = handle.pid
+    record.launched = True
+
+
+def _discard(runner: Any, filed: Filed, handle: ChildHandle) -> None:
+    """Take back a runnable whose handle was made but never started."""
+    filed.record.handle = None
+    handle.close()
+    unfile(runner, filed)
 
 
 def unfile(runner: Any, filed: Filed) -> None:

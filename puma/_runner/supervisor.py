@@ -72,6 +72,7 @@ class Supervisor(threading.Thread):
         self.rewatch = True
         self.started = Event()
         self.start_error: BaseException | None = None
+        self.start_error_raised = False  # wait_started() raised it (close() raises it otherwise)
 
     def start_soon(self) -> None:
         """Start this thread without waiting until it runs (``start()`` waits); :meth:`wait_started` waits.
@@ -99,6 +100,7 @@ class Supervisor(threading.Thread):
         """Wait (up to ``timeout``) until :meth:`start_soon` has started the thread; raise what starting it raised."""
         self.started.wait(timeout)
         if self.start_error is not None:
+            self.start_error_raised = True
             raise self.start_error
 
     # --- requests from other threads --------------------------------------------------
