@@ -280,8 +280,8 @@ def for_forked_child(runnable: str) -> ForkedChildLogging:
     _register_fork_hook()  # forgets the parent's listener in the child
     floor = logging.lastResort.level if logging.lastResort is not None else logging.NOTSET
     loggers: list[logging.Logger] = []
-    for logger in [logging.getLogger(), *list(logging.Logger.manager.loggerDict.values())]:
-        if isinstance(logger, logging.Logger) and (logger.handlers or not logger.propagate):
+    for logger in _every_logger():
+        if logger.handlers or not logger.propagate:
             for handler in logger.handlers:
                 floor = min(floor, handler.level)
             loggers.append(logger)
@@ -319,6 +319,12 @@ def setup_child(settings: dict[str, Any] | ForkedChildLogging, link: Any, name: 
     _child_batches, _child_handler = batches, handler
 
 
+def _every_logger() -> list[logging.Logger]:
+    """The root logger and every named one made so far (not the placeholders of names not used yet)."""
+    named = list(logging.Logger.manager.loggerDict.values())
+    return [logging.getLogger(), *(logger for logger in named if isinstance(logger, logging.Logger))]
+
+
 def _start_sender(batches: _Batches, link: Any) -> None:
     """Start the child's sender thread: with the first record (a child that never logs never has one)."""
     global _child_sender
@@ -329,13 +335,12 @@ def _start_sender(batches: _Batches, link: Any) -> None:
 def _apply_levels(settings: dict[str, Any]) -> None:
     """In a spawned or forkserver child: drop any handler, every record propagates, the parent's levels."""
     root = logging.getLogger()
-    for logger in [root, *list(logging.Logger.manager.loggerDict.values())]:
-        if isinstance(logger, logging.Logger):
-            for handler in list(logger.handlers):
-                logger.removeHandler(handler)
-            logger.propagate = True
-            logger.setLevel(logging.NOTSET)
-            logger.disabled = False
+    for logger in _every_logger():
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+        logger.disabled = False
     root.setLevel(settings["root"])
     for logger_name, level in settings["levels"].items():
         logging.getLogger(logger_name).setLevel(level)
