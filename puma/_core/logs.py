@@ -303,7 +303,9 @@ def setup_child(settings: dict[str, Any] | ForkedChildLogging, link: Any, name: 
             logger.handlers = []  # not closed: they are the parent's files
             logger.propagate = True
         batches, handler = settings.batches, settings.handler
-        handler._main_thread = threading.get_ident()
+        ident = threading.get_ident()
+        if handler._main_thread != ident:  # (the same unless forked from another thread than it was made in)
+            handler._main_thread = ident
         batches.starter = functools.partial(_start_sender, batches, link)
         logging.root.handlers = [handler]
         _child_batches, _child_handler = batches, handler

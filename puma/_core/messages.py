@@ -10,7 +10,7 @@ Parent to child (command channel):
     (WHERE,)                                        say what you are doing (answered at once, even mid-command)
 
 Child to parent, control channel (never crowded by user traffic):
-    (STARTED, pid, thread_name)
+    (STARTED, pid, thread_name)   pid None: a process child (its pid is its handle's)
     (RESULT, call_id, ok, value_or_SerializedError)
     (ACTIVITY, text)   the answer to WHERE
     (FINISHED, SerializedError | None, stopped, lingering)   lingering: non-daemon threads left running

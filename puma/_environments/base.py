@@ -84,6 +84,14 @@ class ChildHandle(abc.ABC):
         and the exception propagates.
         """
 
+    def started(self) -> None:  # noqa: B027 - optional: most handles know everything once started
+        """Record what the start made known (the child's pid); called after :meth:`start`.
+
+        Separate from the start so a batch of process starts (``start_all``)
+        writes nothing between two forks: what the parent writes there is
+        private memory of every child (see :mod:`puma._runner.starting`).
+        """
+
     # --- parent to child ----------------------------------------------------------
     @abc.abstractmethod
     def post(self, message: Message) -> None:

@@ -27,6 +27,7 @@ from puma._environments.base import ChildHandle, Environment, ExitStatus, Messag
 from puma._environments.pickling import Sealed, check_picklable
 from puma._environments.process_child import prctl, process_main
 from puma._environments.process_link import ProcessLink, decode
+from puma._frames import memory as _memory
 from puma._runnable.runnable import Runnable
 
 __all__ = ["ProcessEnvironment", "ProcessHandle", "default_start_method"]
@@ -78,14 +79,15 @@ class ProcessHandle(ChildHandle):
         self._control_open = True
         self._lock = threading.Lock()  # guards the process object against close() from the supervisor
         self._closed = False
-        self._listening = False
+        # The parent end of the child's log records, from the handle's making: a batch of
+        # starts then writes nothing between two forks (see puma._runner.starting).
+        _logging.start_listener()
+        self._listening = True
         self._exitcode: int | None = None
         self._fork_server: int | None = None  # the pid of the fork server that made it, if one did
 
     # --- starting ---------------------------------------------------------------
     def start(self) -> None:
-        _logging.start_listener()  # the parent end of the child's log records
-        self._listening = True
         try:
             try:
                 self._process.start()
@@ -94,6 +96,8 @@ class ProcessHandle(ChildHandle):
         except BaseException:
             self._abandon()  # forked, then interrupted (Ctrl-C)?
             raise
+
+    def started(self) -> None:
         self.pid = self._process.pid  # known now, before the child reports STARTED
         self._sentinel = self._process.sentinel
         self._fork_server = _fork_server_pid() if self._from_fork_server else None
@@ -391,7 +395,11 @@ class ProcessEnvironment(Environment):
         process = self._context.Process(
             target=process_main,
             args=(sent, link.child_ends, token, logs, os.getpid()),
-            kwargs={"name": child.name, "own_group": self._end_tree},
+            kwargs={
+                "name": child.name,
+                "own_group": self._end_tree,
+                "segment_owner": os.getpid() if _memory.makes_named_segments() else None,
+            },
             name=f"puma:{child.name}",
         )
         return ProcessHandle(process, link, on_change, self._end_tree, self._start_method, kept=logs)

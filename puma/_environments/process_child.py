@@ -36,6 +36,8 @@ _PRCTL: list[Any] = []
 _SIGINT = int(signal.SIGINT)
 _SIGKILL = int(signal.SIGKILL)
 _SIG_IGN = int(signal.SIG_IGN)
+_PR_SET_PDEATHSIG = 1
+_PIDFD_OPEN: Callable[[int], int] | None = getattr(os, "pidfd_open", None)
 _set_signal: Callable[[int, int], Any]
 try:
     import _signal  # type: ignore[import-not-found]
@@ -53,7 +55,7 @@ def prctl() -> Any:
             try:
                 import ctypes
 
-                function = ctypes.CDLL(None, use_errno=True).prctl
+                function = ctypes.CDLL(None).prctl  # (no errno kept: a failed call changes nothing here)
             except (OSError, AttributeError):
                 function = None
         _PRCTL.append(function)
@@ -69,11 +71,10 @@ def _die_with_parent(parent_pid: int) -> None:
     daemon thread also blocks on a pidfd of the Runner's process and kills this
     process when it becomes readable (the process ended).  No polling.
     """
-    function = prctl()
+    function = _PRCTL[0] if _PRCTL else prctl()  # (looked up in the parent, before a fork)
     if function is not None:
-        pr_set_pdeathsig = 1
-        function(pr_set_pdeathsig, _SIGKILL)
-    pidfd_open = getattr(os, "pidfd_open", None)
+        function(_PR_SET_PDEATHSIG, _SIGKILL)
+    pidfd_open = _PIDFD_OPEN
     if pidfd_open is None or os.getppid() == parent_pid:
         return  # the parent-death signal above already ties us to the Runner's process
     try:
@@ -100,6 +101,7 @@ def process_main(
     *,
     name: str,
     own_group: bool = True,
+    segment_owner: int | None = None,
 ) -> None:
     """Entry point of a child process.
 
@@ -114,16 +116,20 @@ def process_main(
     ``ends``: the child's ends of its link's pipes (control, status, reply).
     ``own_group``: lead a process group of its own, which the processes it
     starts join, so the Runner can end the whole tree with it.
+    ``segment_owner``: the process that owns the named shared memory made here
+    (None where segments are anonymous: Linux's memfd).
     """
     _set_signal(_SIGINT, _SIG_IGN)  # Ctrl-C reaches the whole process group
-    if _memory.makes_named_segments():  # (not on Linux)
-        _memory.set_segment_owner(parent_pid)  # named shared memory made here is the Runner's
+    if segment_owner is not None:  # (not on Linux)
+        _memory.set_segment_owner(segment_owner)  # named shared memory made here is the Runner's
     if own_group:
         try:
             os.setpgid(0, 0)
         except OSError:
             pass  # not permitted here (a session leader): its tree is not tracked
-    threading.current_thread().name = "MainThread"  # fork copies the launching thread's name
+    thread = threading.current_thread()
+    if thread.name != "MainThread":  # fork copies the launching thread's name (a write is a page)
+        thread.name = "MainThread"
     try:
         runnable: Runnable = sent.open() if isinstance(sent, Sealed) else sent
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the runnable's error

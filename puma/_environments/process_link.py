@@ -75,9 +75,16 @@ def _send(fd: int, body: bytes) -> None:
         codec.write_all(fd, body)
 
 
+# STARTED from a process child, one frame made once: its pid is known to the parent (the
+# handle's), and pickling it afresh would make a forked child copy the pages of the pickler's
+# state and of what it looks up, some 20 pages of private memory for one small message.
+_STARTED_BODY = encode((msg.STARTED, None, "MainThread"))
+_STARTED_FRAME = codec.header(len(_STARTED_BODY)) + _STARTED_BODY
+
+
 def announce_started(control: Connection) -> None:
     """In the child: send STARTED on its control pipe, before its link is made (the first frame on it)."""
-    _send(control.fileno(), encode((msg.STARTED, os.getpid(), threading.current_thread().name)))
+    codec.write_all(control.fileno(), _STARTED_FRAME)
 
 
 class ProcessChildLink:

@@ -488,6 +488,10 @@ class Runner:
         if supervisor is not None and supervisor.is_alive():
             return  # a child could not be ended: the supervisor still needs what it watches
         self._released = True
+        if supervisor is not None and supervisor.start_error is not None:
+            for record in self._records:  # nobody supervised them: their handles are closed here
+                if record.handle is not None:
+                    _abandon(record.handle)
         let_go_of_buffers(self._buffers)
         self._buffers = {}
         if supervisor is not None:

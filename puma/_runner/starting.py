@@ -7,9 +7,10 @@ Launching runnables one by one interleaves the parent's work for the next
 runnable (checking it, cloning and probing it, filing its record) with the
 forks, so each fork makes that work fault again and each child keeps the
 pages it touched.  Here every runnable is checked, prepared and filed first,
-then every child's handle is made (its pipes, its process object), and the
-starts (the forks) then follow one another with as little in between as can
-be; the supervisor is woken once, after the last.  A page the parent writes
+then every child's handle is made (its pipes, its process object, its log
+listener's share), and the starts (the forks) then follow one another with
+only the fork in between: what each start made known (the child's pid) is
+written down after the last, and the supervisor is woken once.  A page the parent writes
 between two forks is one more private page in every child; a page it writes
 before the first or after the last stays shared among the children.
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from puma._buffers.base import Buffer
+from puma._core.signals import CtrlCDeferred
 from puma._runnable.runnable import Runnable
 from puma._runner.records import Lifecycle
 from puma._runner.resources import leave
@@ -121,16 +123,26 @@ def _launch_in_two_steps(runner: Any, filed: list[Filed], launched: list[Any], r
         for rest in reversed(filed[len(made) :]):
             unfile(runner, rest)
         raise
-    for j, (each, handle) in enumerate(made):
+    # The starts (the forks) first, one after another, then what each made known. A first
+    # Ctrl-C takes effect after the loop, so every start is accounted for when it does.
+    forked = 0
+    with CtrlCDeferred():
         try:
-            start_handle(each.record, handle)
+            for _each, handle in made:
+                handle.start()  # nothing else here: each object touched is a page in every child
+                forked += 1
         except BaseException:
-            unfile(runner, each)
-            for rest, rest_handle in reversed(made[j + 1 :]):
+            failed = made[forked][0]  # (its handle took itself back)
+            failed.record.handle = None
+            unfile(runner, failed)
+            for rest, rest_handle in reversed(made[forked + 1 :]):
                 _discard(runner, rest, rest_handle)
             raise
-        records.append(each.record)
-        launched.append(each.record.runnable)
+        finally:
+            for each, handle in made[:forked]:
+                _started(each.record, handle)
+                records.append(each.record)
+                launched.append(each.record.runnable)
     if failure is not None:
         raise failure
 
@@ -146,11 +158,20 @@ def make_handle(runner: Any, record: ChildRecord, child: Runnable, claim: bool =
 
 def start_handle(record: ChildRecord, handle: ChildHandle) -> None:
     """Start the child of a handle made by :func:`make_handle`; the supervisor may watch it from then on."""
+    _start(record, handle)
+    _started(record, handle)
+
+
+def _start(record: ChildRecord, handle: ChildHandle) -> None:
     try:
         handle.start()
     except BaseException:
         record.handle = None
         raise
+
+
+def _started(record: ChildRecord, handle: ChildHandle) -> None:
+    handle.started()
     record.pid = handle.pid
     record.launched = True
 

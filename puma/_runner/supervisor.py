@@ -207,7 +207,8 @@ class Supervisor(threading.Thread):
         elif kind == msg.RESULT:
             record.resolve(message[1], message[2], message[3])
         elif kind == msg.STARTED:
-            record.pid = message[1]
+            if message[1] is not None:  # (a process child's is its handle's, known since its start)
+                record.pid = message[1]
             record.move_to(Lifecycle.RUNNING)
             self._runner._notify()
         elif kind == msg.FINISHED:
