@@ -297,7 +297,7 @@ class ProcessPublisher(Publisher[T]):
                 if handle is not None:
                     frame = _HEAD.pack(len(handle) + 1, HANDED) + handle
                     if len(frame) <= PIPE_BUF:  # the usual few hundred bytes: one write, all or nothing
-                        codec.write_all(self._fd, frame)
+                        os.write(self._fd, frame)
                     else:
                         write_whole(self._fd, shared, pid, (frame,), self._b._broke_mid_frame)
                     return

@@ -36,9 +36,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from puma._buffers import shared as _shared_module
 from puma._buffers.shared import (
     CLOSED,
     GIVEN,
+    META_HOLDER,
     ROOM_TOKENS,
     TAKEN,
     WAITING,
@@ -59,6 +61,7 @@ class RoomAccounting:
 
     _shared: Any
     _lock: Any
+    _meta: Any
     _meta_guard: Guard
     _room_reader: Any
     _room_writer: Any
@@ -221,9 +224,16 @@ class RoomAccounting:
         :meth:`_look_for_room`), so the reader, which every publisher waits
         for, is not the process preempted by each wake-up.
         """
-        with self._meta_guard:
-            shared = self._shared
+        # The meta guard's work, written out: this runs for every value a reader takes.
+        shared = self._shared
+        lock = self._meta
+        lock.acquire()
+        try:
+            shared[META_HOLDER] = _shared_module._pid
             shared[GIVEN] += count
             wakes = self._wakes_due(1) if shared[WAITING] else 0
+        finally:
+            shared[META_HOLDER] = 0
+            lock.release()
         if wakes:
             self._write_tokens(wakes)  # after the lock: the woken publisher takes it at once

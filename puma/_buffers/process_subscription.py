@@ -186,7 +186,8 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             buf = self._buf = bytearray(_READ_BUFFER)
             self._view = memoryview(buf)
         limit = len(buf)
-        if shared[SUBSCRIBERS] > 1:
+        sharing = shared[SUBSCRIBERS] > 1
+        if sharing:
             # Others share the buffer: read about a group's worth of frames, not all there is.
             limit = min(limit, max(64, int(self._frame_bytes * self._release_at)))
         lock = self._read_lock
@@ -216,7 +217,7 @@ class ProcessSubscription(FrameReading, Subscription[T]):
         finally:
             shared[READER] = 0
             lock.release()
-        if frames:
+        if frames and sharing:  # (the size of a frame, on average, for the limit above)
             self._frame_bytes = 0.8 * self._frame_bytes + 0.2 * (self._tail / frames)
         return True
 
@@ -449,6 +450,11 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             # The wait looked at commands; what woke it (a value, the stream's end and its
             # error) is taken before the next look.
             self._next_check = time.monotonic() + _COMMAND_CHECK
+            if not self._b._released and self._fill():
+                # The usual wake-up: values, read at once (the values in the pipe come before
+                # the end of their stream in any case, see _ending).
+                self._starved = True
+                return True
 
     def _stream_over(self) -> bool:
         """The stream ended, failed here or was released (the pipe readable ends a wait by itself: not polled here)."""
@@ -480,13 +486,13 @@ class ProcessSubscription(FrameReading, Subscription[T]):
                 return value
             if self._ended is not None:
                 raise self._ended
-            result = self._next()
-            if result is _NEED:
+            if self._head >= self._tail:  # nothing buffered (what _next would say): read, or wait
                 if deadline is None:
                     deadline = _NO_DEADLINE if timeout is None else Deadline(timeout)
                 if not self._refill(deadline):
                     raise BufferEmpty(f"buffer {self._b.name!r}: nothing arrived within {timeout} s")
-                continue
+                continue  # (a stream that ended meanwhile has _ended set)
+            result = self._next()
             if result is not _NOTHING:
                 return result  # type: ignore[no-any-return]
 
