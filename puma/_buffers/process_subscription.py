@@ -450,11 +450,15 @@ class ProcessSubscription(FrameReading, Subscription[T]):
             # The wait looked at commands; what woke it (a value, the stream's end and its
             # error) is taken before the next look.
             self._next_check = time.monotonic() + _COMMAND_CHECK
-            if not self._b._released and self._fill():
+            if not self._b._released:
                 # The usual wake-up: values, read at once (the values in the pipe come before
                 # the end of their stream in any case, see _ending).
-                self._starved = True
-                return True
+                try:
+                    if self._fill():
+                        self._starved = True
+                        return True
+                except EOFError:
+                    pass  # every publisher's end closed: the loop looks at the stream's end first
 
     def _stream_over(self) -> bool:
         """The stream ended, failed here or was released (the pipe readable ends a wait by itself: not polled here)."""
