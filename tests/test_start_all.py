@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from collections.abc import Iterator
 
 import pytest
 
 import puma
+from puma._core import logs
 
 
 class _Waits(puma.Runnable):
@@ -109,6 +112,45 @@ def test_a_supervisor_that_cannot_start_is_an_error_at_the_first_wait_not_a_hang
         with puma.Runner(env, stop_timeout=1) as runner:
             idle = _Waits("idle")
             runner.start_blocking(idle)
+    # Nobody supervised the child: the Runner closed its handle itself (pipes, log listener).
+    assert not logs.listener_running()
+
+
+@pytest.mark.timeout(120)
+def test_a_ctrl_c_while_start_all_forks_takes_effect_after_the_last_start(
+    env: puma.Environment, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first Ctrl-C while the children start is raised once every start is done and accounted
+    for: each one started runs under its Runner (which ends it), none is left half-started."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    launch = type(env).launch
+    handles: list[object] = []
+
+    def ctrl_c_at_the_second_start(self: puma.Environment, *args: object) -> object:
+        handle = launch(self, *args)  # type: ignore[arg-type]
+        handles.append(handle)
+        if len(handles) == 2:
+            start = handle.start
+
+            def pressed_then_start() -> None:
+                os.kill(os.getpid(), signal.SIGINT)
+                start()
+
+            handle.start = pressed_then_start  # type: ignore[method-assign]
+        return handle
+
+    monkeypatch.setattr(type(env), "launch", ctrl_c_at_the_second_start)
+    runnables = [_Waits(f"w-{i}") for i in range(4)]
+    try:
+        with puma.Runner(env) as runner:
+            with pytest.raises(KeyboardInterrupt):
+                runner.start_all(runnables, timeout=60)
+            assert [r.name for r in runner.runnables] == [r.name for r in runnables]
+            for runnable in runnables:
+                runner.wait_until_running(runnable, timeout=60)
+            runner.stop()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.timeout(120)

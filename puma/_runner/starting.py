@@ -10,13 +10,16 @@ pages it touched.  Here every runnable is checked, prepared and filed first,
 then every child's handle is made (its pipes, its process object, its log
 listener's share), and the starts (the forks) then follow one another with
 only the fork in between: what each start made known (the child's pid) is
-written down after the last, and the supervisor is woken once.  A page the parent writes
-between two forks is one more private page in every child; a page it writes
-before the first or after the last stays shared among the children.
+written down after the last, and the supervisor is woken once.  A page the
+parent writes between two forks is one more private page in every child; a
+page it writes before the first or after the last stays shared among the
+children.
 
 What one runnable that cannot start does is the same as one start after
 another: the runnables before it are launched, the error propagates, and
-nothing after it is started.  Ctrl-C before the launches leaves none started.
+nothing after it is started.  Ctrl-C before the launches leaves none started;
+a first Ctrl-C during the forks takes effect after the last, once every start
+is accounted for.
 """
 
 from __future__ import annotations
